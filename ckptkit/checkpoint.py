@@ -1,0 +1,214 @@
+"""Open, read and write TensorFlow checkpoints (V1 and V2).
+
+Reading is lazy: the index is read once, tensors one at a time on request.
+Writing streams: tensors are saved in bounded chunks to temporary shards that
+TensorFlow merges into one V2 checkpoint, which is then renamed into place, so
+memory stays near one chunk and nothing half-written is ever visible.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from ._tf import tf
+from .errors import CkptkitError
+
+_DATA_SUFFIX = re.compile(r"\.data-\d{5}-of-\d{5}$")
+_V1_SHARD = re.compile(r"-\d{5}-of-\d{5}$")
+
+
+def resolve_prefix(path: str) -> str:
+    """Turn a prefix, any file of a checkpoint, or a folder into the checkpoint prefix."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        state = os.path.join(path, "checkpoint")
+        if os.path.isfile(state):
+            latest = tf().train.latest_checkpoint(path)
+            if latest and _exists(latest):
+                return latest
+        indexes = sorted(glob.glob(os.path.join(path, "*.index")))
+        if len(indexes) == 1:
+            return indexes[0][: -len(".index")]
+        if not indexes:
+            raise CkptkitError(f"no checkpoint in folder {path}: pass a checkpoint prefix such as {path}/model.ckpt")
+        names = ", ".join(os.path.basename(i[:-6]) for i in indexes)
+        raise CkptkitError(f"folder {path} holds several checkpoints ({names}) and no usable 'checkpoint' file: pass one prefix")
+    for suffix in (".index", ".meta"):
+        if path.endswith(suffix) and _exists(path[: -len(suffix)]):
+            return path[: -len(suffix)]
+    stripped = _DATA_SUFFIX.sub("", path)
+    if stripped != path and _exists(stripped):
+        return stripped
+    if _exists(path):
+        return path
+    raise CkptkitError(f"no checkpoint at {path}: expected PREFIX.index (V2), a V1 checkpoint file, or a folder holding them")
+
+
+def _exists(prefix: str) -> bool:
+    """True when `prefix` names a V2 checkpoint (PREFIX.index) or a V1 file."""
+    if os.path.isfile(prefix + ".index"):
+        return True
+    if os.path.isfile(prefix) and not prefix.endswith((".meta", ".index")) and not _DATA_SUFFIX.search(prefix):
+        return True
+    return bool(glob.glob(glob.escape(prefix) + "-?????-of-?????"))
+
+
+def _damage_message(prefix: str, err: Exception) -> str:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    files = [prefix + ".index"] if os.path.isfile(prefix + ".index") else [prefix]
+    return f"checkpoint {files[0]} is damaged or not a TensorFlow checkpoint ({first[:200]}): re-copy or re-save it"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+class Checkpoint:
+    """A checkpoint opened for lazy reading."""
+
+    def __init__(self, path: str):
+        self.prefix = resolve_prefix(path)
+        _tf = tf()
+        try:
+            self._reader = _tf.train.load_checkpoint(self.prefix)
+            shapes = self._reader.get_variable_to_shape_map()
+            dtypes = self._reader.get_variable_to_dtype_map()
+        except (_tf.errors.OpError, ValueError, RuntimeError) as err:
+            raise CkptkitError(_damage_message(self.prefix, err)) from None
+        self.tensors: dict[str, TensorInfo] = {
+            name: TensorInfo(name, tuple(int(d) for d in shapes[name]), dtypes[name].as_numpy_dtype.__name__
+                             if dtypes[name] != _tf.string else "object")
+            for name in sorted(shapes)
+        }
+        self.version = 2 if os.path.isfile(self.prefix + ".index") else 1
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.tensors)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+    def get(self, name: str) -> np.ndarray:
+        if name not in self.tensors:
+            raise CkptkitError(f"tensor {name} is not in checkpoint {self.prefix}: run `ckptkit inspect {self.prefix}` to list its tensors")
+        _tf = tf()
+        try:
+            return np.asarray(self._reader.get_tensor(name))
+        except (_tf.errors.OpError, ValueError, RuntimeError) as err:
+            data = glob.glob(glob.escape(self.prefix) + ".data-*") or [self.prefix]
+            first = str(err).strip().splitlines()[0][:200]
+            raise CkptkitError(f"tensor {name} cannot be read from {', '.join(data)} ({first}): the data file is damaged; re-copy or re-save it") from None
+
+    @property
+    def meta_path(self) -> str | None:
+        meta = self.prefix + ".meta"
+        return meta if os.path.isfile(meta) else None
+
+    def files(self) -> list[str]:
+        if self.version == 2:
+            return [self.prefix + ".index"] + sorted(glob.glob(glob.escape(self.prefix) + ".data-*"))
+        return [self.prefix] if os.path.isfile(self.prefix) else sorted(glob.glob(glob.escape(self.prefix) + "-?????-of-?????"))
+
+
+def check_output_prefix(out: str, *inputs: str) -> str:
+    """Refuse an output that would overwrite an input; return the absolute output prefix."""
+    out = os.path.abspath(os.fspath(out))
+    if os.path.isdir(out):
+        raise CkptkitError(f"output {out} is a folder: give a checkpoint prefix such as {out}/model.ckpt")
+    for inp in inputs:
+        if inp and os.path.abspath(inp) == out:
+            raise CkptkitError(f"output {out} is the input checkpoint: choose another -o; ckptkit never modifies its input")
+    parent = os.path.dirname(out)
+    if not os.path.isdir(parent):
+        raise CkptkitError(f"output folder {parent} does not exist: create it or choose another -o")
+    return out
+
+
+def write_checkpoint(out_prefix: str, tensors: Iterable[tuple[str, np.ndarray]], *,
+                     chunk_bytes: int = 128 << 20, protect: Iterable[str] = ()) -> list[str]:
+    """Write (name, array) pairs as one V2 checkpoint at `out_prefix`, atomically.
+
+    Tensors are consumed as they come and saved in chunks of about `chunk_bytes`;
+    TensorFlow's MergeV2Checkpoints joins the chunks. Files appear at `out_prefix`
+    only once everything is written (data files first, the index last).
+    """
+    out_prefix = check_output_prefix(out_prefix, *protect)
+    _tf = tf()
+    parent = os.path.dirname(out_prefix)
+    tmp = tempfile.mkdtemp(prefix=".ckptkit-", dir=parent)
+    try:
+        shards: list[str] = []
+        seen: set[str] = set()
+        batch: list[tuple[str, np.ndarray]] = []
+        size = 0
+
+        def flush() -> None:
+            nonlocal batch, size
+            if not batch:
+                return
+            shard = os.path.join(tmp, f"part{len(shards):05d}")
+            with _tf.device("/cpu:0"):
+                _tf.raw_ops.SaveV2(prefix=shard, tensor_names=[n for n, _ in batch],
+                                   shape_and_slices=[""] * len(batch), tensors=[a for _, a in batch])
+            shards.append(shard)
+            batch, size = [], 0
+
+        for name, array in tensors:
+            if name in seen:
+                raise CkptkitError(f"tensor {name} would be written twice: this is a bug in ckptkit, please report it")
+            seen.add(name)
+            array = np.asarray(array)
+            batch.append((name, array))
+            size += array.nbytes
+            if size >= chunk_bytes:
+                flush()
+        flush()
+        if not shards:
+            raise CkptkitError(f"nothing to write to {out_prefix}: the checkpoint would be empty")
+        merged = os.path.join(tmp, "merged")
+        with _tf.device("/cpu:0"):
+            _tf.raw_ops.MergeV2Checkpoints(checkpoint_prefixes=shards, destination_prefix=merged, delete_old_dirs=False)
+        produced = sorted(glob.glob(merged + ".data-*")) + [merged + ".index"]
+        final = []
+        for src in produced:  # data files first, the index (which makes it a checkpoint) last
+            dst = out_prefix + src[len(merged):]
+            os.replace(src, dst)
+            final.append(dst)
+        _write_state_file(out_prefix)
+        return final
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_state_file(out_prefix: str) -> None:
+    """Write a `checkpoint` state file beside the output, unless the folder already has one."""
+    state = os.path.join(os.path.dirname(out_prefix), "checkpoint")
+    if os.path.exists(state):
+        return
+    base = os.path.basename(out_prefix)
+    tmp = state + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(f'model_checkpoint_path: "{base}"\nall_model_checkpoint_paths: "{base}"\n')
+    os.replace(tmp, state)
+
+
+def copy_except(ckpt: Checkpoint, skip: set[str]) -> Iterator[tuple[str, np.ndarray]]:
+    """Every tensor of `ckpt` not in `skip`, read one at a time."""
+    for name in ckpt.names:
+        if name not in skip:
+            yield name, ckpt.get(name)

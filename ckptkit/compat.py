@@ -1,0 +1,39 @@
+"""Shims that make tf_slim 1.1.0 import and build networks on TensorFlow 2.21.
+
+Applied once, lazily, by `slim()`. Each shim only fills in what is missing, so a
+TensorFlow that still has the old names is left alone.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+import warnings
+
+from ._tf import tf
+
+
+@functools.lru_cache(maxsize=None)
+def slim():
+    """Return the `tf_slim` module, with the TF 2.21 shims applied."""
+    _tf = tf()
+    # 1. tf_slim imports `tf_keras.legacy_tf_layers(.normalization)`, which moved under `src`.
+    import tf_keras.src.legacy_tf_layers as legacy_layers
+    import tf_keras.src.legacy_tf_layers.normalization as legacy_norm
+
+    sys.modules.setdefault("tf_keras.legacy_tf_layers", legacy_layers)
+    sys.modules.setdefault("tf_keras.legacy_tf_layers.normalization", legacy_norm)
+    # 2. tf_slim checks isinstance(x, ops.Tensor); TF 2.21 dropped that alias.
+    from tensorflow.python.framework import ops
+
+    if not hasattr(ops, "Tensor"):
+        ops.Tensor = _tf.Tensor
+    # 3. tf_slim's smart_cond calls control_flow_ops.cond, which moved out of that module.
+    from tensorflow.python.ops import control_flow_ops
+
+    if not hasattr(control_flow_ops, "cond"):
+        control_flow_ops.cond = _tf.compat.v1.cond
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import tf_slim
+
+    return tf_slim

@@ -1,0 +1,140 @@
+"""The one intermediate representation every importer produces and every writer reads.
+
+Semantics are TensorFlow's: NHWC activations, HWIO conv kernels, [kh,kw,C,M]
+depthwise kernels, [in,out] dense weights. Each node has one output, named by
+the node; `shape` is its static shape with the batch dimension as None.
+
+Ops and their attrs/params:
+  Input                                  (graph input; shape)
+  Conv          weights[kh,kw,ci,co] bias?   strides, dilations, pads(t,b,l,r)
+  DepthwiseConv weights[kh,kw,c,m]  bias?    strides, dilations, pads(t,b,l,r)
+  Dense         weights[in,out] bias?
+  BatchNorm     gamma? beta? mean? variance? epsilon     (moving statistics; any may be absent)
+  Affine        scale? shift?         y = x*scale + shift along the last axis
+  Relu, Relu6, Softmax, Identity
+  Add           two inputs, same shape
+  Concat        axis
+  MaxPool/AvgPool  kernel, strides, pads(t,b,l,r); padded cells never count (TF semantics)
+  Mean          axes, keepdims
+  Pad           pads [[b0,a0],...] per NHWC axis, constant 0
+  Reshape       shape (with -1 for the batch)
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional
+
+import numpy as np
+
+from .errors import CkptkitError
+
+OPS = frozenset({"Input", "Conv", "DepthwiseConv", "Dense", "BatchNorm", "Affine", "Relu", "Relu6", "Softmax",
+                 "Identity", "Add", "Concat", "MaxPool", "AvgPool", "Mean", "Pad", "Reshape"})
+
+
+@dataclass
+class Node:
+    name: str
+    op: str
+    inputs: list[str]
+    shape: tuple
+    attrs: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Optional[np.ndarray]] = field(default_factory=dict)
+    # checkpoint variable each parameter came from (BatchNorm: gamma/beta/mean/variance)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.op not in OPS:
+            raise ValueError(f"unknown IR op {self.op}")
+
+
+@dataclass
+class Graph:
+    nodes: list[Node]
+    inputs: list[str]
+    outputs: list[str]
+    name: str = "model"
+
+    def __post_init__(self) -> None:
+        self._index = {n.name: n for n in self.nodes}
+
+    def __getitem__(self, name: str) -> Node:
+        return self._index[name]
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self.nodes)
+
+    def copy(self) -> "Graph":
+        nodes = [Node(n.name, n.op, list(n.inputs), n.shape, copy.deepcopy(n.attrs), dict(n.params), dict(n.sources))
+                 for n in self.nodes]
+        return Graph(nodes, list(self.inputs), list(self.outputs), self.name)
+
+    def consumers(self) -> dict[str, list[str]]:
+        users: dict[str, list[str]] = {n.name: [] for n in self.nodes}
+        for n in self.nodes:
+            for i in n.inputs:
+                users[i].append(n.name)
+        for o in self.outputs:
+            users[o].append("<output>")
+        return users
+
+    def rebuild(self, nodes: list[Node], rename: dict[str, str] | None = None) -> "Graph":
+        """A graph of `nodes` where inputs named in `rename` are redirected."""
+        rename = rename or {}
+
+        def follow(name: str) -> str:
+            while name in rename:
+                name = rename[name]
+            return name
+
+        for n in nodes:
+            n.inputs = [follow(i) for i in n.inputs]
+        return Graph(nodes, list(self.inputs), [follow(o) for o in self.outputs], self.name)
+
+    def count(self, op: str) -> int:
+        return sum(1 for n in self.nodes if n.op == op)
+
+    @property
+    def input_shape(self) -> tuple:
+        return self[self.inputs[0]].shape
+
+    def summary(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for n in self.nodes:
+            counts[n.op] = counts.get(n.op, 0) + 1
+        return counts
+
+
+def same_pads(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """TF SAME padding along one axis: out = ceil(in/s), the odd pixel goes after (bottom/right)."""
+    eff = (kernel - 1) * dilation + 1
+    out = -(-size // stride)
+    total = max((out - 1) * stride + eff - size, 0)
+    return total // 2, total - total // 2
+
+
+def bn_affine(node: Node) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and shift (float64) equal to an inference-mode BatchNorm:
+    s = gamma / sqrt(var + eps), t = beta - mean * s."""
+    p = node.params
+    missing = [k for k in ("mean", "variance") if p.get(k) is None]
+    if missing:
+        raise CkptkitError(f"moving_{missing[0]} of {node.name} is missing: run ckptkit recalibrate --data DIR first")
+    var = p["variance"].astype(np.float64)
+    if (~np.isfinite(var) | (var < 0)).any():
+        raise CkptkitError(f"moving_variance of {node.name} is negative, NaN or inf: run ckptkit recalibrate --data DIR first")
+    s = 1.0 / np.sqrt(var + node.attrs["epsilon"])
+    if p.get("gamma") is not None:
+        s = s * p["gamma"].astype(np.float64)
+    t = -p["mean"].astype(np.float64) * s
+    if p.get("beta") is not None:
+        t = t + p["beta"].astype(np.float64)
+    return s, t
+
+
+def check_statistics(graph: Graph) -> None:
+    """Refuse a graph whose BatchNorm statistics are missing or invalid, naming the first unit."""
+    for n in graph:
+        if n.op == "BatchNorm":
+            bn_affine(n)

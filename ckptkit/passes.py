@@ -1,0 +1,156 @@
+"""IR -> IR passes: clean-up after import, and BatchNorm folding.
+
+Folding and bias/constant absorption are the same mechanism: a per-channel
+affine y = x*s + t right after a Conv, DepthwiseConv or Dense that feeds only
+it is absorbed as W' = W*s (per output channel), b' = b*s + t.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+
+from .ir import Graph, Node, bn_affine
+
+ABSORBERS = ("Conv", "DepthwiseConv", "Dense")
+
+
+def _affine_of(node: Node) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    if node.op == "BatchNorm":
+        return bn_affine(node)
+    scale = node.params.get("scale")
+    shift = node.params.get("shift")
+    return (None if scale is None else scale.astype(np.float64), None if shift is None else shift.astype(np.float64))
+
+
+def absorb(layer: Node, scale: Optional[np.ndarray], shift: Optional[np.ndarray]) -> None:
+    """Fold y = layer(x)*scale + shift into the layer's weights and bias, in float64."""
+    w = layer.params["weights"].astype(np.float64)
+    b = layer.params.get("bias")
+    channels = w.shape[2] * w.shape[3] if layer.op == "DepthwiseConv" else w.shape[-1]
+    b = np.zeros(channels) if b is None else b.astype(np.float64)
+    if scale is not None:
+        if layer.op == "DepthwiseConv":  # [kh,kw,C,M]: output channel c*M + m
+            w = w * scale.reshape(w.shape[2], w.shape[3])
+        else:  # HWIO conv and [in,out] dense: last axis is the output channel
+            w = w * scale
+        b = b * scale
+    if shift is not None:
+        b = b + shift
+    dtype = layer.params["weights"].dtype
+    layer.params["weights"] = w.astype(dtype)
+    layer.params["bias"] = b.astype(dtype)
+    layer.sources.pop("weights", None)  # no longer the checkpoint's tensor
+
+
+def absorb_into_layers(graph: Graph, wanted: Callable[[Node], bool]) -> Graph:
+    """Absorb every node for which `wanted` holds into the layer before it, where that layer feeds nothing else."""
+    graph = graph.copy()
+    users = graph.consumers()
+    keep: list[Node] = []
+    rename: dict[str, str] = {}
+    by_name = {n.name: n for n in graph.nodes}
+    for node in graph.nodes:
+        if wanted(node):
+            src = by_name[rename.get(node.inputs[0], node.inputs[0])]
+            if src.op in ABSORBERS and len(users[src.name]) == 1:
+                scale, shift = _affine_of(node)
+                absorb(src, scale, shift)
+                rename[node.name] = src.name
+                users[src.name] = users[node.name]
+                continue
+        keep.append(node)
+    return graph.rebuild(keep, rename)
+
+
+def merge_affines(graph: Graph) -> Graph:
+    """Merge chains of Affine nodes (e.g. a Mul then an Add) into one."""
+    graph = graph.copy()
+    users = graph.consumers()
+    by_name = {n.name: n for n in graph.nodes}
+    keep, rename = [], {}
+    for node in graph.nodes:
+        if node.op == "Affine":
+            src = by_name.get(rename.get(node.inputs[0], node.inputs[0]))
+            if src is not None and src.op == "Affine" and len(users[src.name]) == 1:
+                s1, t1 = _affine_of(src)
+                s2, t2 = _affine_of(node)
+                s = s1 if s2 is None else (s2 if s1 is None else s1 * s2)
+                t = t1 * s2 if (t1 is not None and s2 is not None) else t1
+                t = t2 if t is None else (t if t2 is None else t + t2)
+                src.params = {k: v.astype(np.float32) for k, v in (("scale", s), ("shift", t)) if v is not None}
+                src.sources = {}
+                rename[node.name] = src.name
+                users[src.name] = users[node.name]
+                continue
+        keep.append(node)
+    return graph.rebuild(keep, rename)
+
+
+def drop_identities(graph: Graph) -> Graph:
+    keep, rename = [], {}
+    for node in graph.nodes:
+        is_noop_reshape = node.op == "Reshape" and graph[node.inputs[0]].shape == node.shape
+        if node.op == "Identity" or is_noop_reshape:
+            rename[node.name] = node.inputs[0]
+        else:
+            keep.append(node)
+    return graph.rebuild(keep, rename)
+
+
+def hoist_channel_ops(graph: Graph) -> Graph:
+    """Move a per-channel op (BatchNorm, Affine) above a Reshape that keeps the last axis.
+
+    slim's fused BatchNorm on a 2-D input reshapes to [N,1,1,C] and back; hoisting puts the
+    BN right after its Dense, where it can be folded, and leaves two Reshapes that cancel."""
+    graph = graph.copy()
+    nodes = list(graph.nodes)
+    for i, node in enumerate(nodes):
+        if node.op not in ("BatchNorm", "Affine"):
+            continue
+        users = Graph(nodes, graph.inputs, graph.outputs).consumers()
+        j = next(k for k, n in enumerate(nodes) if n.name == node.inputs[0])
+        r = nodes[j]
+        src_shape = next(n.shape for n in nodes if n.name == (r.inputs[0] if r.inputs else None)) if r.inputs else None
+        if r.op != "Reshape" or len(users[r.name]) != 1 or src_shape is None or src_shape[-1] != r.shape[-1]:
+            continue
+        moved = Node(node.name, node.op, [r.inputs[0]], src_shape, node.attrs, node.params, node.sources)
+        after = Node(r.name, "Reshape", [node.name], node.shape, r.attrs)
+        for n in nodes[i + 1:]:
+            n.inputs = [r.name if x == node.name else x for x in n.inputs]
+        graph.outputs = [r.name if o == node.name else o for o in graph.outputs]
+        nodes[j], nodes[i] = moved, after
+    return Graph(nodes, graph.inputs, graph.outputs, graph.name)
+
+
+def merge_reshapes(graph: Graph) -> Graph:
+    """Reshape(Reshape(x)) -> Reshape(x) when the inner one feeds nothing else."""
+    graph = graph.copy()
+    users = graph.consumers()
+    by_name = {n.name: n for n in graph.nodes}
+    for node in graph.nodes:
+        if node.op == "Reshape":
+            inner = by_name[node.inputs[0]]
+            while inner.op == "Reshape" and len(users[inner.name]) == 1:
+                node.inputs = list(inner.inputs)
+                inner = by_name[node.inputs[0]]
+    used = {i for n in graph.nodes for i in n.inputs} | set(graph.outputs)
+    keep = [n for n in graph.nodes if n.name in used or n.op == "Input"]
+    return graph.rebuild(keep)
+
+
+def cleanup(graph: Graph) -> Graph:
+    """After import: drop identities, absorb biases and constant scalings into their layers."""
+    graph = drop_identities(graph)
+    graph = drop_identities(merge_reshapes(hoist_channel_ops(graph)))
+    graph = merge_affines(graph)
+    return absorb_into_layers(graph, lambda n: n.op == "Affine")
+
+
+def fold_batchnorm(graph: Graph) -> Graph:
+    """Fold every BatchNorm that follows a Conv, DepthwiseConv or Dense into it.
+
+    A BatchNorm that follows anything else (e.g. ResNet v2's pre-activation BN after
+    an Add) stays a BatchNorm node; statistics missing or invalid raise CkptkitError.
+    """
+    return absorb_into_layers(graph, lambda n: n.op == "BatchNorm")

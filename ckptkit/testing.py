@@ -1,0 +1,146 @@
+"""Small networks and checkpoint makers for tests, fixtures and benchmarks.
+
+`save_model` builds a network twice: a *training* graph (BatchNorm and dropout on
+an `is_training` placeholder defaulting to True, a loss, an optimizer and update
+ops) whose `.meta` is saved beside the checkpoint, as training scripts leave them;
+the variables get realistic values (statistics not 0/1).
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional
+
+import numpy as np
+
+from ._tf import tf, tf1
+from .compat import slim
+
+
+def bn_variants_net(inputs, is_training=False, batch_norm=True):
+    """A small net holding every BatchNorm variant slim and tf.layers produce."""
+    s = slim()
+    _tf = tf()
+    from tf_keras.src.legacy_tf_layers import normalization as layers_bn
+
+    bn = s.batch_norm if batch_norm else None
+
+    def p(**kw):
+        return dict(normalizer_fn=bn, normalizer_params=dict(is_training=is_training, **kw)) if batch_norm else \
+            dict(normalizer_fn=None)
+
+    net = s.conv2d(inputs, 8, 3, stride=2, scope="fused", **p(scale=True))
+    net = s.conv2d(net, 8, 3, scope="nonfused", **p(fused=False, scale=True))
+    net = s.conv2d(net, 8, 1, activation_fn=tf().nn.relu6, scope="nocenter", **p(center=False, scale=True))
+    net = s.conv2d(net, 8, 3, rate=2, scope="debias", **p(zero_debias_moving_mean=True))
+    net = s.separable_conv2d(net, None, 3, depth_multiplier=2, scope="dw", **p(scale=True))
+    net = s.conv2d(net, 12, 3, normalizer_fn=None, activation_fn=None, scope="biased")
+    if batch_norm:
+        net = layers_bn.batch_normalization(net, training=is_training, name="layers_bn", epsilon=1e-4)
+    net = _tf.nn.relu(net)
+    net = s.max_pool2d(net, 3, stride=2, padding="SAME", scope="pool")
+    net = s.avg_pool2d(net, 2, stride=1, padding="SAME", scope="avgpool")
+    net = s.flatten(net)
+    net = s.fully_connected(net, 16, scope="fc", **p(scale=True))
+    net = s.dropout(net, 0.5, is_training=is_training, scope="dropout")
+    return s.fully_connected(net, 10, activation_fn=None, scope="logits")
+
+
+def mobilenet_v2_net(inputs, is_training=False, batch_norm=True, width=8, num_classes=10):
+    """MobileNet-v2 style: expand 1x1 + ReLU6, depthwise 3x3 + ReLU6, linear 1x1 bottleneck, residual."""
+    s = slim()
+    _tf = tf()
+    extra = dict(normalizer_fn=s.batch_norm if batch_norm else None)
+    with s.arg_scope([s.conv2d, s.separable_conv2d], activation_fn=_tf.nn.relu6, **extra), \
+            s.arg_scope([s.batch_norm], is_training=is_training, scale=True, epsilon=1e-3):
+        net = s.conv2d(inputs, width, 3, stride=2, scope="Conv")
+        for i, (expand, out, stride) in enumerate([(1, width, 1), (4, 12, 2), (4, 12, 1), (4, 16, 2)]):
+            scope = f"expanded_conv_{i}"
+            x = net
+            c = net.shape[-1]
+            h = s.conv2d(x, c * expand, 1, scope=f"{scope}/expand") if expand > 1 else x
+            h = s.separable_conv2d(h, None, 3, depth_multiplier=1, stride=stride, scope=f"{scope}/depthwise")
+            h = s.conv2d(h, out, 1, activation_fn=None, scope=f"{scope}/project")
+            net = h + x if (stride == 1 and c == out) else h
+        net = s.conv2d(net, 32, 1, scope="Conv_1")
+        net = tf().reduce_mean(net, [1, 2], keepdims=True, name="global_pool")
+        net = s.conv2d(net, num_classes, 1, activation_fn=None, normalizer_fn=None, scope="Logits")
+        return tf().squeeze(net, [1, 2], name="logits")
+
+
+def randomize(sess, rng: np.random.Generator) -> None:
+    """Give every variable realistic values: weights scaled to keep activations O(1), BN statistics not 0/1."""
+    for v in tf1.global_variables():
+        name, shape = v.op.name, v.shape.as_list()
+        if not v.dtype.is_floating:
+            continue
+        if name.endswith("moving_variance"):
+            value = rng.uniform(0.5, 2.0, shape)
+        elif name.endswith("moving_mean") or "/biased" in name:
+            value = rng.normal(0.0, 0.3, shape)
+        elif name.endswith("gamma"):
+            value = rng.uniform(0.7, 1.3, shape)
+        elif name.endswith(("beta", "biases", "bias")):
+            value = rng.normal(0.0, 0.1, shape)
+        elif len(shape) >= 2:
+            fan_in = int(np.prod(shape[:-1])) if "depthwise" not in name else int(np.prod(shape[:2]))
+            value = rng.normal(0.0, np.sqrt(2.0 / max(fan_in, 1)), shape)
+        else:
+            continue
+        v.load(value.astype(v.dtype.as_numpy_dtype), sess)
+
+
+def save_model(builder: Callable, input_shape, prefix: str, *, seed: int = 0, stats: str = "random",
+               trainable_only: bool = False, save_meta: bool = True) -> str:
+    """Build `builder(inputs, is_training=...)` as a training graph and save a checkpoint (and .meta).
+
+    stats: "random" (realistic), "reset" (never updated: mean 0, variance 1), "negative"
+    (one unit with negative variance). trainable_only saves only trainable variables
+    (statistics missing), as Saver(var_list=trainable_variables()) does."""
+    _tf = tf()
+    g = _tf.Graph()
+    with g.as_default():
+        _tf.random.set_seed(seed)
+        x = tf1.placeholder(_tf.float32, [None] + list(input_shape), name="input")
+        is_training = tf1.placeholder_with_default(True, [], name="is_training")
+        logits = builder(x, is_training=is_training)
+        labels = tf1.placeholder(_tf.int64, [None], name="labels")
+        loss = tf1.losses.sparse_softmax_cross_entropy(labels, logits)
+        step = tf1.train.get_or_create_global_step()
+        with _tf.control_dependencies(tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)):
+            tf1.train.GradientDescentOptimizer(0.01).minimize(loss, global_step=step)
+        var_list = tf1.trainable_variables() if trainable_only else None
+        saver = tf1.train.Saver(var_list)
+        with tf1.Session(graph=g) as sess:
+            sess.run(tf1.global_variables_initializer())
+            rng = np.random.default_rng(seed)
+            randomize(sess, rng)
+            if stats in ("reset", "negative"):
+                for v in tf1.global_variables():
+                    if v.op.name.endswith("moving_mean"):
+                        v.load(np.zeros(v.shape.as_list(), np.float32), sess)
+                    elif v.op.name.endswith("moving_variance"):
+                        v.load(np.ones(v.shape.as_list(), np.float32), sess)
+            if stats == "negative":
+                var = [v for v in tf1.global_variables() if v.op.name.endswith("moving_variance")][0]
+                value = np.ones(var.shape.as_list(), np.float32)
+                value[0] = -0.5
+                var.load(value, sess)
+            os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+            saver.save(sess, prefix, write_meta_graph=save_meta)
+    return prefix
+
+
+def inference_output(builder: Callable, input_shape, prefix: str, x: np.ndarray) -> np.ndarray:
+    """TF's own inference-mode output of `builder` restored from `prefix` (the independent reference)."""
+    _tf = tf()
+    g = _tf.Graph()
+    with g.as_default():
+        inp = tf1.placeholder(_tf.float32, [None] + list(input_shape), name="input")
+        out = builder(inp, is_training=False)
+        with tf1.Session(graph=g) as sess:
+            tf1.train.Saver().restore(sess, prefix)
+            return sess.run(out, {inp: x})
+
+
+def random_input(shape, batch: int = 2, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0.0, 1.0, (batch,) + tuple(shape)).astype(np.float32)
