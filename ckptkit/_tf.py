@@ -10,7 +10,21 @@ def tf():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import logging
 
-    import tensorflow as _tf
+    # TensorFlow's C++ start-up notes (oneDNN, CUDA probing) go straight to fd 2 and ignore
+    # TF_CPP_MIN_LOG_LEVEL; hide them during the import unless CKPTKIT_TF_LOGS=1.
+    quiet = os.environ.get("CKPTKIT_TF_LOGS") != "1"
+    saved = os.dup(2) if quiet else None
+    if quiet:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+    try:
+        import tensorflow as _tf
+        _tf.config.list_physical_devices("GPU")  # probes CUDA now, while quiet
+    finally:
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
 
     _tf.get_logger().setLevel(logging.ERROR)
     try:

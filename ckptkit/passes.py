@@ -40,7 +40,8 @@ def absorb(layer: Node, scale: Optional[np.ndarray], shift: Optional[np.ndarray]
     dtype = layer.params["weights"].dtype
     layer.params["weights"] = w.astype(dtype)
     layer.params["bias"] = b.astype(dtype)
-    layer.sources.pop("weights", None)  # no longer the checkpoint's tensor
+    if scale is not None:
+        layer.sources["folded"] = layer.sources.pop("weights", "")  # weights no longer the checkpoint's tensor
 
 
 def absorb_into_layers(graph: Graph, wanted: Callable[[Node], bool]) -> Graph:

@@ -140,7 +140,7 @@ def _candidate_outputs(graph, input_t) -> list:
         if name.split("/")[0] in _TRAINING_SCOPES or op.type.startswith("Assign") or "AssignMovingAvg" in name:
             continue
         inference.add(name)
-    result = []
+    result, loss_inputs = [], []
     for name in inference:
         op = graph.get_operation_by_name(name)
         if not op.outputs:
@@ -148,9 +148,13 @@ def _candidate_outputs(graph, input_t) -> list:
         t = op.outputs[0]
         if not t.dtype.is_floating or t.shape.rank not in (2, 4):
             continue
-        if any(c.name in inference for o in op.outputs for c in o.consumers()):
-            continue
-        result.append(t)
+        consumers = [c.name for o in op.outputs for c in o.consumers()]
+        if any(c in tainted and not c.startswith("gradients") for c in consumers):
+            loss_inputs.append(t)  # what the loss compares with the labels: the logits
+        if not any(c in inference for c in consumers):
+            result.append(t)
+    if len(loss_inputs) == 1:
+        return loss_inputs
     return sorted(result, key=lambda t: t.name)
 
 

@@ -104,7 +104,8 @@ def save_model(builder: Callable, input_shape, prefix: str, *, seed: int = 0, st
         is_training = tf1.placeholder_with_default(True, [], name="is_training")
         logits = builder(x, is_training=is_training)
         labels = tf1.placeholder(_tf.int64, [None], name="labels")
-        loss = tf1.losses.sparse_softmax_cross_entropy(labels, logits)
+        flat = _tf.reshape(logits, [-1, logits.shape[-1]]) if logits.shape.rank == 4 else logits
+        loss = tf1.losses.sparse_softmax_cross_entropy(labels, flat)
         step = tf1.train.get_or_create_global_step()
         with _tf.control_dependencies(tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)):
             tf1.train.GradientDescentOptimizer(0.01).minimize(loss, global_step=step)
@@ -144,3 +145,30 @@ def inference_output(builder: Callable, input_shape, prefix: str, x: np.ndarray)
 
 def random_input(shape, batch: int = 2, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).normal(0.0, 1.0, (batch,) + tuple(shape)).astype(np.float32)
+
+
+def arch_net(name: str, num_classes: Optional[int] = 10, batch_norm: bool = True, **kwargs) -> Callable:
+    """A `builder(inputs, is_training=...)` for a tf_slim.nets network (see ckptkit.archs)."""
+    from . import archs
+
+    def build(inputs, is_training=False):
+        return archs.builder(name, num_classes, batch_norm=batch_norm, is_training=is_training, **kwargs)(inputs)
+
+    return build
+
+
+def vgg16_bn_net(inputs, is_training=False, batch_norm=True, width: int = 8, num_classes: int = 10):
+    """VGG-16's layer structure (13 convs in 5 blocks, fc6/fc7/fc8 as convs) with BN, channels / `64 // width`."""
+    s = slim()
+    bn = dict(normalizer_fn=s.batch_norm) if batch_norm else dict(normalizer_fn=None)
+    with s.arg_scope([s.conv2d], padding="SAME", **bn), s.arg_scope([s.batch_norm], is_training=is_training,
+                                                                     scale=True):
+        net = inputs
+        for block, (reps, depth) in enumerate([(2, 1), (2, 2), (3, 4), (3, 8), (3, 8)], start=1):
+            net = s.repeat(net, reps, s.conv2d, width * depth, [3, 3], scope=f"conv{block}")
+            net = s.max_pool2d(net, [2, 2], scope=f"pool{block}")
+        net = s.conv2d(net, width * 16, net.shape[1:3], padding="VALID", scope="fc6")
+        net = s.dropout(net, 0.5, is_training=is_training, scope="dropout6")
+        net = s.conv2d(net, width * 16, [1, 1], scope="fc7")
+        net = s.conv2d(net, num_classes, [1, 1], activation_fn=None, normalizer_fn=None, scope="fc8")
+        return tf().squeeze(net, [1, 2], name="fc8/squeezed")

@@ -132,7 +132,7 @@ class Walker:
         value = self.const(pred) if pred is not None else None
         if value is not None:
             return 1 if bool(value) else 0
-        log.info("%s: taking the inference (false) branch of a cond on %s", op.name, getattr(pred, "name", "?"))
+        log.debug("%s: taking the inference (false) branch of a cond on %s", op.name, getattr(pred, "name", "?"))
         return 0
 
     def _switch_predicate(self, merge_op):
@@ -150,7 +150,7 @@ class Walker:
     def _if_output(self, op, index: int):
         pred = self.const(op.inputs[0])
         if pred is None:
-            log.info("%s: taking the inference (else) branch of a cond on %s", op.name, op.inputs[0].name)
+            log.debug("%s: taking the inference (else) branch of a cond on %s", op.name, op.inputs[0].name)
         branch = "then_branch" if pred is not None and bool(pred) else "else_branch"
         fname = op.get_attr(branch).name
         key = (id(op.graph), op.name, fname)

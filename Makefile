@@ -1,0 +1,38 @@
+# ckptkit: `make demo` and `make test` work on a fresh clone with nothing prepared.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+FIXTURE := fixtures/mobilenet_v2_tiny/model.ckpt
+OUT    := out/demo
+JOBS   ?= 2
+
+.PHONY: setup demo test bench fixtures clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	@mkdir -p $(OUT)
+	$(VENV)/bin/ckptkit inspect $(FIXTURE)
+	$(VENV)/bin/ckptkit fold $(FIXTURE) -o $(OUT)/folded.ckpt
+	$(VENV)/bin/ckptkit to-onnx $(FIXTURE) -o $(OUT)/model.onnx
+	$(VENV)/bin/ckptkit to-keras $(FIXTURE) -o $(OUT)/model.keras
+
+test: setup
+	$(PY) -m pytest -n $(JOBS) tests
+
+bench: setup
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) bench/run.py
+
+fixtures: setup
+	$(PY) fixtures/make_fixtures.py
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,216 @@
+"""The `ckptkit` command line: argument parsing and printing over the public functions.
+
+TensorFlow is imported only inside the commands, so `ckptkit --help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Optional, Sequence
+
+from . import __version__
+from .errors import CkptkitError
+
+log = logging.getLogger("ckptkit")
+
+EXIT_ERROR = 2
+EXIT_VERIFY = 3
+
+
+def _key_values(items: Optional[list[str]]) -> dict:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CkptkitError(f"--arch-arg {item} is not KEY=VALUE (e.g. output_stride=16)")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _add_source(p: argparse.ArgumentParser, ckpt_optional: bool = False) -> None:
+    p.add_argument("checkpoint", metavar="CKPT", nargs="?" if ckpt_optional else None,
+                   help="checkpoint prefix (model.ckpt-1234), one of its files, or its folder")
+    g = p.add_argument_group("topology (default: the .meta beside the checkpoint)")
+    g.add_argument("--meta", metavar="PATH", help="MetaGraphDef to take the graph from (a training graph is fine)")
+    g.add_argument("--arch", metavar="NAME", help="a tf_slim.nets network, e.g. resnet_v1_50, inception_v3, vgg_16_bn")
+    g.add_argument("--arch-arg", metavar="KEY=VALUE", action="append",
+                   help="extra argument of the --arch network function, e.g. output_stride=16 (repeatable)")
+    g.add_argument("--graph", metavar="FROZEN.pb", help="a frozen GraphDef (CKPT then optional)")
+    g.add_argument("--input", metavar="NAME", help="input op or tensor (detected when unambiguous)")
+    g.add_argument("--output", metavar="NAME", help="output op or tensor (detected when unambiguous; --arch: logits)")
+    g.add_argument("--input-shape", metavar="H,W,C", help="input size; the batch stays dynamic "
+                                                         "(--arch: the network's standard size)")
+
+
+def _load(args):
+    from .sources import load
+
+    return load(args.checkpoint, meta=args.meta, arch=args.arch, frozen=args.graph, input_name=args.input,
+                output_name=args.output, input_shape=args.input_shape, arch_args=_key_values(args.arch_arg))
+
+
+def _add_export(p: argparse.ArgumentParser, fold_flag: bool = True) -> None:
+    if fold_flag:
+        p.add_argument("--no-fold", action="store_true", help="keep BatchNorm as its own layer instead of folding it")
+    p.add_argument("--no-verify", action="store_true", help="skip the comparison with TensorFlow's output")
+    p.add_argument("--verify-data", metavar="FILE.npy", help="NHWC samples (.npy/.npz) to verify on (default: random)")
+    p.add_argument("--tolerance", type=float, metavar="REL", help="largest relative error accepted "
+                                                                  "(default 1e-4; Caffe 1e-3)")
+
+
+def _run_export(args, fmt: str, fold: bool, **options) -> int:
+    from .export import export
+
+    model = _load(args)
+    log.info("graph from %s: %s", model.source, ", ".join(f"{k} {v}" for k, v in model.graph.summary().items()))
+    result = export(model, fmt, args.output_path, fold=fold, check=not args.no_verify,
+                    verify_data=args.verify_data, tolerance=args.tolerance, **options)
+    kept = result.graph.count("BatchNorm")
+    if fold and kept:
+        log.info("%d BatchNorm layer(s) follow no foldable layer and were kept", kept)
+    for f in result.files:
+        print(f"wrote {f}")
+    if result.comparison is not None:
+        print(f"verified against TensorFlow: {result.comparison}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from .inspect import inspect_checkpoint
+
+    info = inspect_checkpoint(args.checkpoint)
+    if args.json:
+        json.dump(info, sys.stdout, indent=2)
+        print()
+        return 0
+    s = info["summary"]
+    print(f"checkpoint {info['checkpoint']} (V{info['checkpoint_version']}): {s['tensors']} tensors, "
+          f"{s['parameters']:,} values; meta graph: {info['meta_graph'] or 'none'}")
+    if args.tensors:
+        for t in info["tensors"]:
+            print(f"  {t['name']:<70} {str(tuple(t['shape'])):<20} {t['dtype']}")
+    units = info["batchnorm"]
+    print(f"\n{len(units)} BatchNorm unit(s), {s['foldable_by_naming']} foldable by slim naming")
+    if units:
+        width = max(len(u["scope"]) for u in units)
+        print(f"  {'scope':<{width}}  {'ch':>5}  {'gamma':5} {'beta':5} {'stats':5}  follows")
+        for u in units:
+            has = lambda k: "yes" if u[k] else "-"  # noqa: E731
+            stats = "yes" if u["moving_mean"] and u["moving_variance"] else "MISSING"
+            follows = f"{u['follows']['kind']} {u['follows']['weights']}" if u["follows"] else "-"
+            flags = " ".join(i["code"] for i in u["issues"])
+            print(f"  {u['scope']:<{width}}  {u['channels']:>5}  {has('gamma'):5} {has('beta'):5} {stats:5}  "
+                  f"{follows}{'  [' + flags + ']' if flags else ''}")
+    if info["issues"]:
+        print(f"\n{len(info['issues'])} issue(s):")
+        for i in info["issues"]:
+            print(f"  {i['code']}: {i['message']}")
+    else:
+        print("\nno issues found")
+    return 0
+
+
+def cmd_fold(args) -> int:
+    from .fold import fold_checkpoint
+
+    report = fold_checkpoint(args.checkpoint, args.output_path, eps=args.eps, meta=args.meta, arch=args.arch,
+                             arch_args=_key_values(args.arch_arg))
+    print(f"folded {len(report.folded)} BatchNorm unit(s) (epsilon from {report.epsilon_source})")
+    for scope, why in report.kept.items():
+        print(f"kept {scope}: {why}")
+    for f in report.files:
+        print(f"wrote {f}")
+    if args.json:
+        json.dump(report.to_json(), sys.stdout, indent=2)
+        print()
+    return 0
+
+
+def cmd_to_onnx(args) -> int:
+    return _run_export(args, "onnx", not args.no_fold, opset=args.opset, nchw=args.nchw)
+
+
+def cmd_to_keras(args) -> int:
+    return _run_export(args, "keras", not args.no_fold)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ckptkit",
+        description="Checkpoint conversion and surgery for TensorFlow-slim CNNs: inspect BatchNorm, fold it, "
+                    "and export exactly to ONNX and Keras.")
+    parser.add_argument("--version", action="version", version=f"ckptkit {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only errors and results")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("inspect", help="list BatchNorm units and their problems",
+                       description="List the BatchNorm units of a checkpoint and their issues: "
+                                   "missing_statistics, never_updated, invalid_variance.")
+    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint prefix, one of its files, or its folder")
+    p.add_argument("--json", action="store_true", help="machine-readable output (format in README)")
+    p.add_argument("--tensors", action="store_true", help="also list every tensor")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("fold", help="fold BatchNorm into conv/fc weights, writing a checkpoint",
+                       description="Write a checkpoint in slim's no-BN naming (scaled weights, biases) that the "
+                                   "same network built with normalizer_fn=None restores.")
+    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint prefix, one of its files, or its folder")
+    p.add_argument("-o", "--output", dest="output_path", required=True, metavar="OUT", help="output checkpoint prefix")
+    p.add_argument("--meta", metavar="PATH", help="graph to read epsilon from (default: the .meta beside CKPT)")
+    p.add_argument("--arch", metavar="NAME", help="tf_slim.nets network to read epsilon from")
+    p.add_argument("--arch-arg", metavar="KEY=VALUE", action="append", help="extra --arch argument (repeatable)")
+    p.add_argument("--eps", type=float, help="epsilon when no graph is given (default: slim's 0.001, with a warning)")
+    p.add_argument("--json", action="store_true", help="also print the fold report as JSON")
+    p.set_defaults(func=cmd_fold)
+
+    p = sub.add_parser("to-onnx", help="export to ONNX, verified with onnxruntime",
+                       description="Export to ONNX (NHWC input, dynamic batch, explicit pads) and check it "
+                                   "against TensorFlow's inference output with onnxruntime.")
+    _add_source(p, ckpt_optional=True)
+    p.add_argument("-o", dest="output_path", required=True, metavar="MODEL.onnx", help="output file")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17, at least 13)")
+    p.add_argument("--nchw", action="store_true", help="NCHW input and output instead of TF's NHWC")
+    _add_export(p)
+    p.set_defaults(func=cmd_to_onnx)
+
+    p = sub.add_parser("to-keras", help="export to a Keras model (.keras or .h5), verified with Keras",
+                       description="Build a plain Keras functional model (standard layers only) and save it as "
+                                   ".keras or legacy .h5; check it against TensorFlow's inference output.")
+    _add_source(p, ckpt_optional=True)
+    p.add_argument("-o", dest="output_path", required=True, metavar="MODEL.keras", help="output .keras or .h5 file")
+    _add_export(p)
+    p.set_defaults(func=cmd_to_keras)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.debug else (logging.WARNING if args.quiet else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("ckptkit: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(level)
+    log.propagate = False
+    try:
+        return args.func(args)
+    except CkptkitError as err:
+        if args.debug:
+            raise
+        from .errors import VerificationError
+
+        print(f"ckptkit: error: {err}", file=sys.stderr)
+        return EXIT_VERIFY if isinstance(err, VerificationError) else EXIT_ERROR
+    except KeyboardInterrupt:
+        print("ckptkit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Export a loaded model to a target format: fold, write, verify against TF, publish atomically.
+
+Files are written into a temporary folder beside the destination, verified there,
+and only then renamed into place, so a failed export leaves nothing behind.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .errors import CkptkitError, VerificationError
+from .ir import Graph, check_statistics
+from .passes import fold_batchnorm
+from .sources import Model
+from .verify import TOLERANCE, Comparison, verification_inputs, verify
+
+log = logging.getLogger("ckptkit")
+
+FORMATS = {"onnx": "converters.onnx", "keras": "converters.keras", "caffe": "converters.caffe"}
+
+
+@dataclass
+class ExportResult:
+    files: list[str]
+    graph: Graph
+    comparison: Optional[Comparison] = None
+    notes: list[str] = field(default_factory=list)
+
+
+def prepare(model: Model, fold: bool = True) -> Graph:
+    """The graph to write: folded (default) or not; refuses missing/invalid statistics."""
+    graph = fold_batchnorm(model.graph) if fold else model.graph
+    check_statistics(graph)
+    return graph
+
+
+def export(model: Model, fmt: str, path: str, *, fold: bool = True, check: bool = True,
+           verify_data: Optional[str] = None, tolerance: Optional[float] = None, **options) -> ExportResult:
+    """Write `model` as `fmt` (onnx, keras, caffe) at `path`, verified against TF unless check=False."""
+    if fmt not in FORMATS:
+        raise CkptkitError(f"unknown format {fmt}: choose one of {', '.join(FORMATS)}")
+    writer = importlib.import_module(FORMATS[fmt])
+    graph = prepare(model, fold)
+    path = os.path.abspath(path)
+    final_paths = writer.destinations(path, graph) if hasattr(writer, "destinations") else [path]
+    ckpt_files = set(os.path.abspath(f) for f in (model.checkpoint.files() if model.checkpoint else []))
+    for dst in final_paths:
+        if os.path.abspath(dst) in ckpt_files:
+            raise CkptkitError(f"output {dst} is a file of the input checkpoint: choose another -o")
+        if not os.path.isdir(os.path.dirname(dst)):
+            raise CkptkitError(f"output folder {os.path.dirname(dst)} does not exist: create it or choose another -o")
+    tmp = tempfile.mkdtemp(prefix=".ckptkit-", dir=os.path.dirname(final_paths[0]))
+    try:
+        staged = [os.path.join(tmp, os.path.basename(p)) for p in final_paths]
+        writer.export(graph, staged[0], **options)
+        comparison = None
+        if check:
+            tol = tolerance if tolerance is not None else getattr(writer, "TOLERANCE", TOLERANCE)
+            inputs = verification_inputs(graph.input_shape, verify_data)
+            comparison = verify(model.reference, writer.runner(staged[0], **options), inputs, tol)
+            if not comparison.ok:
+                raise VerificationError(f"{fmt} export does not match TensorFlow: {comparison}; nothing was written")
+        for src, dst in zip(staged, final_paths):
+            os.replace(src, dst)
+        return ExportResult(final_paths, graph, comparison)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

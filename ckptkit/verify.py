@@ -1,0 +1,75 @@
+"""Compare a written model with TensorFlow's inference output: one tolerance helper."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, asdict
+from typing import Callable, Optional
+
+import numpy as np
+
+from .errors import CkptkitError
+
+TOLERANCE = 1e-4  # relative: max |ours - tf| / max |tf|
+OPENCV_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class Comparison:
+    max_abs: float
+    max_rel: float
+    tolerance: float
+    samples: int
+
+    @property
+    def ok(self) -> bool:
+        return bool(np.isfinite(self.max_rel)) and self.max_rel <= self.tolerance
+
+    def to_json(self) -> dict:
+        return dict(asdict(self), ok=self.ok)
+
+    def __str__(self) -> str:
+        verdict = "ok" if self.ok else "FAILED"
+        return (f"max abs error {self.max_abs:.3g}, max relative error {self.max_rel:.3g} "
+                f"(tolerance {self.tolerance:g}, {self.samples} samples): {verdict}")
+
+
+def compare(reference: np.ndarray, got: np.ndarray, tolerance: float = TOLERANCE) -> Comparison:
+    """Largest absolute difference, and that difference relative to the largest reference value."""
+    reference = np.asarray(reference, np.float64)
+    got = np.asarray(got, np.float64)
+    if reference.shape != got.shape:
+        raise CkptkitError(f"output shape {got.shape} differs from TensorFlow's {reference.shape}: "
+                           "this is a bug in ckptkit, please report it")
+    diff = float(np.max(np.abs(reference - got))) if reference.size else 0.0
+    scale = float(np.max(np.abs(reference))) if reference.size else 0.0
+    rel = diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
+    if not np.isfinite(got).all():
+        rel = float("inf")
+    return Comparison(diff, rel, tolerance, int(reference.shape[0]) if reference.ndim else 1)
+
+
+def verification_inputs(shape: tuple, data: Optional[str] = None, batch: int = 4, seed: int = 0) -> np.ndarray:
+    """Inputs for verification: `data` (.npy/.npz of NHWC samples) or seeded random N(0,1) samples."""
+    want = tuple(shape[1:])
+    if data is None:
+        return np.random.default_rng(seed).normal(0.0, 1.0, (batch,) + want).astype(np.float32)
+    if not os.path.isfile(data):
+        raise CkptkitError(f"--verify-data {data} does not exist: give a .npy or .npz file of NHWC samples")
+    try:
+        arr = np.load(data)
+        if hasattr(arr, "files"):
+            arr = arr[arr.files[0]]
+    except Exception as err:
+        raise CkptkitError(f"--verify-data {data} cannot be read ({type(err).__name__}): give a .npy or .npz file") from None
+    arr = np.asarray(arr, np.float32)
+    if arr.ndim == len(want):
+        arr = arr[None]
+    if tuple(arr.shape[1:]) != want:
+        raise CkptkitError(f"--verify-data {data} holds samples of shape {arr.shape[1:]}, the model takes {want}")
+    return arr[:32]
+
+
+def verify(reference: Callable[[np.ndarray], np.ndarray], candidate: Callable[[np.ndarray], np.ndarray],
+           inputs: np.ndarray, tolerance: float = TOLERANCE) -> Comparison:
+    """Run both on the same inputs and compare."""
+    return compare(reference(inputs), candidate(inputs), tolerance)

@@ -1,0 +1,49 @@
+"""The command line: thin commands, one-line errors, non-zero exits, no tracebacks."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import FIXTURE
+
+
+def ckptkit(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "ckptkit.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_help_lists_every_command():
+    out = ckptkit("--help")
+    assert out.returncode == 0
+    for cmd in ("inspect", "fold", "to-onnx", "to-keras"):
+        assert cmd in out.stdout
+
+
+def test_help_does_not_import_tensorflow():
+    code = "import sys; from ckptkit.cli import build_parser; build_parser(); print('tensorflow' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["inspect", "/nonexistent/model.ckpt"], "no checkpoint at /nonexistent/model.ckpt"),
+    (["fold", FIXTURE, "-o", FIXTURE], "is the input checkpoint"),
+    (["to-onnx", FIXTURE, "--arch", "resnet_v9", "-o", "x.onnx"], "unknown --arch resnet_v9"),
+    (["to-onnx", FIXTURE, "--output", "nope", "-o", "x.onnx"], "output nope:0 is not in the graph"),
+    (["to-onnx", FIXTURE, "--input-shape", "32x32", "-o", "x.onnx"], "--input-shape 32x32 is not H,W,C"),
+])
+def test_errors_are_one_line(args, message, tmp_path):
+    out = ckptkit(*args, cwd=tmp_path)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert lines[-1].startswith("ckptkit: error: ") and message in lines[-1]
+    assert "Traceback" not in out.stderr
+    assert not any(p.endswith(".onnx") for p in os.listdir(tmp_path))
+
+
+def test_fold_then_export_end_to_end(tmp_path):
+    out = ckptkit("fold", FIXTURE, "-o", str(tmp_path / "folded.ckpt"))
+    assert out.returncode == 0, out.stderr
+    assert "folded 13 BatchNorm unit(s) (epsilon from graph" in out.stdout
+    out = ckptkit("to-onnx", FIXTURE, "-o", str(tmp_path / "m.onnx"))
+    assert out.returncode == 0, out.stderr
+    assert "verified against TensorFlow" in out.stdout and ": ok" in out.stdout

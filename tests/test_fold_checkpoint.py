@@ -1,0 +1,65 @@
+"""`fold_checkpoint` output restored into the same network built without BN matches TF's BN inference."""
+import numpy as np
+import pytest
+
+from ckptkit import CkptkitError, testing as T
+from ckptkit.fold import fold_checkpoint
+from conftest import ARCH, NETS, rel_error
+
+
+def no_bn_builder(name):
+    if name in ARCH:
+        arch, kw = ARCH[name]
+        return T.arch_net(arch, batch_norm=False, **kw)
+    builder = NETS[name][0]
+    return lambda inputs, is_training=False: builder(inputs, is_training=is_training, batch_norm=False)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "vgg16_bn", "resnet_v1_50", "resnet_v2_50", "inception_v2",
+                                  "inception_v3"])
+def test_fold_restores_into_network_without_bn(store, reference, tmp_path, name):
+    prefix = store(name)
+    shape = NETS[name][1]
+    x = T.random_input(shape, batch=2)
+    report = fold_checkpoint(prefix, str(tmp_path / "folded.ckpt"))
+    assert report.folded and report.epsilon_source.startswith("graph")
+    got = T.inference_output(no_bn_builder(name), shape, str(tmp_path / "folded.ckpt"), x)
+    assert rel_error(reference(name, prefix, x), got) < 1e-4
+    if name == "resnet_v2_50":  # pre-activation BN follows an add: kept and listed
+        assert any("preact" in k for k in report.kept)
+    else:
+        assert not report.kept
+
+
+def test_fold_uses_graph_epsilon_for_resnet(store, tmp_path):
+    report = fold_checkpoint(store("resnet_v1_50"), str(tmp_path / "f.ckpt"), use_meta=False, arch="resnet_v1_50")
+    assert set(report.epsilon.values()) == {1e-5}
+
+
+def test_fold_without_graph_assumes_slim_eps_and_warns(store, tmp_path, caplog):
+    report = fold_checkpoint(store("mobilenet_v2"), str(tmp_path / "f.ckpt"), use_meta=False)
+    assert report.epsilon_source == "assumed slim default"
+    assert "epsilon assumed" in caplog.text
+
+
+def test_fold_keeps_units_without_a_layer_by_naming(store, tmp_path):
+    report = fold_checkpoint(store("variants"), str(tmp_path / "f.ckpt"))
+    assert "layers_bn" in report.kept
+    assert "dw/BatchNorm" in report.folded and "fc/BatchNorm" in report.folded
+
+
+def test_fold_refuses_missing_statistics(store, tmp_path):
+    with pytest.raises(CkptkitError, match="missing.*ckptkit recalibrate"):
+        fold_checkpoint(store("mobilenet_v2", trainable_only=True), str(tmp_path / "f.ckpt"))
+    assert not list(tmp_path.iterdir())
+
+
+def test_fold_refuses_invalid_variance(store, tmp_path):
+    with pytest.raises(CkptkitError, match="negative, NaN or inf"):
+        fold_checkpoint(store("mobilenet_v2", stats="negative"), str(tmp_path / "f.ckpt"))
+
+
+def test_fold_refuses_to_overwrite_input(store):
+    prefix = store("mobilenet_v2")
+    with pytest.raises(CkptkitError, match="is the input checkpoint"):
+        fold_checkpoint(prefix, prefix)

@@ -1,0 +1,49 @@
+"""BatchNorm units from variables alone, and the three issue codes."""
+import json
+import subprocess
+import sys
+
+from ckptkit.batchnorm import find_units
+from ckptkit.checkpoint import Checkpoint
+from ckptkit.inspect import inspect_checkpoint
+from conftest import FIXTURE
+
+
+def test_units_and_pairing_on_every_variant(store):
+    units = {u.scope: u for u in find_units(Checkpoint(store("variants")))}
+    assert units["fused/BatchNorm"].layer.kind == "conv"
+    assert units["nocenter/BatchNorm"].beta is None
+    assert units["debias/BatchNorm"].gamma is None and len(units["debias/BatchNorm"].debias) == 2
+    assert units["dw/BatchNorm"].layer.kind == "depthwise" and units["dw/BatchNorm"].channels == 16
+    assert units["fc/BatchNorm"].layer.kind == "dense"
+    assert units["layers_bn"].layer is None and units["layers_bn"].moving_mean == "layers_bn/moving_mean"
+
+
+def codes(prefix):
+    return {i["code"] for i in inspect_checkpoint(prefix)["issues"]}
+
+
+def test_healthy_checkpoint_has_no_issue(store):
+    assert codes(store("variants")) == set()
+
+
+def test_issue_codes(store):
+    assert codes(store("mobilenet_v2", trainable_only=True)) == {"missing_statistics"}
+    assert codes(store("mobilenet_v2", stats="reset")) == {"never_updated"}
+    assert "invalid_variance" in codes(store("mobilenet_v2", stats="negative"))
+
+
+def test_cli_json_is_stable(store):
+    out = subprocess.run([sys.executable, "-m", "ckptkit.cli", "inspect", "--json", store("mobilenet_v2", stats="negative")],
+                         capture_output=True, text=True, check=True).stdout
+    info = json.loads(out)
+    assert info["format_version"] == 1
+    assert {"checkpoint", "tensors", "batchnorm", "issues", "summary"} <= set(info)
+    bad = [i for i in info["issues"] if i["code"] == "invalid_variance"]
+    assert bad and "1 of" in bad[0]["message"]
+
+
+def test_cli_table(store):
+    out = subprocess.run([sys.executable, "-m", "ckptkit.cli", "inspect", FIXTURE], capture_output=True, text=True,
+                         check=True).stdout
+    assert "13 BatchNorm unit(s), 13 foldable" in out and "no issues found" in out

@@ -1,0 +1,66 @@
+"""ONNX export: onnxruntime reproduces TF's own inference output (built independently of ckptkit)."""
+import numpy as np
+import onnx
+import pytest
+
+from ckptkit import CkptkitError, testing as T
+from ckptkit.export import export
+from ckptkit.sources import load
+from conftest import ARCH, NETS, rel_error
+from converters.onnx import runner
+
+ALL = list(NETS)
+
+
+@pytest.mark.parametrize("fold", [True, False], ids=["fold", "nofold"])
+@pytest.mark.parametrize("name", ALL)
+def test_onnx_from_training_meta(store, reference, tmp_path, name, fold):
+    prefix = store(name)
+    model = load(prefix)  # the training-graph .meta beside the checkpoint
+    path = str(tmp_path / "m.onnx")
+    result = export(model, "onnx", path, fold=fold)
+    assert result.comparison.ok
+    if fold and name not in ("resnet_v2_50", "variants"):
+        assert result.graph.count("BatchNorm") == 0
+    x = T.random_input(NETS[name][1], batch=3, seed=7)
+    assert rel_error(reference(name, prefix, x), runner(path)(x)) < 1e-4
+    onnx.checker.check_model(onnx.load(path))
+
+
+@pytest.mark.parametrize("name", list(ARCH))
+def test_onnx_from_arch(store, reference, tmp_path, name):
+    prefix = store(name)
+    arch, kw = ARCH[name]
+    model = load(prefix, arch=arch, input_shape=NETS[name][1], arch_args=kw)
+    path = str(tmp_path / "m.onnx")
+    export(model, "onnx", path)
+    x = T.random_input(NETS[name][1], batch=2, seed=3)
+    assert rel_error(reference(name, prefix, x), runner(path)(x)) < 1e-4
+
+
+def test_onnx_nchw_and_dynamic_batch(store, reference, tmp_path):
+    prefix = store("mobilenet_v2")
+    path = str(tmp_path / "m.onnx")
+    export(load(prefix), "onnx", path, nchw=True)
+    x = T.random_input((32, 32, 3), batch=5)
+    assert rel_error(reference("mobilenet_v2", prefix, x), runner(path, nchw=True)(x)) < 1e-4
+    m = onnx.load(path)
+    assert m.graph.input[0].type.tensor_type.shape.dim[1].dim_value == 3
+    assert m.opset_import[0].version == 17
+
+
+def test_missing_statistics_point_to_recalibrate(store, tmp_path):
+    model = load(store("mobilenet_v2", trainable_only=True))
+    with pytest.raises(CkptkitError, match="recalibrate"):
+        export(model, "onnx", str(tmp_path / "m.onnx"))
+    assert not list(tmp_path.iterdir())
+
+
+def test_verification_failure_writes_nothing(store, tmp_path):
+    model = load(store("mobilenet_v2"))
+    model.reference = lambda x: np.zeros((x.shape[0], 10), np.float32) + 1.0
+    from ckptkit import VerificationError
+
+    with pytest.raises(VerificationError, match="does not match TensorFlow"):
+        export(model, "onnx", str(tmp_path / "m.onnx"))
+    assert not list(tmp_path.iterdir())
