@@ -87,7 +87,7 @@ class Checkpoint:
             self._reader = _tf.train.load_checkpoint(self.prefix)
             shapes = self._reader.get_variable_to_shape_map()
             dtypes = self._reader.get_variable_to_dtype_map()
-        except (_tf.errors.OpError, ValueError, RuntimeError) as err:
+        except (_tf.errors.OpError, ValueError, RuntimeError, IndexError, OSError) as err:
             raise CkptkitError(_damage_message(self.prefix, err)) from None
         self.tensors: dict[str, TensorInfo] = {
             name: TensorInfo(name, tuple(int(d) for d in shapes[name]), dtypes[name].as_numpy_dtype.__name__
@@ -109,7 +109,7 @@ class Checkpoint:
         _tf = tf()
         try:
             return np.asarray(self._reader.get_tensor(name))
-        except (_tf.errors.OpError, ValueError, RuntimeError) as err:
+        except (_tf.errors.OpError, ValueError, RuntimeError, IndexError, OSError) as err:
             data = glob.glob(glob.escape(self.prefix) + ".data-*") or [self.prefix]
             first = str(err).strip().splitlines()[0][:200]
             raise CkptkitError(f"tensor {name} cannot be read from {', '.join(data)} ({first}): the data file is damaged; re-copy or re-save it") from None

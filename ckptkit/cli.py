@@ -139,6 +139,44 @@ def cmd_to_keras(args) -> int:
     return _run_export(args, "keras", not args.no_fold)
 
 
+def cmd_recalibrate(args) -> int:
+    from tqdm import tqdm
+
+    from .recalibrate import recalibrate
+
+    model = _load(args)
+    from .data import dataset  # noqa: F401  (fail early on import problems)
+
+    bar = tqdm(unit="samples", desc="recalibrating", disable=args.quiet, file=sys.stderr, unit_scale=True)
+    try:
+        result = recalibrate(args.checkpoint, args.data, args.output_path, model=model, batch_size=args.batch_size,
+                             max_samples=args.max_samples, preprocess=args.preprocess, mean=args.mean, std=args.std,
+                             mode=args.mode, device=args.device, seed=args.seed, image_key=args.image_key,
+                             progress=bar.update, report_path=args.report, plot_path=args.plot)
+    finally:
+        bar.close()
+    print(f"recalibrated {len(result.statistics)} BatchNorm layer(s) from {result.samples} samples ({result.mode} mode)")
+    print(f"  {'layer':<56} {'|dmean|/std':>11} {'|log var|':>9} {'split-half':>10}  flags")
+    fmt = lambda v: "-" if v is None else f"{v:.3g}"  # noqa: E731
+    for row in result.report[: args.top]:
+        print(f"  {row['layer'][-56:]:<56} {fmt(row['mean_shift']):>11} {fmt(row['log_variance_ratio']):>9} "
+              f"{fmt(row['split_half_mean_diff']):>10}  {' '.join(row['flags'])}")
+    if len(result.report) > args.top:
+        print(f"  ... {len(result.report) - args.top} more (see --report)")
+    for f in result.files + [p for p in (args.report, args.plot) if p]:
+        print(f"wrote {f}")
+    return 0
+
+
+def _floats(text: Optional[str]):
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise CkptkitError(f"{text} is not a comma-separated list of numbers (e.g. 123.68,116.78,103.94)") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ckptkit",
@@ -186,6 +224,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", dest="output_path", required=True, metavar="MODEL.keras", help="output .keras or .h5 file")
     _add_export(p)
     p.set_defaults(func=cmd_to_keras)
+
+    p = sub.add_parser("recalibrate", help="recompute BatchNorm moving statistics from data",
+                       description="Recompute every BatchNorm's moving mean and variance exactly from data and "
+                                   "write a checkpoint equal to the input except those statistics.")
+    _add_source(p)
+    p.add_argument("--data", required=True, metavar="DIR", help="folder of images (jpg/png/bmp), .npy/.npz NHWC "
+                                                                "arrays and/or TFRecords, searched recursively")
+    p.add_argument("-o", dest="output_path", required=True, metavar="OUT", help="output checkpoint prefix")
+    p.add_argument("--batch-size", type=int, default=32, help="samples per batch (default 32)")
+    p.add_argument("--max-samples", type=int, help="use at most this many samples (default: all)")
+    p.add_argument("--preprocess", default="none", choices=["none", "unit", "inception", "vgg"],
+                   help="image preset: none = raw 0-255, unit = [0,1], inception = [-1,1], vgg = RGB mean "
+                        "subtraction (arrays are used as they are)")
+    p.add_argument("--mean", type=_floats, help="per-channel mean to subtract from raw 0-255 images (overrides preset)")
+    p.add_argument("--std", type=_floats, help="per-channel divisor after --mean (overrides preset)")
+    p.add_argument("--mode", default="precise", choices=["precise", "sequential"],
+                   help="precise: one pass on batch statistics; sequential: layer by layer, upstream BNs in "
+                        "inference mode with their new statistics")
+    p.add_argument("--device", help="TensorFlow device, e.g. /GPU:0 or /CPU:0 (default: the first GPU if any)")
+    p.add_argument("--image-key", default="image/encoded", help="TFRecord feature holding the encoded image")
+    p.add_argument("--seed", type=int, default=0, help="shuffling seed (default 0)")
+    p.add_argument("--report", metavar="FILE.json", help="write the per-layer report as JSON")
+    p.add_argument("--plot", metavar="FILE.png", help="plot the per-layer drift")
+    p.add_argument("--top", type=int, default=15, help="layers shown in the terminal report (default 15)")
+    p.set_defaults(func=cmd_recalibrate)
     return parser
 
 

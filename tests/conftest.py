@@ -17,7 +17,7 @@ NETS = {
     "resnet_v1_50_os16": (T.arch_net("resnet_v1_50", output_stride=16), (71, 71, 3)),
     "inception_v1": (T.arch_net("inception_v1"), (64, 64, 3)),
     "inception_v2": (T.arch_net("inception_v2"), (64, 64, 3)),
-    "inception_v3": (T.arch_net("inception_v3"), (160, 160, 3)),
+    "inception_v3": (T.arch_net("inception_v3"), (139, 139, 3)),
 }
 # --arch name and extra args for the nets that are tf_slim.nets networks
 ARCH = {"resnet_v1_50": ("resnet_v1_50", {}), "resnet_v2_50": ("resnet_v2_50", {}),

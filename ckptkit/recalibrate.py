@@ -1,0 +1,289 @@
+"""Recompute BatchNorm moving statistics exactly from data (see shared RECALIBRATION.md).
+
+precise:    one pass; every BatchNorm normalises by its batch statistics, all else runs in
+            inference mode. Per BN and channel, each batch gives (count, mean, M2) computed
+            on the device; batches merge on the host in float64 with Chan's parallel formula,
+            giving the pooled population variance over all N*H*W values.
+sequential: inference-consistent. BNs are estimated level by level (level = longest chain of
+            BNs above it); upstream BNs already run in inference mode with their new statistics,
+            so each BN is measured on the distribution the deployed model will see.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from ._tf import tf
+from .checkpoint import Checkpoint, check_output_prefix, write_checkpoint
+from .errors import CkptkitError
+from .ir import Graph, Node
+from .tf_exec import inference_bn, run_graph
+
+log = logging.getLogger("ckptkit")
+Progress = Callable[[int], None]
+
+
+class Moments:
+    """Per-channel count/mean/M2 merged exactly in float64 (Chan et al.)."""
+
+    def __init__(self, channels: int):
+        self.n = 0.0
+        self.mean = np.zeros(channels)
+        self.m2 = np.zeros(channels)
+
+    def add(self, n: float, mean: np.ndarray, m2: np.ndarray) -> None:
+        mean = mean.astype(np.float64)
+        m2 = m2.astype(np.float64)
+        total = self.n + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta ** 2 * (self.n * n / total)
+        self.n = total
+
+    @property
+    def variance(self) -> np.ndarray:
+        return self.m2 / max(self.n, 1.0)
+
+
+def _batch_moments(x, axes):
+    _tf = tf()
+    n = _tf.cast(_tf.reduce_prod(_tf.gather(_tf.shape(x), axes)), _tf.float32)
+    mean = _tf.reduce_mean(x, axes)
+    m2 = _tf.reduce_sum(_tf.square(x - mean), axes)  # two-pass within the batch: no cancellation
+    return n, mean, m2, _tf.sqrt(m2 / n)
+
+
+def _levels(graph: Graph) -> dict[str, int]:
+    """For each BN: 1 + the largest level of the BNs above it."""
+    level: dict[str, int] = {}
+    above: dict[str, int] = {}  # for every node: the largest BN level at or above it
+    for node in graph.nodes:
+        up = max((above.get(i, 0) for i in node.inputs), default=0)
+        if node.op == "BatchNorm":
+            level[node.name] = up + 1
+            above[node.name] = up + 1
+        else:
+            above[node.name] = up
+    return level
+
+
+def _stats_fn(graph: Graph, measure: set[str], fixed: dict[str, tuple[np.ndarray, np.ndarray]]):
+    """tf.function: batch -> {bn: (n, mean, M2)} for BNs in `measure`; BNs in `fixed` use those statistics."""
+    _tf = tf()
+
+    def hook(node: Node, x):
+        axes = list(range(len(node.shape) - 1))
+        p = node.params
+        if node.name in fixed:
+            mean, var = fixed[node.name]
+            fake = Node(node.name, "BatchNorm", node.inputs, node.shape, node.attrs,
+                        dict(p, mean=mean.astype(np.float32), variance=var.astype(np.float32)))
+            return inference_bn(fake, x)
+        n, mean, m2, _ = _batch_moments(x, axes)
+        if node.name in measure:
+            collected[node.name] = (n, mean, m2)
+        var = m2 / n
+        y = (x - mean) * _tf.math.rsqrt(var + node.attrs["epsilon"])
+        if p.get("gamma") is not None:
+            y = y * p["gamma"]
+        return y if p.get("beta") is None else y + p["beta"]
+
+    collected: dict = {}
+
+    @_tf.function(reduce_retracing=True)
+    def fn(x):
+        collected.clear()
+        run_graph(graph, x, hook)
+        return dict(collected)
+
+    return fn
+
+
+@dataclass
+class Recalibration:
+    statistics: dict[str, tuple[np.ndarray, np.ndarray]]  # BN node -> (mean, variance), float32
+    report: list[dict]
+    samples: int
+    mode: str
+    files: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"mode": self.mode, "samples": self.samples, "layers": self.report, "files": self.files}
+
+
+def _accumulate(fn, batches, names: set[str], channels: dict[str, int], progress: Optional[Progress], device):
+    _tf = tf()
+    full = {n: Moments(channels[n]) for n in names}
+    halves = [{n: Moments(channels[n]) for n in names} for _ in range(2)]
+    seen = 0
+    for i, batch in enumerate(batches):
+        with _tf.device(device):
+            out = fn(batch)
+        for name, (n, mean, m2) in out.items():
+            n, mean, m2 = float(n.numpy()), mean.numpy(), m2.numpy()
+            full[name].add(n, mean, m2)
+            halves[i % 2][name].add(n, mean, m2)
+        seen += int(batch.shape[0])
+        if progress:
+            progress(int(batch.shape[0]))
+    return full, halves, seen
+
+
+def estimate(graph: Graph, batches, *, mode: str = "precise", device: Optional[str] = None,
+             progress: Optional[Progress] = None) -> tuple[dict, dict, list, int]:
+    """New (mean, variance) per BN node from an iterable of NHWC batches (re-iterable for sequential)."""
+    bns = [n for n in graph.nodes if n.op == "BatchNorm"]
+    if not bns:
+        raise CkptkitError("the graph has no BatchNorm: nothing to recalibrate")
+    channels = {n.name: n.shape[-1] for n in bns}
+    device = device or default_device()
+    if mode == "precise":
+        full, halves, seen = _accumulate(_stats_fn(graph, {n.name for n in bns}, {}), batches, set(channels),
+                                         channels, progress, device)
+        return full, halves, [n.name for n in bns], seen
+    if mode != "sequential":
+        raise CkptkitError(f"--mode {mode} is unknown: choose precise or sequential")
+    levels = _levels(graph)
+    fixed: dict = {}
+    full, halves, seen = {}, [{}, {}], 0
+    for level in sorted(set(levels.values())):
+        names = {n for n, lv in levels.items() if lv == level}
+        f, h, seen = _accumulate(_stats_fn(graph, names, dict(fixed)), batches, names, channels, progress, device)
+        full.update(f)
+        halves[0].update(h[0])
+        halves[1].update(h[1])
+        for n in names:
+            fixed[n] = (f[n].mean, f[n].variance)
+    return full, halves, [n.name for n in bns], seen
+
+
+def default_device() -> str:
+    gpus = tf().config.list_logical_devices("GPU")
+    return gpus[0].name if gpus else "/CPU:0"
+
+
+def _report(graph: Graph, full: dict, halves: list, order: list[str]) -> list[dict]:
+    rows = []
+    for name in order:
+        node = graph[name]
+        eps = node.attrs["epsilon"]
+        new_m, new_v = full[name].mean, full[name].variance
+        old_m, old_v = node.params.get("mean"), node.params.get("variance")
+        flags = []
+        if old_m is None or old_v is None:
+            flags.append("was_missing")
+        else:
+            if np.all(old_m == 0) and np.all(old_v == 1):
+                flags.append("never_updated")
+            if (~np.isfinite(old_v) | (old_v < 0)).any():
+                flags.append("invalid")
+        if (new_v < 1e-8).any():
+            flags.append("near_zero_variance")
+        std = np.sqrt(new_v + eps)
+        mean_shift = None if old_m is None else float(np.max(np.abs(new_m - old_m) / std))
+        var_ratio = None
+        if old_v is not None and np.all(old_v > 0) and np.all(np.isfinite(old_v)):
+            var_ratio = float(np.max(np.abs(np.log((old_v + eps) / (new_v + eps)))))
+        a, b = halves[0].get(name), halves[1].get(name)
+        stability = None
+        if a is not None and b is not None and a.n and b.n:
+            stability = float(np.max(np.abs(a.mean - b.mean) / std))
+        rows.append({"layer": name, "variables": {k: node.sources.get(k) for k in ("mean", "variance")},
+                     "channels": int(new_m.size), "samples": int(full[name].n), "mean_shift": mean_shift,
+                     "log_variance_ratio": var_ratio, "split_half_mean_diff": stability, "flags": flags})
+    drift = lambda r: (r["mean_shift"] if r["mean_shift"] is not None else math.inf) + (  # noqa: E731
+        r["log_variance_ratio"] if r["log_variance_ratio"] is not None else math.inf)
+    return sorted(rows, key=drift, reverse=True)
+
+
+def write_statistics(ckpt: Checkpoint, graph: Graph, stats: dict, output: str) -> list[str]:
+    """The input checkpoint with every BN's moving statistics replaced (or created); all else bit for bit."""
+    new: dict[str, np.ndarray] = {}
+    for name, (mean, var) in stats.items():
+        node = graph[name]
+        for key, value in (("mean", mean), ("variance", var)):
+            var_name = node.sources.get(key)
+            if not var_name:
+                raise CkptkitError(f"BatchNorm {name} has no checkpoint variable for its moving {key}: "
+                                   "recalibrate needs a graph that names its variables (.meta, --arch, builder)")
+            dtype = ckpt.tensors[var_name].dtype if var_name in ckpt else "float32"
+            new[var_name] = value.astype(dtype)
+        # zero-debias: moving_mean = biased / (1 - decay^local_step); biased = mean and a huge
+        # local_step make that identity hold whatever the decay.
+        scope = node.sources["mean"]
+        for extra in ckpt.names:
+            if extra.endswith(scope + "/biased"):
+                new[extra] = mean.astype(ckpt.tensors[extra].dtype)
+            elif extra.endswith(scope + "/local_step"):
+                new[extra] = np.asarray(1e9, ckpt.tensors[extra].dtype)
+
+    def tensors():
+        for name in ckpt.names:
+            yield name, (new.pop(name) if name in new else ckpt.get(name))
+        yield from sorted(new.items())  # statistics that were missing
+
+    return write_checkpoint(output, tensors(), protect=[ckpt.prefix])
+
+
+def plot(report: list[dict], path: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report if r["mean_shift"] is not None]
+    fig, ax = plt.subplots(figsize=(10, max(3, 0.22 * len(rows) + 1)))
+    names = [r["layer"] for r in rows][::-1]
+    ax.barh(names, [r["mean_shift"] for r in rows][::-1], label="max |Δmean| / std")
+    ax.barh(names, [r["log_variance_ratio"] or 0 for r in rows][::-1], alpha=0.6, label="max |log var ratio|")
+    ax.set_xlabel("drift of the moving statistics")
+    ax.legend(loc="lower right")
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def recalibrate(checkpoint: str, data: str, output: Optional[str] = None, *, model=None, batch_size: int = 32,
+                max_samples: Optional[int] = None, preprocess: str = "none", mean=None, std=None,
+                mode: str = "precise", device: Optional[str] = None, seed: int = 0, image_key: str = "image/encoded",
+                progress: Optional[Progress] = None, report_path: Optional[str] = None,
+                plot_path: Optional[str] = None, **load_args) -> Recalibration:
+    """Recompute the moving statistics of `checkpoint` from `data`; write `output` if given.
+
+    `model` is a loaded Model (else `ckptkit.load(checkpoint, **load_args)`)."""
+    from .data import dataset
+    from .sources import load
+
+    if output is not None:
+        ckpt_prefix = Checkpoint(checkpoint).prefix
+        check_output_prefix(output, ckpt_prefix)
+    model = model or load(checkpoint, **load_args)
+    if batch_size < 2:
+        raise CkptkitError(f"--batch-size {batch_size} is too small: batch statistics need at least 2 samples")
+    ds, count = dataset(data, model.input_shape[1:], batch_size=batch_size, max_samples=max_samples,
+                        preprocess=preprocess, mean=mean, std=std, image_key=image_key, seed=seed)
+    full, halves, order, seen = estimate(model.graph, ds, mode=mode, device=device, progress=progress)
+    if seen == 0:
+        raise CkptkitError(f"no usable samples in --data {data}")
+    stats = {n: (full[n].mean.astype(np.float32), full[n].variance.astype(np.float32)) for n in order}
+    result = Recalibration(stats, _report(model.graph, full, halves, order), seen, mode)
+    if output is not None:
+        result.files = write_statistics(model.checkpoint, model.graph, stats, output)
+    if report_path:
+        tmp = report_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(result.to_json(), f, indent=2)
+        os.replace(tmp, report_path)
+    if plot_path:
+        plot(result.report, plot_path)
+    return result

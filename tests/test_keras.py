@@ -1,0 +1,49 @@
+"""Keras export: keras.models.load_model (no custom objects) reproduces TF's own inference output."""
+import keras
+import numpy as np
+import pytest
+
+from ckptkit import CkptkitError, testing as T
+from ckptkit.export import export
+from ckptkit.sources import load
+from conftest import NETS, rel_error
+
+
+@pytest.mark.parametrize("fold, ext", [(True, "keras"), (False, "h5"), (True, "h5"), (False, "keras")])
+@pytest.mark.parametrize("name", list(NETS))
+def test_keras_matches_tf(store, reference, tmp_path, name, fold, ext):
+    small = name in ("variants", "mobilenet_v2", "vgg16_bn")
+    if not small and (fold, ext) != (True, "keras") and not (name == "resnet_v2_50" and (fold, ext) == (False, "h5")):
+        pytest.skip("all four combinations run on the small nets; the large ones run folded .keras (suite time)")
+    prefix = store(name)
+    path = str(tmp_path / f"m.{ext}")
+    export(load(prefix), "keras", path, fold=fold)
+    model = keras.models.load_model(path, compile=False)
+    assert model.input_shape == (None,) + NETS[name][1]
+    x = T.random_input(NETS[name][1], batch=3, seed=11)
+    assert rel_error(reference(name, prefix, x), np.asarray(model(x, training=False))) < 1e-4
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    if not fold:
+        assert bns
+
+
+def test_unfolded_bn_layers_carry_statistics_and_epsilon(store, tmp_path):
+    prefix = store("resnet_v1_50")
+    path = str(tmp_path / "m.keras")
+    export(load(prefix), "keras", path, fold=False)
+    model = keras.models.load_model(path, compile=False)
+    bn = model.get_layer("resnet_v1_50_conv1_BatchNorm")
+    assert bn.epsilon == pytest.approx(1e-5)
+    from ckptkit.checkpoint import Checkpoint
+
+    ckpt = Checkpoint(prefix)
+    gamma, beta, mean, var = bn.get_weights()
+    np.testing.assert_array_equal(mean, ckpt.get("resnet_v1_50/conv1/BatchNorm/moving_mean"))
+    np.testing.assert_array_equal(var, ckpt.get("resnet_v1_50/conv1/BatchNorm/moving_variance"))
+
+
+def test_wrong_extension_is_refused(tmp_path):
+    from conftest import FIXTURE
+
+    with pytest.raises(CkptkitError, match=r"must end in \.keras"):
+        export(load(FIXTURE), "keras", str(tmp_path / "m.onnx"))

@@ -1,0 +1,153 @@
+"""Recalibration on a small slim CNN really trained on scikit-learn's digits."""
+import os
+
+import numpy as np
+import pytest
+
+from ckptkit import CkptkitError
+from ckptkit._tf import tf, tf1
+from ckptkit.checkpoint import Checkpoint
+from ckptkit.compat import slim
+from ckptkit.recalibrate import Moments, recalibrate
+from ckptkit.sources import load
+
+
+def digits_net(inputs, is_training=False):
+    s = slim()
+    with s.arg_scope([s.conv2d, s.fully_connected], normalizer_fn=s.batch_norm), \
+            s.arg_scope([s.batch_norm], is_training=is_training, decay=0.9, scale=True):
+        net = s.conv2d(inputs, 16, 3, scope="conv1")
+        net = s.conv2d(net, 32, 3, stride=2, scope="conv2")
+        net = s.flatten(net)
+        net = s.fully_connected(net, 32, scope="fc1")
+        return s.fully_connected(net, 10, activation_fn=None, normalizer_fn=None, scope="logits")
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    from sklearn.datasets import load_digits
+
+    root = tmp_path_factory.mktemp("digits")
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[..., None]
+    y = d.target.astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(x))
+    x, y = x[order], y[order]
+    train, test = slice(0, 1400), slice(1400, None)
+    paths = {}
+    _tf = tf()
+    g = _tf.Graph()
+    with g.as_default():
+        _tf.random.set_seed(0)
+        inp = tf1.placeholder(_tf.float32, [None, 8, 8, 1], name="input")
+        lab = tf1.placeholder(_tf.int64, [None], name="labels")
+        is_training = tf1.placeholder_with_default(True, [], name="is_training")
+        logits = digits_net(inp, is_training)
+        loss = tf1.losses.sparse_softmax_cross_entropy(lab, logits)
+        with _tf.control_dependencies(tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)):
+            step = tf1.train.AdamOptimizer(0.01).minimize(loss)
+        saver = tf1.train.Saver()
+        weights_only = tf1.train.Saver(tf1.trainable_variables())
+        stats = [v for v in tf1.global_variables() if "moving_" in v.op.name]
+        with tf1.Session() as sess:
+            sess.run(tf1.global_variables_initializer())
+            rng = np.random.default_rng(1)
+            for i in range(300):
+                idx = rng.integers(0, 1400, 64)
+                sess.run(step, {inp: x[train][idx], lab: y[train][idx]})
+                if i == 5:
+                    early = sess.run(stats)
+            paths["healthy"] = saver.save(sess, str(root / "healthy" / "model.ckpt"))
+            paths["missing"] = weights_only.save(sess, str(root / "missing" / "model.ckpt"))
+            for v in stats:
+                v.load(np.zeros(v.shape) if v.op.name.endswith("mean") else np.ones(v.shape), sess)
+            paths["reset"] = saver.save(sess, str(root / "reset" / "model.ckpt"))
+            for v, value in zip(stats, early):
+                v.load(value, sess)
+            paths["stale"] = saver.save(sess, str(root / "stale" / "model.ckpt"))
+    os.makedirs(root / "npy")
+    np.save(root / "npy" / "train.npy", x[train])
+    from PIL import Image
+
+    os.makedirs(root / "images" / "sub")
+    for i in range(600):
+        Image.fromarray(np.round(x[train][i, :, :, 0] * 255).astype(np.uint8)).save(root / "images" / "sub" / f"{i}.png")
+    (root / "images" / "broken.png").write_bytes(b"not a png")
+    return dict(paths=paths, root=root, x_test=x[test], y_test=y[test])
+
+
+def accuracy(prefix, meta, digits):
+    model = load(prefix, meta=meta)
+    return float(np.mean(model.reference(digits["x_test"]).argmax(-1) == digits["y_test"]))
+
+
+@pytest.mark.parametrize("case", ["missing", "reset", "stale"])
+@pytest.mark.parametrize("source", ["npy", "images"])
+def test_recalibration_restores_accuracy(digits, tmp_path, case, source):
+    meta = digits["paths"]["healthy"] + ".meta"
+    good = accuracy(digits["paths"]["healthy"], meta, digits)
+    assert good > 0.9
+    broken = digits["paths"][case]
+    if case != "missing":
+        assert accuracy(broken, meta, digits) < good - 0.05  # the damage is real
+    kw = dict(preprocess="unit") if source == "images" else {}
+    out = str(tmp_path / "fixed.ckpt")
+    result = recalibrate(broken, str(digits["root"] / source), out, meta=meta, batch_size=64, **kw)
+    assert result.samples == (1400 if source == "npy" else 600)
+    assert accuracy(out, meta, digits) >= good - 0.01
+    ckpt_in, ckpt_out = Checkpoint(broken), Checkpoint(out)
+    for name in ckpt_in.names:  # everything but the statistics is bit-identical
+        if "moving_" not in name:
+            np.testing.assert_array_equal(ckpt_in.get(name), ckpt_out.get(name))
+    assert sum("moving_mean" in n for n in ckpt_out.names) == 3
+
+
+def test_healthy_checkpoint_barely_moves(digits, tmp_path):
+    meta = digits["paths"]["healthy"] + ".meta"
+    out = str(tmp_path / "fixed.ckpt")
+    recalibrate(digits["paths"]["healthy"], str(digits["root"] / "npy"), out, meta=meta, batch_size=64,
+                report_path=str(tmp_path / "r.json"), plot_path=str(tmp_path / "r.png"))
+    assert abs(accuracy(out, meta, digits) - accuracy(digits["paths"]["healthy"], meta, digits)) <= 0.01
+    assert os.path.getsize(tmp_path / "r.png") > 1000
+
+
+def test_statistics_are_exact_pooled_moments(digits, tmp_path):
+    """conv1's BN sees conv1's output: its new statistics equal numpy's over all N*H*W values."""
+    meta = digits["paths"]["healthy"] + ".meta"
+    model = load(digits["paths"]["healthy"], meta=meta)
+    res = recalibrate(digits["paths"]["healthy"], str(digits["root"] / "npy"), None, model=model, batch_size=50)
+    conv = model.graph["conv1/Conv2D"]
+    from ckptkit.tf_exec import run_graph
+
+    x = np.load(digits["root"] / "npy" / "train.npy")
+    act = run_graph(model.graph, x, fetch=["conv1/Conv2D"])["conv1/Conv2D"].numpy().astype(np.float64)
+    bn = [n for n in model.graph.nodes if n.op == "BatchNorm" and n.inputs == [conv.name]][0]
+    mean, var = res.statistics[bn.name]
+    np.testing.assert_allclose(mean, act.mean((0, 1, 2)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(var, act.var((0, 1, 2)), rtol=1e-4, atol=1e-6)
+
+
+def test_sequential_mode_restores_accuracy(digits, tmp_path):
+    meta = digits["paths"]["healthy"] + ".meta"
+    out = str(tmp_path / "fixed.ckpt")
+    recalibrate(digits["paths"]["reset"], str(digits["root"] / "npy"), out, meta=meta, mode="sequential")
+    assert accuracy(out, meta, digits) >= accuracy(digits["paths"]["healthy"], meta, digits) - 0.01
+
+
+def test_chan_merge_survives_large_means():
+    rng = np.random.default_rng(0)
+    x = rng.normal(1000.0, 1.0, (64, 4)).astype(np.float32)
+    m = Moments(4)
+    for chunk in np.split(x, 8):
+        c = chunk.astype(np.float64)
+        m.add(len(c), c.mean(0), ((c - c.mean(0)) ** 2).sum(0))
+    np.testing.assert_allclose(m.variance, x.astype(np.float64).var(0), rtol=1e-9)
+
+
+def test_no_usable_samples_is_an_error(digits, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "junk.png").write_bytes(b"junk")
+    with pytest.raises(CkptkitError, match="no usable samples"):
+        recalibrate(digits["paths"]["healthy"], str(empty), str(tmp_path / "o.ckpt"),
+                    meta=digits["paths"]["healthy"] + ".meta")
