@@ -139,6 +139,10 @@ def cmd_to_keras(args) -> int:
     return _run_export(args, "keras", not args.no_fold)
 
 
+def cmd_to_caffe(args) -> int:
+    return _run_export(args, "caffe", args.bn == "fold", relu6=args.relu6)
+
+
 def cmd_recalibrate(args) -> int:
     from tqdm import tqdm
 
@@ -224,6 +228,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", dest="output_path", required=True, metavar="MODEL.keras", help="output .keras or .h5 file")
     _add_export(p)
     p.set_defaults(func=cmd_to_keras)
+
+    p = sub.add_parser("to-caffe", help="export to Caffe (.prototxt + .caffemodel), verified with OpenCV",
+                       description="Export to Caffe: BatchNorm folded (default) or as BatchNorm+Scale; TF's SAME "
+                                   "padding, average pooling and flatten order mapped exactly; checked with OpenCV "
+                                   "4.x's Caffe importer (tolerance 1e-3).")
+    _add_source(p, ckpt_optional=True)
+    p.add_argument("-o", dest="output_path", required=True, metavar="OUT",
+                   help="writes OUT.prototxt and OUT.caffemodel (or OUT/NAME.* when OUT is a folder)")
+    p.add_argument("--bn", choices=["fold", "keep"], default="fold",
+                   help="fold BatchNorm into Convolution/InnerProduct (default), or keep BatchNorm+Scale layers")
+    p.add_argument("--relu6", choices=["portable", "relu6", "clip"], default="portable",
+                   help="portable: relu(x) - relu(relu(x) - 6), runs in BVLC Caffe and OpenCV (default); "
+                        "relu6: OpenCV's ReLU6 layer; clip: newer BVLC Clip layer")
+    _add_export(p, fold_flag=False)
+    p.set_defaults(func=cmd_to_caffe)
 
     p = sub.add_parser("recalibrate", help="recompute BatchNorm moving statistics from data",
                        description="Recompute every BatchNorm's moving mean and variance exactly from data and "

@@ -257,6 +257,11 @@ def load(checkpoint: Optional[str] = None, *, meta: Optional[str] = None, arch: 
     ckpt = Checkpoint(checkpoint) if checkpoint is not None else None
     if frozen:
         return from_frozen(frozen, ckpt, input_name, output_name, input_shape)
+    if builder is not None and ckpt is None:  # a builder with constant weights needs no checkpoint
+        shape = _parse_shape(input_shape)
+        if shape is None:
+            raise CkptkitError("a builder needs input_shape=(H, W, C)")
+        return from_builder(None, builder, shape)
     if ckpt is None:
         raise CkptkitError("no checkpoint given: pass CKPT (a prefix, one of its files, or its folder)")
     if builder is not None:
