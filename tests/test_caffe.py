@@ -84,12 +84,12 @@ layer {
   top: "AvgPool2D/caffe_pool"
   pooling_param {
     pool: AVE
+    kernel_h: 3
+    kernel_w: 3
     stride_h: 2
     stride_w: 2
     pad_h: 1
     pad_w: 1
-    kernel_h: 3
-    kernel_w: 3
   }
 }
 layer {
