@@ -7,7 +7,7 @@ FIXTURE := fixtures/mobilenet_v2_tiny/model.ckpt
 OUT    := out/demo
 JOBS   ?= 2
 
-.PHONY: setup demo test bench fixtures clean
+.PHONY: setup demo test bench fixtures caffe-proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,7 @@ demo: setup
 	$(VENV)/bin/ckptkit fold $(FIXTURE) -o $(OUT)/folded.ckpt
 	$(VENV)/bin/ckptkit to-onnx $(FIXTURE) -o $(OUT)/model.onnx
 	$(VENV)/bin/ckptkit to-keras $(FIXTURE) -o $(OUT)/model.keras
+	$(VENV)/bin/ckptkit to-caffe $(FIXTURE) -o $(OUT)/model --bn keep
 
 test: setup
 	$(PY) -m pytest -n $(JOBS) tests
@@ -33,6 +34,13 @@ bench: setup
 
 fixtures: setup
 	$(PY) fixtures/make_fixtures.py
+
+# Regenerate converters/caffe_pb2.py from converters/caffe.proto (protoc from grpcio-tools, in a
+# throwaway venv so the project's protobuf is not touched).
+caffe-proto:
+	$(PYTHON) -m venv build/protoc-venv
+	build/protoc-venv/bin/pip install -q grpcio-tools
+	build/protoc-venv/bin/python -m grpc_tools.protoc -I converters --python_out=converters converters/caffe.proto
 
 clean:
 	rm -rf out .pytest_cache

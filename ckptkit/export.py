@@ -62,7 +62,7 @@ def export(model: Model, fmt: str, path: str, *, fold: bool = True, check: bool 
         if check:
             tol = tolerance if tolerance is not None else getattr(writer, "TOLERANCE", TOLERANCE)
             inputs = verification_inputs(graph.input_shape, verify_data)
-            comparison = verify(model.reference, writer.runner(staged[0], **options), inputs, tol)
+            comparison = verify(model.reference, writer.runner(staged[0], graph=graph, **options), inputs, tol)
             if not comparison.ok:
                 raise VerificationError(f"{fmt} export does not match TensorFlow: {comparison}; nothing was written")
         for src, dst in zip(staged, final_paths):

@@ -326,7 +326,7 @@ def export(graph: Graph, path: str, *, relu6: str = "portable", **_) -> list[str
     return [prototxt, caffemodel]
 
 
-def runner(path: str, **_):
+def runner(path: str, graph: Optional[Graph] = None, **_):
     """Runs the written model in OpenCV 4.x's Caffe importer (a test/verify dependency)."""
     try:
         import cv2
@@ -342,6 +342,11 @@ def runner(path: str, **_):
     def run(x: np.ndarray) -> np.ndarray:
         net.setInput(np.ascontiguousarray(x.transpose(0, 3, 1, 2), np.float32))
         y = np.asarray(net.forward())
-        return y.transpose(0, 2, 3, 1) if y.ndim == 4 else y.reshape(y.shape[0], -1)
+        y = y.transpose(0, 2, 3, 1) if y.ndim == 4 else y.reshape(y.shape[0], -1)
+        if graph is not None:  # OpenCV may drop unit spatial axes: give TF's output shape back
+            want = (y.shape[0],) + tuple(graph[graph.outputs[0]].shape[1:])
+            if y.size == int(np.prod(want)):
+                y = y.reshape(want)
+        return y
 
     return run

@@ -1,0 +1,146 @@
+"""Benchmarks: ckptkit and its baseline side by side, as whole processes, medians of several runs.
+
+    make bench                       # all
+    .venv/bin/python bench/run.py startup fold      # some
+
+Prints wall-clock medians, peak RSS (max over runs) and the ratio ckptkit / baseline, and
+appends the table to bench/RESULTS.md with the machine it ran on.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+WORK = os.path.join(HERE, "work")
+PY = sys.executable
+CKPTKIT = [PY, "-m", "ckptkit.cli", "-q"]
+REPS = int(os.environ.get("BENCH_REPS", "3"))
+
+# Runs a command and prints its peak RSS (kB) on the last line of stderr.
+_MEASURE = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+            "print('PEAK_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
+            "sys.exit(r.returncode)")
+
+
+def measure(cmd: list[str], reps: int = REPS) -> tuple[float, float]:
+    """(median seconds, peak MB) of `cmd` over `reps` runs; fails loudly if the command fails."""
+    times, peaks = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        proc = subprocess.run([PY, "-c", _MEASURE, *cmd], capture_output=True, text=True, cwd=ROOT)
+        times.append(time.perf_counter() - t0)
+        if proc.returncode != 0:
+            raise SystemExit(f"benchmark command failed: {' '.join(cmd)}\n{proc.stderr[-2000:]}")
+        peak = [line for line in proc.stderr.splitlines() if line.startswith("PEAK_KB")][-1]
+        peaks.append(int(peak.split()[1]) / 1024)
+    return statistics.median(times), max(peaks)
+
+
+def script(code: str) -> list[str]:
+    return [PY, "-c", code]
+
+
+def ensure(prefix: str, maker: str) -> str:
+    if not os.path.exists(prefix + ".index"):
+        os.makedirs(os.path.dirname(prefix), exist_ok=True)
+        subprocess.run(script(maker), check=True, cwd=ROOT)
+    return prefix
+
+
+def resnet_ckpt() -> str:
+    prefix = os.path.join(WORK, "resnet_v1_50", "model.ckpt")
+    return ensure(prefix, "from ckptkit import testing as T; "
+                          f"T.save_model(T.arch_net('resnet_v1_50', num_classes=1000), (224, 224, 3), {prefix!r})")
+
+
+def bench_to_onnx(rows: list) -> None:
+    prefix = resnet_ckpt()
+    out = os.path.join(WORK, "r50.onnx")
+    ours = measure(CKPTKIT + ["to-onnx", prefix, "--arch", "resnet_v1_50", "-o", out])
+    frozen = os.path.join(WORK, "r50_frozen.pb")
+    freeze = (
+        "import tensorflow as tf; from ckptkit import archs; from ckptkit.compat import slim; slim()\n"
+        "tf1 = tf.compat.v1; g = tf.Graph()\n"
+        "with g.as_default():\n"
+        " x = tf1.placeholder(tf.float32, [None, 224, 224, 3], name='input')\n"
+        " y = tf.identity(archs.builder('resnet_v1_50', 1000)(x), name='logits')\n"
+        " s = tf1.Session(); tf1.train.Saver().restore(s, %r)\n"
+        " gd = tf1.graph_util.convert_variables_to_constants(s, g.as_graph_def(), ['logits'])\n"
+        " open(%r, 'wb').write(gd.SerializeToString())\n") % (prefix, frozen)
+    baseline_cmd = ["bash", "-c", f"{PY} -c \"{freeze}\" && {PY} -m tf2onnx.convert --graphdef {frozen} "
+                                  f"--inputs input:0 --outputs logits:0 --output {out}.tf2onnx --opset 17"]
+    base = measure(baseline_cmd)
+    rows.append(("to-onnx resnet_v1_50 (verify on) vs freeze + tf2onnx", ours, base))
+
+
+def bench_fold(rows: list) -> None:
+    prefix = os.path.join(WORK, "vgg16_bn", "model.ckpt")
+    ensure(prefix, "from ckptkit import testing as T; "
+                   f"T.save_model(T.arch_net('vgg_16_bn', num_classes=1000), (224, 224, 3), {prefix!r}, save_meta=False)")
+    out = os.path.join(WORK, "vgg_folded.ckpt")
+    ours = measure(CKPTKIT + ["fold", prefix, "--arch", "vgg_16_bn", "-o", out], reps=1)
+    read = ("import tensorflow as tf; r = tf.train.load_checkpoint(%r)\n"
+            "for n in r.get_variable_to_shape_map(): r.get_tensor(n)\n") % prefix
+    base = measure(script(read), reps=1)
+    rows.append(("fold vgg_16_bn peak memory vs read every tensor once", ours, base))
+
+
+def bench_recalibrate(rows: list) -> None:
+    import numpy as np
+
+    prefix = resnet_ckpt()
+    data = os.path.join(WORK, "calib")
+    n = int(os.environ.get("BENCH_SAMPLES", "256"))
+    if not os.path.exists(os.path.join(data, "x.npy")):
+        os.makedirs(data, exist_ok=True)
+        np.save(os.path.join(data, "x.npy"), np.random.default_rng(0).normal(0, 1, (n, 224, 224, 3)).astype(np.float32))
+    out = os.path.join(WORK, "r50_recal.ckpt")
+    ours = measure(CKPTKIT + ["recalibrate", prefix, "--arch", "resnet_v1_50", "--data", data, "-o", out,
+                              "--batch-size", "32"], reps=1)
+    forward = (
+        "import numpy as np, tensorflow as tf; from ckptkit import archs; from ckptkit.compat import slim; slim()\n"
+        "tf1 = tf.compat.v1; g = tf.Graph()\n"
+        "with g.as_default():\n"
+        " x = tf1.placeholder(tf.float32, [None, 224, 224, 3]); y = archs.builder('resnet_v1_50', 1000)(x)\n"
+        " s = tf1.Session(); tf1.train.Saver().restore(s, %r); d = np.load(%r)\n"
+        " [s.run(y, {x: d[i:i + 32]}) for i in range(0, len(d), 32)]\n") % (prefix, os.path.join(data, "x.npy"))
+    base = measure(script(forward), reps=1)
+    rows.append((f"recalibrate resnet_v1_50 224px, {n} samples vs TF forward pass", ours, base))
+
+
+def bench_startup(rows: list) -> None:
+    fixture = os.path.join(ROOT, "fixtures", "mobilenet_v2_tiny", "model.ckpt")
+    rows.append(("ckptkit --help vs python -c pass", measure(CKPTKIT + ["--help"], reps=5),
+                 measure(script("pass"), reps=5)))
+    rows.append(("ckptkit inspect (small) vs import tensorflow", measure(CKPTKIT + ["inspect", fixture], reps=3),
+                 measure(script("import tensorflow"), reps=3)))
+
+
+BENCHES = {"startup": bench_startup, "fold": bench_fold, "to-onnx": bench_to_onnx, "recalibrate": bench_recalibrate}
+
+
+def main(names: list[str]) -> None:
+    os.makedirs(WORK, exist_ok=True)
+    rows: list = []
+    for name in names or list(BENCHES):
+        print(f"running {name} ...", flush=True)
+        BENCHES[name](rows)
+    lines = [f"| benchmark | ckptkit s | baseline s | time ratio | ckptkit peak MB | baseline peak MB | memory ratio |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for label, (t, m), (bt, bm) in rows:
+        lines.append(f"| {label} | {t:.2f} | {bt:.2f} | {t / bt:.2f} | {m:.0f} | {bm:.0f} | {m / bm:.2f} |")
+    table = "\n".join(lines)
+    print(table)
+    machine = f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    with open(os.path.join(HERE, "RESULTS.md"), "a") as f:
+        f.write(f"\n## {time.strftime('%Y-%m-%d %H:%M')} on {machine} (reps {REPS})\n\n{table}\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
