@@ -31,8 +31,14 @@ def resolve_prefix(path: str) -> str:
         state = os.path.join(path, "checkpoint")
         if os.path.isfile(state):
             latest = tf().train.latest_checkpoint(path)
-            if latest and _exists(latest):
-                return latest
+            if latest:
+                # A copied or moved training folder keeps absolute paths to where it was written:
+                # the same name inside this folder is the checkpoint meant.
+                here = os.path.join(path, os.path.basename(latest))
+                if _exists(here):
+                    return here
+                if _exists(latest):
+                    return latest
         indexes = sorted(glob.glob(os.path.join(path, "*.index")))
         if len(indexes) == 1:
             return indexes[0][: -len(".index")]

@@ -128,6 +128,9 @@ def save_model(builder: Callable, input_shape, prefix: str, *, seed: int = 0, st
                 var.load(value, sess)
             os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
             saver.save(sess, prefix, write_meta_graph=save_meta)
+    with open(os.path.join(os.path.dirname(os.path.abspath(prefix)), "checkpoint"), "w") as f:
+        name = os.path.basename(prefix)  # relative, so the folder can be moved
+        f.write(f'model_checkpoint_path: "{name}"\nall_model_checkpoint_paths: "{name}"\n')
     return prefix
 
 

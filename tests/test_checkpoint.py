@@ -104,3 +104,11 @@ def test_failed_write_leaves_nothing(tmp_path):
 def test_input_is_never_overwritten():
     with pytest.raises(CkptkitError, match="is the input checkpoint"):
         write_checkpoint(FIXTURE, iter([("a", np.zeros(1))]), protect=[FIXTURE])
+
+
+def test_moved_folder_with_absolute_state_file(tmp_path):
+    prefix = _copy_fixture(tmp_path)
+    folder = os.path.dirname(prefix)
+    with open(os.path.join(folder, "checkpoint"), "w") as f:
+        f.write('model_checkpoint_path: "/old/machine/train/model.ckpt"\n')
+    assert resolve_prefix(folder) == os.path.join(folder, "model.ckpt")
