@@ -77,3 +77,13 @@ def test_ambiguous_output_lists_candidates(tmp_path):
     with pytest.raises(CkptkitError, match=r"candidates: a, b\): pass --output NAME"):
         load(prefix)
     assert load(prefix, output_name="b").graph.count("Relu6") == 1
+
+
+def test_vgg_16_without_bn_from_arch(tmp_path):
+    """The full-size network (~0.5 GB checkpoint at 10 classes): its 7x7 fc6 needs 224 inputs."""
+    builder = T.arch_net("vgg_16")
+    prefix = T.save_model(builder, (224, 224, 3), str(tmp_path / "vgg" / "model.ckpt"), save_meta=False)
+    x = T.random_input((224, 224, 3), batch=2)
+    ref = T.inference_output(builder, (224, 224, 3), prefix, x)
+    export(load(prefix, arch="vgg_16"), "onnx", str(tmp_path / "m.onnx"))
+    assert rel_error(ref, runner(str(tmp_path / "m.onnx"))(x)) < 1e-4
