@@ -106,6 +106,21 @@ class Graph:
         return counts
 
 
+class UniqueNames:
+    """Hands out names, suffixing _2, _3, ... to repeats (IR node names, ONNX/Caffe/Keras layer names)."""
+
+    def __init__(self) -> None:
+        self._used: set[str] = set()
+
+    def __call__(self, base: str) -> str:
+        name, k = base, 1
+        while name in self._used:
+            k += 1
+            name = f"{base}_{k}"
+        self._used.add(name)
+        return name
+
+
 def same_pads(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
     """TF SAME padding along one axis: out = ceil(in/s), the odd pixel goes after (bottom/right)."""
     eff = (kernel - 1) * dilation + 1

@@ -158,6 +158,34 @@ def _candidate_outputs(graph, input_t) -> list:
     return sorted(result, key=lambda t: t.name)
 
 
+def _pick_input(probe, input_name: Optional[str], what: str, input_shape) -> tuple[object, tuple]:
+    """The input tensor of an imported graph (named, or the only 4-D float placeholder) and its H,W,C."""
+    if input_name is None:
+        cands = _candidate_inputs(probe)
+        if len(cands) != 1:
+            names = ", ".join(t.op.name for t in cands) or "none"
+            raise CkptkitError(f"cannot tell the input of {what} (4-D float placeholders: {names}): pass --input NAME")
+        input_name = cands[0].name
+    old_in = _tensor(probe, input_name, "input")
+    shape = _parse_shape(input_shape)
+    if shape is None and old_in.shape.rank == 4:
+        shape = tuple(old_in.shape.as_list()[1:])
+    if shape is None or None in shape:
+        raise CkptkitError(f"input {old_in.name} has shape {old_in.shape}: give --input-shape H,W,C")
+    return old_in, shape
+
+
+def _pick_output(graph, x, output_name: Optional[str], what: str):
+    """The output tensor: named, or the only candidate (see _candidate_outputs)."""
+    if output_name is not None:
+        return _tensor(graph, output_name, "output")
+    cands = _candidate_outputs(graph, x)
+    if len(cands) != 1:
+        names = ", ".join(t.op.name for t in cands) or "none"
+        raise CkptkitError(f"cannot tell the output of {what} (candidates: {names}): pass --output NAME")
+    return cands[0]
+
+
 def from_meta(ckpt: Checkpoint, meta: str, input_name=None, output_name=None, input_shape=None) -> Model:
     _tf = tf()
     if not os.path.isfile(meta):
@@ -176,30 +204,12 @@ def from_meta(ckpt: Checkpoint, meta: str, input_name=None, output_name=None, in
             tf1.train.import_meta_graph(mgd, clear_devices=True)
         except Exception as err:
             raise CkptkitError(f"meta graph {meta} cannot be imported ({str(err).splitlines()[0][:200]})") from None
-    if input_name is None:
-        cands = _candidate_inputs(probe)
-        if len(cands) != 1:
-            names = ", ".join(t.op.name for t in cands) or "none"
-            raise CkptkitError(f"cannot tell the input of {meta} (4-D float placeholders: {names}): pass --input NAME")
-        input_name = cands[0].name
-    old_in = _tensor(probe, input_name, "input")
-    shape = _parse_shape(input_shape)
-    if shape is None and old_in.shape.rank == 4:
-        shape = tuple(old_in.shape.as_list()[1:])
-    if shape is None or None in shape:
-        raise CkptkitError(f"input {old_in.name} has shape {old_in.shape}: give --input-shape H,W,C")
+    old_in, shape = _pick_input(probe, input_name, meta, input_shape)
     g = _tf.Graph()
     with g.as_default():
         x = _placeholder(shape)
         tf1.train.import_meta_graph(mgd, clear_devices=True, input_map={old_in.name: x})
-    if output_name is None:
-        cands = _candidate_outputs(g, x)
-        if len(cands) != 1:
-            names = ", ".join(t.op.name for t in cands) or "none"
-            raise CkptkitError(f"cannot tell the output of {meta} (candidates: {names}): pass --output NAME")
-        out = cands[0]
-    else:
-        out = _tensor(g, output_name, "output")
+    out = _pick_output(g, x, output_name, meta)
     graph = import_graph(g, x, out, ValueSource(ckpt), os.path.basename(ckpt.prefix))
     from .tf_exec import reference_fn
 
@@ -219,27 +229,12 @@ def from_frozen(path: str, ckpt: Optional[Checkpoint], input_name=None, output_n
     probe = _tf.Graph()
     with probe.as_default():
         _tf.graph_util.import_graph_def(gd, name="")
-    if input_name is None:
-        cands = _candidate_inputs(probe)
-        if len(cands) != 1:
-            raise CkptkitError(f"cannot tell the input of {path}: pass --input NAME")
-        input_name = cands[0].name
-    old_in = _tensor(probe, input_name, "input")
-    shape = _parse_shape(input_shape) or tuple(old_in.shape.as_list()[1:])
-    if None in shape:
-        raise CkptkitError(f"input {old_in.name} has shape {old_in.shape}: give --input-shape H,W,C")
+    old_in, shape = _pick_input(probe, input_name, path, input_shape)
     g = _tf.Graph()
     with g.as_default():
         x = _placeholder(shape)
         _tf.graph_util.import_graph_def(gd, input_map={old_in.name: x}, name="")
-    if output_name is None:
-        cands = _candidate_outputs(g, x)
-        if len(cands) != 1:
-            names = ", ".join(t.op.name for t in cands) or "none"
-            raise CkptkitError(f"cannot tell the output of {path} (candidates: {names}): pass --output NAME")
-        out = cands[0]
-    else:
-        out = _tensor(g, output_name, "output")
+    out = _pick_output(g, x, output_name, path)
     graph = import_graph(g, x, out, ValueSource(ckpt), os.path.splitext(os.path.basename(path))[0])
     return Model(graph, ckpt, _session_reference(g, x, out, ckpt), f"--graph {path}")
 

@@ -23,7 +23,7 @@ from typing import Optional
 import numpy as np
 
 from ckptkit.errors import CkptkitError
-from ckptkit.ir import Graph, Node, bn_affine
+from ckptkit.ir import Graph, Node, UniqueNames, bn_affine
 
 TOLERANCE = 1e-3  # OpenCV's float kernels differ slightly from TF's
 RELU6_MODES = ("portable", "relu6", "clip")
@@ -55,15 +55,7 @@ class _Net:
         self.pb = pb
         self.net = pb.NetParameter(name=name)
         self.weights = pb.NetParameter(name=name)
-        self._names: set[str] = set()
-
-    def unique(self, name: str) -> str:
-        cand, k = name, 1
-        while cand in self._names:
-            k += 1
-            cand = f"{name}_{k}"
-        self._names.add(cand)
-        return cand
+        self.unique = UniqueNames()
 
     def layer(self, name: str, type_: str, bottoms: list[str], blobs: Optional[list[np.ndarray]] = None, **params):
         name = self.unique(name)
@@ -143,7 +135,7 @@ class _Writer:
         h, w, c = inp.shape[1:]
         self.n.net.input.append("input")
         self.n.net.input_shape.add().dim.extend([1, c, h, w])
-        self.n._names.add("input")
+        self.n.unique("input")
         self.top[inp.name] = "input"
         for node in self.g.nodes:
             if node.op != "Input":

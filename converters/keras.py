@@ -12,19 +12,14 @@ import re
 import numpy as np
 
 from ckptkit.errors import CkptkitError
-from ckptkit.ir import Graph, Node, same_pads
+from ckptkit.ir import Graph, Node, UniqueNames, same_pads
 
 EXTENSIONS = (".keras", ".h5")
 
 
-def _name(ir_name: str, used: set[str]) -> str:
-    base = re.sub(r"[^A-Za-z0-9_.-]", "_", ir_name.replace("/", "_")) or "layer"
-    name, k = base, 1
-    while name in used:
-        k += 1
-        name = f"{base}_{k}"
-    used.add(name)
-    return name
+def _name(ir_name: str, unique: UniqueNames) -> str:
+    """Keras forbids '/' in layer names: TF scopes become underscores."""
+    return unique(re.sub(r"[^A-Za-z0-9_.-]", "_", ir_name.replace("/", "_")) or "layer")
 
 
 def _padding_mode(node: Node, in_shape: tuple, kernel, strides, dilations=(1, 1)) -> str:
@@ -41,7 +36,7 @@ def build(graph: Graph):
     import keras
     from keras import layers as L
 
-    used: set[str] = set()
+    used = UniqueNames()
     inp = graph[graph.inputs[0]]
     x_in = keras.Input(shape=tuple(inp.shape[1:]), name=_name(inp.name, used))
     values = {inp.name: x_in}

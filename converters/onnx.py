@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 
 from ckptkit.errors import CkptkitError
-from ckptkit.ir import Graph, Node
+from ckptkit.ir import Graph, Node, UniqueNames
 
 DEFAULT_OPSET = 17
 IR_VERSION = 8  # loads in every onnxruntime since 1.10
@@ -28,15 +28,7 @@ class _Builder:
         self.opset = opset
         self.nodes: list = []
         self.inits: list = []
-        self._names: set[str] = set()
-
-    def name(self, base: str) -> str:
-        cand, k = base, 1
-        while cand in self._names:
-            k += 1
-            cand = f"{base}_{k}"
-        self._names.add(cand)
-        return cand
+        self.name = UniqueNames()
 
     def const(self, base: str, value: np.ndarray) -> str:
         from onnx import numpy_helper

@@ -15,7 +15,7 @@ import numpy as np
 
 from .._tf import tf
 from ..errors import CkptkitError, UnsupportedOpError
-from ..ir import Graph, Node
+from ..ir import Graph, Node, UniqueNames
 
 log = logging.getLogger("ckptkit.import")
 
@@ -69,7 +69,7 @@ class Walker:
         self.input = input_tensor
         self.values = values
         self.nodes: list[Node] = []
-        self._names: set[str] = set()
+        self._unique = UniqueNames()
         self._memo: dict[tuple[int, str], str] = {}
         self._alias: dict[tuple[int, str], object] = {}  # function-graph inputs -> outer tensors
         self._func_cache: dict[tuple[int, str, str], object] = {}
@@ -77,13 +77,7 @@ class Walker:
 
     # ---- naming and emitting -------------------------------------------------------------
     def unique(self, name: str) -> str:
-        base = clean_name(name)
-        candidate, k = base, 1
-        while candidate in self._names:
-            k += 1
-            candidate = f"{base}_{k}"
-        self._names.add(candidate)
-        return candidate
+        return self._unique(clean_name(name))
 
     def emit(self, name: str, op: str, inputs: list[str], shape, **kw) -> str:
         node = Node(self.unique(name), op, inputs, tuple(shape), **kw)
