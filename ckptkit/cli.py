@@ -261,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="precise", choices=["precise", "sequential"],
                    help="precise: one pass on batch statistics; sequential: layer by layer, upstream BNs in "
                         "inference mode with their new statistics")
-    p.add_argument("--device", help="TensorFlow device, e.g. /GPU:0 or /CPU:0 (default: the first GPU if any)")
+    p.add_argument("--device", help="TensorFlow device(s): /GPU:0, /CPU:0, or a list such as /GPU:0,/GPU:1 to split "
+                        "each batch across them (default: every GPU, else the CPU)")
     p.add_argument("--image-key", default="image/encoded", help="TFRecord feature holding the encoded image")
     p.add_argument("--seed", type=int, default=0, help="shuffling seed (default 0)")
     p.add_argument("--report", metavar="FILE.json", help="write the per-layer report as JSON")

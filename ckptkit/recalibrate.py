@@ -74,10 +74,12 @@ def _levels(graph: Graph) -> dict[str, int]:
 
 
 def _stats_fn(graph: Graph, measure: set[str], fixed: dict[str, tuple[np.ndarray, np.ndarray]]):
-    """tf.function: batch -> {bn: (n, mean, M2)} for BNs in `measure`; BNs in `fixed` use those statistics."""
+    """batch -> ({bn: (n, mean, M2)} for BNs in `measure`, samples); BNs in `fixed` use those statistics.
+
+    A plain function, traced by `_stepper` (once per replica under tf.distribute)."""
     _tf = tf()
 
-    def hook(node: Node, x):
+    def hook(node: Node, x, collected: dict):
         axes = list(range(len(node.shape) - 1))
         p = node.params
         if node.name in fixed:
@@ -94,15 +96,52 @@ def _stats_fn(graph: Graph, measure: set[str], fixed: dict[str, tuple[np.ndarray
             y = y * p["gamma"]
         return y if p.get("beta") is None else y + p["beta"]
 
-    collected: dict = {}
-
-    @_tf.function(reduce_retracing=True)
     def fn(x):
-        collected.clear()
-        run_graph(graph, x, hook)
-        return dict(collected)
+        collected: dict = {}
+        run_graph(graph, x, lambda node, y: hook(node, y, collected))
+        return collected, _tf.shape(x)[0]
 
     return fn
+
+
+def _stepper(fn, devices: list[str]):
+    """batch -> list of per-device ({bn: (n, mean, M2)}, samples).
+
+    One device: plain placement. Several: tf.distribute.MirroredStrategy splits every batch
+    across them; each replica's moments come back separately and merge exactly on the host."""
+    _tf = tf()
+    compiled = _tf.function(fn, reduce_retracing=True)
+
+    def single(batch):
+        with _tf.device(devices[0]):
+            return [compiled(batch)]
+
+    if len(devices) == 1:
+        return single
+    strategy = _tf.distribute.MirroredStrategy(devices)
+
+    @_tf.function(reduce_retracing=True)
+    def step(batch):
+        return strategy.run(fn, args=(batch,))
+
+    def run(batch):
+        if int(batch.shape[0]) < len(devices):  # too few samples to give every replica one
+            return single(batch)
+        parts = strategy.experimental_distribute_values_from_function(
+            lambda ctx: _replica_slice(batch, ctx.replica_id_in_sync_group, ctx.num_replicas_in_sync))
+        out = step(parts)
+        per_leaf = [strategy.experimental_local_results(leaf) for leaf in _tf.nest.flatten(out)]
+        return [_tf.nest.pack_sequence_as(out, [v[min(r, len(v) - 1)] for v in per_leaf])
+                for r in range(len(devices))]
+
+    return run
+
+
+def _replica_slice(batch, replica: int, replicas: int):
+    """Contiguous, non-empty share of the batch for one replica (sizes differ by at most one)."""
+    n = int(batch.shape[0])
+    lo, hi = replica * n // replicas, (replica + 1) * n // replicas
+    return batch[lo:hi]
 
 
 @dataclass
@@ -117,21 +156,23 @@ class Recalibration:
         return {"mode": self.mode, "samples": self.samples, "layers": self.report, "files": self.files}
 
 
-def _accumulate(fn, batches, names: set[str], channels: dict[str, int], progress: Optional[Progress], device):
-    _tf = tf()
+def _accumulate(fn, batches, names: set[str], channels: dict[str, int], progress: Optional[Progress],
+                devices: list[str]):
+    step = _stepper(fn, devices)
     full = {n: Moments(channels[n]) for n in names}
     halves = [{n: Moments(channels[n]) for n in names} for _ in range(2)]
     seen = 0
     for i, batch in enumerate(batches):
-        with _tf.device(device):
-            out = fn(batch)
-        for name, (n, mean, m2) in out.items():
-            n, mean, m2 = float(n.numpy()), mean.numpy(), m2.numpy()
-            full[name].add(n, mean, m2)
-            halves[i % 2][name].add(n, mean, m2)
-        seen += int(batch.shape[0])
+        count = 0
+        for moments, samples in step(batch):
+            for name, (n, mean, m2) in moments.items():
+                n, mean, m2 = float(n.numpy()), mean.numpy(), m2.numpy()
+                full[name].add(n, mean, m2)
+                halves[i % 2][name].add(n, mean, m2)
+            count += int(samples)
+        seen += count
         if progress:
-            progress(int(batch.shape[0]))
+            progress(count)
     return full, halves, seen
 
 
@@ -142,10 +183,10 @@ def estimate(graph: Graph, batches, *, mode: str = "precise", device: Optional[s
     if not bns:
         raise CkptkitError("the graph has no BatchNorm: nothing to recalibrate")
     channels = {n.name: n.shape[-1] for n in bns}
-    device = device or default_device()
+    devices = resolve_devices(device)
     if mode == "precise":
         full, halves, seen = _accumulate(_stats_fn(graph, {n.name for n in bns}, {}), batches, set(channels),
-                                         channels, progress, device)
+                                         channels, progress, devices)
         return full, halves, [n.name for n in bns], seen
     if mode != "sequential":
         raise CkptkitError(f"--mode {mode} is unknown: choose precise or sequential")
@@ -154,7 +195,7 @@ def estimate(graph: Graph, batches, *, mode: str = "precise", device: Optional[s
     full, halves, seen = {}, [{}, {}], 0
     for level in sorted(set(levels.values())):
         names = {n for n, lv in levels.items() if lv == level}
-        f, h, seen = _accumulate(_stats_fn(graph, names, dict(fixed)), batches, names, channels, progress, device)
+        f, h, seen = _accumulate(_stats_fn(graph, names, dict(fixed)), batches, names, channels, progress, devices)
         full.update(f)
         halves[0].update(h[0])
         halves[1].update(h[1])
@@ -163,9 +204,29 @@ def estimate(graph: Graph, batches, *, mode: str = "precise", device: Optional[s
     return full, halves, [n.name for n in bns], seen
 
 
-def default_device() -> str:
-    gpus = tf().config.list_logical_devices("GPU")
-    return gpus[0].name if gpus else "/CPU:0"
+def resolve_devices(device: Optional[str] = None) -> list[str]:
+    """Devices to run on: `device` ("/GPU:0", or a comma-separated list), else every GPU, else the CPU."""
+    _tf = tf()
+    available = _tf.config.list_logical_devices()
+    if not device:
+        gpus = [d.name for d in available if d.device_type == "GPU"]
+        return gpus or ["/CPU:0"]
+    chosen = []
+    for text in (d.strip() for d in device.split(",") if d.strip()):
+        try:
+            spec = _tf.DeviceSpec.from_string(text if text.startswith("/") else "/" + text)
+        except ValueError:
+            spec = None
+        match = [d.name for d in available if spec is not None and spec.device_type
+                 and d.device_type == spec.device_type.upper() and
+                 _tf.DeviceSpec.from_string(d.name).device_index == (spec.device_index or 0)]
+        if not match:
+            names = ", ".join(f"/{d.device_type}:{_tf.DeviceSpec.from_string(d.name).device_index}" for d in available)
+            raise CkptkitError(f"--device {text} is not available here (devices: {names}): pass one of them")
+        chosen.append(match[0])
+    if len(set(chosen)) != len(chosen):
+        raise CkptkitError(f"--device {device} names a device twice: list each device once")
+    return chosen
 
 
 def _report(graph: Graph, full: dict, halves: list, order: list[str]) -> list[dict]:

@@ -6,7 +6,7 @@ import pytest
 from ckptkit import CkptkitError, testing as T
 from ckptkit.export import export
 from ckptkit.sources import load
-from conftest import ARCH, NETS, rel_error
+from conftest import ARCH, NETS, rel_error, skip_for_time
 from converters.onnx import runner
 
 ALL = list(NETS)
@@ -17,7 +17,7 @@ SMALL = ("variants", "mobilenet_v2", "vgg16_bn", "resnet_v2_50")
 @pytest.mark.parametrize("name", ALL)
 def test_onnx_from_training_meta(store, reference, tmp_path, name, fold):
     if not fold and name not in SMALL:
-        pytest.skip("unfolded export is covered on the small nets and resnet_v2 (suite time)")
+        skip_for_time("unfolded export is covered on the small nets and resnet_v2")
     prefix = store(name)
     model = load(prefix)  # the training-graph .meta beside the checkpoint
     path = str(tmp_path / "m.onnx")

@@ -151,3 +151,40 @@ def test_no_usable_samples_is_an_error(digits, tmp_path):
     with pytest.raises(CkptkitError, match="no usable samples"):
         recalibrate(digits["paths"]["healthy"], str(empty), str(tmp_path / "o.ckpt"),
                     meta=digits["paths"]["healthy"] + ".meta")
+
+
+SPLIT_SCRIPT = r"""
+import sys, numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from ckptkit.recalibrate import recalibrate
+prefix, data, meta, out = sys.argv[1:]
+kw = dict(meta=meta, max_samples=1280)
+split = recalibrate(prefix, data, None, batch_size=64, device="/CPU:0,/CPU:1", **kw)
+single = recalibrate(prefix, data, None, batch_size=32, device="/CPU:0", **kw)
+assert split.samples == single.samples == 1280
+for name, (mean, var) in single.statistics.items():
+    np.testing.assert_allclose(split.statistics[name][0], mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(split.statistics[name][1], var, rtol=1e-5, atol=1e-6)
+# a last batch of one sample cannot be split: it runs on the first device
+odd = recalibrate(prefix, data, None, batch_size=64, device="/CPU:0,/CPU:1", meta=meta, max_samples=1281)
+assert odd.samples == 1281 and all(np.isfinite(v).all() for s in odd.statistics.values() for v in s)
+print("SPLIT_OK")
+"""
+
+
+def test_batches_split_across_devices_merge_exactly(digits, tmp_path):
+    """tf.distribute over two logical CPUs: each batch of 64 split in two equals one device at batch 32."""
+    import subprocess
+    import sys
+
+    prefix = digits["paths"]["reset"]
+    proc = subprocess.run([sys.executable, "-c", SPLIT_SCRIPT, prefix, str(digits["root"] / "npy"),
+                           digits["paths"]["healthy"] + ".meta", str(tmp_path)], capture_output=True, text=True)
+    assert "SPLIT_OK" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_unknown_device_is_an_error(digits, tmp_path):
+    with pytest.raises(CkptkitError, match=r"--device /GPU:7 is not available here \(devices: /CPU:0"):
+        recalibrate(digits["paths"]["healthy"], str(digits["root"] / "npy"), None,
+                    meta=digits["paths"]["healthy"] + ".meta", device="/GPU:7")

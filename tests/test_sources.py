@@ -7,7 +7,17 @@ from ckptkit._tf import tf, tf1
 from ckptkit.export import export
 from ckptkit.sources import load
 from conftest import FIXTURE, rel_error
+from converters import caffe, keras as keras_writer, onnx as onnx_writer
 from converters.onnx import runner
+
+
+def export_everywhere(model, tmp_path, x, ref) -> None:
+    """ONNX, Keras and Caffe exports of `model`, each run in its own runtime against TF's output."""
+    for fmt, path, writer, tol in (("onnx", "m.onnx", onnx_writer, 1e-4), ("keras", "m.keras", keras_writer, 1e-4),
+                                   ("caffe", "net", caffe, 1e-3)):
+        result = export(model, fmt, str(tmp_path / path))
+        got = writer.runner(result.files[0], graph=result.graph)(x)
+        assert rel_error(ref, got) < tol, fmt
 
 
 def freeze(builder, shape, prefix, path):
@@ -62,6 +72,7 @@ def test_alexnet_without_bn_from_arch_and_meta(tmp_path):
         assert model.graph.count("BatchNorm") == 0
         export(model, "onnx", str(tmp_path / "m.onnx"))
         assert rel_error(ref, runner(str(tmp_path / "m.onnx"))(x)) < 1e-4
+    export_everywhere(load(prefix), tmp_path, x, ref)
 
 
 def test_ambiguous_output_lists_candidates(tmp_path):
@@ -85,5 +96,4 @@ def test_vgg_16_without_bn_from_arch(tmp_path):
     prefix = T.save_model(builder, (224, 224, 3), str(tmp_path / "vgg" / "model.ckpt"), save_meta=False)
     x = T.random_input((224, 224, 3), batch=2)
     ref = T.inference_output(builder, (224, 224, 3), prefix, x)
-    export(load(prefix, arch="vgg_16"), "onnx", str(tmp_path / "m.onnx"))
-    assert rel_error(ref, runner(str(tmp_path / "m.onnx"))(x)) < 1e-4
+    export_everywhere(load(prefix, arch="vgg_16"), tmp_path, x, ref)
