@@ -131,7 +131,7 @@ def main(names: list[str]) -> None:
     for name in names or list(BENCHES):
         print(f"running {name} ...", flush=True)
         BENCHES[name](rows)
-    lines = [f"| benchmark | ckptkit s | baseline s | time ratio | ckptkit peak MB | baseline peak MB | memory ratio |",
+    lines = ["| benchmark | ckptkit s | baseline s | time ratio | ckptkit peak MB | baseline peak MB | memory ratio |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for label, (t, m), (bt, bm) in rows:
         lines.append(f"| {label} | {t:.2f} | {bt:.2f} | {t / bt:.2f} | {m:.0f} | {bm:.0f} | {m / bm:.2f} |")

@@ -6,7 +6,6 @@ runs the same kernels); any other padding becomes an explicit ZeroPadding2D.
 """
 from __future__ import annotations
 
-import os
 import re
 
 import numpy as np

@@ -7,7 +7,6 @@ exactly onto ONNX's [top, left, bottom, right].
 """
 from __future__ import annotations
 
-from typing import Optional
 
 import numpy as np
 

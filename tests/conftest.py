@@ -7,14 +7,6 @@ import pytest
 
 from ckptkit import testing as T
 
-# `CKPTKIT_FULL=1 make test` (or `make test-full`) runs the combinations skipped for suite time.
-FULL = os.environ.get("CKPTKIT_FULL") == "1"
-
-
-def skip_for_time(reason: str) -> None:
-    if not FULL:
-        pytest.skip(f"{reason} (suite time; CKPTKIT_FULL=1 runs it)")
-
 # name -> (builder, input shape, builder without BN for fold tests or None)
 NETS = {
     "variants": (T.bn_variants_net, (32, 32, 3)),

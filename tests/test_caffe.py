@@ -8,15 +8,13 @@ from ckptkit import testing as T
 from ckptkit._tf import tf
 from ckptkit.export import export
 from ckptkit.sources import load
-from conftest import NETS, rel_error, skip_for_time
+from conftest import NETS, rel_error
 from converters.caffe import runner
 
 
 @pytest.mark.parametrize("bn", ["fold", "keep"])
 @pytest.mark.parametrize("name", list(NETS))
 def test_caffe_matches_tf(store, reference, tmp_path, name, bn):
-    if bn == "keep" and name not in ("variants", "mobilenet_v2", "vgg16_bn", "resnet_v2_50", "inception_v1"):
-        skip_for_time("BatchNorm+Scale runs on the small nets, resnet_v2 and inception_v1")
     prefix = store(name)
     result = export(load(prefix), "caffe", str(tmp_path / "net"), fold=bn == "fold")
     prototxt, caffemodel = result.files

@@ -1,5 +1,4 @@
 """`fold_checkpoint` output restored into the same network built without BN matches TF's BN inference."""
-import numpy as np
 import pytest
 
 from ckptkit import CkptkitError, testing as T

@@ -6,15 +6,12 @@ import pytest
 from ckptkit import CkptkitError, testing as T
 from ckptkit.export import export
 from ckptkit.sources import load
-from conftest import NETS, rel_error, skip_for_time
+from conftest import NETS, rel_error
 
 
 @pytest.mark.parametrize("fold, ext", [(True, "keras"), (False, "h5"), (True, "h5"), (False, "keras")])
 @pytest.mark.parametrize("name", list(NETS))
 def test_keras_matches_tf(store, reference, tmp_path, name, fold, ext):
-    small = name in ("variants", "mobilenet_v2", "vgg16_bn")
-    if not small and (fold, ext) != (True, "keras") and not (name == "resnet_v2_50" and (fold, ext) == (False, "h5")):
-        skip_for_time("all four combinations run on the small nets; the large ones run folded .keras")
     prefix = store(name)
     path = str(tmp_path / f"m.{ext}")
     export(load(prefix), "keras", path, fold=fold)

@@ -6,18 +6,15 @@ import pytest
 from ckptkit import CkptkitError, testing as T
 from ckptkit.export import export
 from ckptkit.sources import load
-from conftest import ARCH, NETS, rel_error, skip_for_time
+from conftest import ARCH, NETS, rel_error
 from converters.onnx import runner
 
 ALL = list(NETS)
-SMALL = ("variants", "mobilenet_v2", "vgg16_bn", "resnet_v2_50")
 
 
 @pytest.mark.parametrize("fold", [True, False], ids=["fold", "nofold"])
 @pytest.mark.parametrize("name", ALL)
 def test_onnx_from_training_meta(store, reference, tmp_path, name, fold):
-    if not fold and name not in SMALL:
-        skip_for_time("unfolded export is covered on the small nets and resnet_v2")
     prefix = store(name)
     model = load(prefix)  # the training-graph .meta beside the checkpoint
     path = str(tmp_path / "m.onnx")
