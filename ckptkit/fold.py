@@ -68,12 +68,13 @@ def _fold_params(ckpt: Checkpoint, unit: BNUnit, eps: float) -> tuple[np.ndarray
 
 
 def _scaled(weights: np.ndarray, kind: str, s: np.ndarray) -> np.ndarray:
-    w = weights.astype(np.float64)
+    """Weights times the per-output-channel scale, in place (the scale itself is float64-exact)."""
+    w = weights if weights.flags.writeable else weights.copy()
     if kind == "depthwise":  # [kh,kw,C,M]: output channel c*M + m
-        w = w * s.reshape(w.shape[2], w.shape[3])
-    else:  # conv/pointwise HWIO and dense [in,out]: last axis
-        w = w * s
-    return w.astype(weights.dtype)
+        s = s.reshape(w.shape[2], w.shape[3])
+    # else conv/pointwise HWIO and dense [in,out]: the last axis
+    np.multiply(w, s.astype(w.dtype), out=w)
+    return w
 
 
 def fold_checkpoint(checkpoint: str, output: str, *, eps: Optional[float] = None, meta: Optional[str] = None,
@@ -105,8 +106,9 @@ def fold_checkpoint(checkpoint: str, output: str, *, eps: Optional[float] = None
         from .sources import load
 
         try:
-            model = load(ckpt.prefix, arch=arch, meta=meta_path, arch_args=arch_args)
-            eps_map, follows = graph_epsilons(model)
+            # topology only: the weights are streamed from the checkpoint below, never held twice
+            eps_map, follows = graph_epsilons(load(ckpt.prefix, arch=arch, meta=meta_path, arch_args=arch_args,
+                                                   weights=False))
             report.epsilon_source = f"--arch {arch}" if arch else f"graph {meta_path}"
         except CkptkitError as err:
             if meta or arch:

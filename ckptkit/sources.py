@@ -86,23 +86,24 @@ def _tensor(graph, name: str, what: str):
 
 
 def from_builder(ckpt: Optional[Checkpoint], builder: Builder, input_shape: Sequence[int], name: str = "model",
-                 source: str = "builder") -> Model:
+                 source: str = "builder", weights: bool = True) -> Model:
     g = tf().Graph()
     with g.as_default():
         x = _placeholder(input_shape)
         out = builder(x)
-    graph = import_graph(g, x, out, ValueSource(ckpt), name)
+    graph = import_graph(g, x, out, ValueSource(ckpt, weights), name)
     return Model(graph, ckpt, _session_reference(g, x, out, ckpt), source)
 
 
-def from_arch(ckpt: Checkpoint, arch: str, input_shape=None, arch_args: Optional[dict] = None) -> Model:
+def from_arch(ckpt: Checkpoint, arch: str, input_shape=None, arch_args: Optional[dict] = None,
+              weights: bool = True) -> Model:
     from . import archs
 
     size = archs.default_size(arch)
     shape = _parse_shape(input_shape) or (size, size, 3)
     num_classes = archs.num_classes_from(ckpt.names, {n: t.shape for n, t in ckpt.tensors.items()}, arch)
     build = archs.builder(arch, num_classes, **(arch_args or {}))
-    return from_builder(ckpt, build, shape, arch, f"--arch {arch}")
+    return from_builder(ckpt, build, shape, arch, f"--arch {arch}", weights)
 
 
 _TRAINING_SCOPES = ("gradients", "train", "save", "summaries", "Optimizer", "Momentum", "Adam", "GradientDescent",
@@ -186,7 +187,8 @@ def _pick_output(graph, x, output_name: Optional[str], what: str):
     return cands[0]
 
 
-def from_meta(ckpt: Checkpoint, meta: str, input_name=None, output_name=None, input_shape=None) -> Model:
+def from_meta(ckpt: Checkpoint, meta: str, input_name=None, output_name=None, input_shape=None,
+              weights: bool = True) -> Model:
     _tf = tf()
     if not os.path.isfile(meta):
         raise CkptkitError(f"meta graph {meta} does not exist: give --meta PATH, --arch NAME or --graph frozen.pb")
@@ -210,7 +212,7 @@ def from_meta(ckpt: Checkpoint, meta: str, input_name=None, output_name=None, in
         x = _placeholder(shape)
         tf1.train.import_meta_graph(mgd, clear_devices=True, input_map={old_in.name: x})
     out = _pick_output(g, x, output_name, meta)
-    graph = import_graph(g, x, out, ValueSource(ckpt), os.path.basename(ckpt.prefix))
+    graph = import_graph(g, x, out, ValueSource(ckpt, weights), os.path.basename(ckpt.prefix))
     from .tf_exec import reference_fn
 
     return Model(graph, ckpt, reference_fn(graph), f"--meta {meta}")
@@ -241,11 +243,13 @@ def from_frozen(path: str, ckpt: Optional[Checkpoint], input_name=None, output_n
 
 def load(checkpoint: Optional[str] = None, *, meta: Optional[str] = None, arch: Optional[str] = None,
          frozen: Optional[str] = None, builder: Optional[Builder] = None, input_name: Optional[str] = None,
-         output_name: Optional[str] = None, input_shape=None, arch_args: Optional[dict] = None) -> Model:
+         output_name: Optional[str] = None, input_shape=None, arch_args: Optional[dict] = None,
+         weights: bool = True) -> Model:
     """Load a checkpoint with its topology into a Model (IR + TF reference).
 
     Exactly one topology source is used: `builder`, `arch`, `frozen`, `meta`, or else the
-    `.meta` beside the checkpoint."""
+    `.meta` beside the checkpoint. `weights=False` reads no tensor values (zero placeholders
+    stand in): enough for the topology, shapes and attributes such as BN epsilons."""
     given = [k for k, v in (("--arch", arch), ("--graph", frozen), ("--meta", meta), ("builder", builder)) if v]
     if len(given) > 1:
         raise CkptkitError(f"give one topology source, not {' and '.join(given)}")
@@ -263,10 +267,10 @@ def load(checkpoint: Optional[str] = None, *, meta: Optional[str] = None, arch: 
         shape = _parse_shape(input_shape)
         if shape is None:
             raise CkptkitError("a builder needs input_shape=(H, W, C)")
-        return from_builder(ckpt, builder, shape)
+        return from_builder(ckpt, builder, shape, weights=weights)
     if arch:
-        return from_arch(ckpt, arch, input_shape, arch_args)
+        return from_arch(ckpt, arch, input_shape, arch_args, weights)
     meta = meta or ckpt.meta_path
     if meta is None:
         raise CkptkitError(f"no topology for {ckpt.prefix}: no .meta beside it; pass --arch NAME, --meta PATH or --graph frozen.pb")
-    return from_meta(ckpt, meta, input_name, output_name, input_shape)
+    return from_meta(ckpt, meta, input_name, output_name, input_shape, weights)

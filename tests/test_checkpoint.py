@@ -91,6 +91,22 @@ def test_write_streams_in_chunks_and_leaves_no_temporaries(tmp_path):
         np.testing.assert_array_equal(back.get(name), value)
 
 
+def test_write_keeps_every_dtype_and_layout(tmp_path):
+    """Zero-copy (DLPack) where possible, a plain conversion elsewhere: the values are the same."""
+    frozen = np.arange(6, dtype=np.float32).reshape(2, 3)
+    frozen.setflags(write=False)
+    tensors = {"f16": np.linspace(-1, 1, 7).astype(np.float16), "f64": np.random.default_rng(0).normal(size=(3, 4)),
+               "i64": np.arange(-3, 3, dtype=np.int64), "i32": np.array(7, np.int32), "bool": np.array([True, False]),
+               "strided": np.arange(24, dtype=np.float32).reshape(4, 6)[:, ::2], "readonly": frozen,
+               "empty": np.zeros((0, 3), np.float32), "str": np.array([b"a", b"bc"], dtype=object)}
+    write_checkpoint(str(tmp_path / "out.ckpt"), iter(tensors.items()))
+    back = Checkpoint(str(tmp_path / "out.ckpt"))
+    for name, value in tensors.items():
+        got = back.get(name)
+        assert got.dtype == value.dtype and got.shape == value.shape, name
+        np.testing.assert_array_equal(got, value)
+
+
 def test_failed_write_leaves_nothing(tmp_path):
     def broken():
         yield "a", np.zeros(3, np.float32)

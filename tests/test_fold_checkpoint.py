@@ -62,3 +62,20 @@ def test_fold_refuses_to_overwrite_input(store):
     prefix = store("mobilenet_v2")
     with pytest.raises(CkptkitError, match="is the input checkpoint"):
         fold_checkpoint(prefix, prefix)
+
+
+def test_topology_only_load_reads_no_tensor(store, monkeypatch):
+    """fold reads epsilons from the graph without loading the weights a second time."""
+    from ckptkit.checkpoint import Checkpoint
+    from ckptkit.sources import load
+
+    prefix = store("resnet_v1_50")
+
+    def forbidden(self, name):
+        raise AssertionError(f"read {name}")
+
+    monkeypatch.setattr(Checkpoint, "get", forbidden)
+    graph = load(prefix, weights=False).graph
+    conv = graph["resnet_v1_50/conv1/Conv2D"]
+    assert conv.params["weights"].shape == (7, 7, 3, 64) and not conv.params["weights"].any()
+    assert graph.count("BatchNorm") > 0

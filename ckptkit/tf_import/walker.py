@@ -42,8 +42,9 @@ def register(*op_types: str) -> Callable[[Handler], Handler]:
 class ValueSource:
     """Values of variables by name: a checkpoint, or nothing (frozen graphs hold constants)."""
 
-    def __init__(self, ckpt=None):
+    def __init__(self, ckpt=None, weights: bool = True):
         self.ckpt = ckpt
+        self.weights = weights  # False: zero placeholders of the right shape (topology and attributes only)
 
     def has(self, name: str) -> bool:
         return self.ckpt is not None and name in self.ckpt
@@ -54,6 +55,9 @@ class ValueSource:
         if name not in self.ckpt:
             raise CkptkitError(f"variable {name} of the graph is not in checkpoint {self.ckpt.prefix}: "
                                "check that graph and checkpoint belong together")
+        if not self.weights:  # a read-only zero-stride view: no memory, whatever the shape
+            info = self.ckpt.tensors[name]
+            return np.broadcast_to(np.zeros((), info.dtype), info.shape)
         return self.ckpt.get(name)
 
 
