@@ -84,10 +84,10 @@ def bench_fold(rows: list) -> None:
     ensure(prefix, "from ckptkit import testing as T; "
                    f"T.save_model(T.arch_net('vgg_16_bn', num_classes=1000), (224, 224, 3), {prefix!r}, save_meta=False)")
     out = os.path.join(WORK, "vgg_folded.ckpt")
-    ours = measure(CKPTKIT + ["fold", prefix, "--arch", "vgg_16_bn", "-o", out], reps=1)
+    ours = measure(CKPTKIT + ["fold", prefix, "--arch", "vgg_16_bn", "-o", out])
     read = ("import tensorflow as tf; r = tf.train.load_checkpoint(%r)\n"
             "for n in r.get_variable_to_shape_map(): r.get_tensor(n)\n") % prefix
-    base = measure(script(read), reps=1)
+    base = measure(script(read))
     rows.append(("fold vgg_16_bn peak memory vs read every tensor once", ours, base))
 
 
@@ -102,7 +102,7 @@ def bench_recalibrate(rows: list) -> None:
         np.save(os.path.join(data, "x.npy"), np.random.default_rng(0).normal(0, 1, (n, 224, 224, 3)).astype(np.float32))
     out = os.path.join(WORK, "r50_recal.ckpt")
     ours = measure(CKPTKIT + ["recalibrate", prefix, "--arch", "resnet_v1_50", "--data", data, "-o", out,
-                              "--batch-size", "32"], reps=1)
+                              "--batch-size", "32"])
     forward = (
         "import numpy as np, tensorflow as tf; from ckptkit import archs; from ckptkit.compat import slim; slim()\n"
         "tf1 = tf.compat.v1; g = tf.Graph()\n"
@@ -110,7 +110,7 @@ def bench_recalibrate(rows: list) -> None:
         " x = tf1.placeholder(tf.float32, [None, 224, 224, 3]); y = archs.builder('resnet_v1_50', 1000)(x)\n"
         " s = tf1.Session(); tf1.train.Saver().restore(s, %r); d = np.load(%r)\n"
         " [s.run(y, {x: d[i:i + 32]}) for i in range(0, len(d), 32)]\n") % (prefix, os.path.join(data, "x.npy"))
-    base = measure(script(forward), reps=1)
+    base = measure(script(forward))
     rows.append((f"recalibrate resnet_v1_50 224px, {n} samples vs TF forward pass", ours, base))
 
 

@@ -55,24 +55,42 @@ def _usable_images(paths: list[str]) -> list[str]:
     return good
 
 
-def _load_arrays(paths: list[str], shape: tuple) -> Optional[np.ndarray]:
+def _open_arrays(paths: list[str], shape: tuple) -> list[np.ndarray]:
+    """Sample arrays of the model's shape: .npy memory-mapped (read sample by sample), .npz loaded."""
     out = []
     for p in paths:
         try:
-            arr = np.load(p)
+            arr = np.load(p, mmap_mode="r") if p.lower().endswith(".npy") else np.load(p)
             arrays = [arr[k] for k in arr.files] if hasattr(arr, "files") else [arr]
         except Exception as err:
             log.warning("skipping %s: not a readable array (%s)", p, type(err).__name__)
             continue
         for a in arrays:
-            a = np.asarray(a, np.float32)
+            if a.dtype.kind not in "biuf":
+                log.warning("skipping %s: %s values, expected numbers", p, a.dtype)
+                continue
             if a.ndim == len(shape):
                 a = a[None]
             if tuple(a.shape[1:]) != tuple(shape):
                 log.warning("skipping %s: samples of shape %s, the model takes %s", p, a.shape[1:], tuple(shape))
                 continue
             out.append(a)
-    return np.concatenate(out) if out else None
+    return out
+
+
+def _array_dataset(arrays: list[np.ndarray], shape: tuple, seed: int):
+    """All rows of all arrays in one seeded random order, one float32 sample at a time (no full copy)."""
+    _tf = tf()
+    ends = np.cumsum([len(a) for a in arrays])
+    order = np.random.default_rng(seed).permutation(int(ends[-1]))
+
+    def samples():
+        for k in order:
+            i = int(np.searchsorted(ends, k, side="right"))
+            row = k - (ends[i - 1] if i else 0)
+            yield np.asarray(arrays[i][row], np.float32)
+
+    return _tf.data.Dataset.from_generator(samples, output_signature=_tf.TensorSpec(shape, _tf.float32))
 
 
 def normalizer(preset: str, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None):
@@ -109,11 +127,10 @@ def dataset(root: str, shape: tuple, *, batch_size: int = 32, max_samples: Optio
         parts.append(rec.map(lambda r: decode(_tf.io.parse_single_example(r, spec)[image_key]),
                              num_parallel_calls=_tf.data.AUTOTUNE).ignore_errors(log_warning=True))
         count += sum(1 for _ in _tf.data.TFRecordDataset(records))
-    arr = _load_arrays(arrays, shape)
-    if arr is not None:
-        order = np.random.default_rng(seed).permutation(len(arr))
-        parts.append(_tf.data.Dataset.from_tensor_slices(arr[order]))
-        count += len(arr)
+    arrs = _open_arrays(arrays, shape)
+    if arrs:
+        parts.append(_array_dataset(arrs, tuple(shape), seed))
+        count += sum(len(a) for a in arrs)
     if not parts or count == 0:
         raise CkptkitError(f"no usable samples in --data {root}: expected images ({', '.join(IMAGE_EXT)}), "
                            f".npy/.npz arrays of shape (N,{h},{w},{c}), or TFRecords with {image_key}")

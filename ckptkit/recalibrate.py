@@ -23,7 +23,7 @@ from ._tf import tf
 from .checkpoint import Checkpoint, check_output_prefix, write_checkpoint
 from .errors import CkptkitError
 from .ir import Graph, Node
-from .tf_exec import inference_bn, run_graph
+from .tf_exec import inference_bn, run_graph, weight_tensors
 
 log = logging.getLogger("ckptkit")
 Progress = Callable[[int], None]
@@ -73,6 +73,11 @@ def _levels(graph: Graph) -> dict[str, int]:
     return level
 
 
+# cuDNN's smallest epsilon (TF's own fused_batch_norm clamps the same way). It only touches the
+# normalised output passed downstream, by < 1e-5 / variance relative; the moments are exact.
+_CUDNN_MIN_EPS = 1.001e-5
+
+
 def _stats_fn(graph: Graph, measure: set[str], fixed: dict[str, tuple[np.ndarray, np.ndarray]]):
     """batch -> ({bn: (n, mean, M2)} for BNs in `measure`, samples); BNs in `fixed` use those statistics.
 
@@ -87,6 +92,21 @@ def _stats_fn(graph: Graph, measure: set[str], fixed: dict[str, tuple[np.ndarray
             fake = Node(node.name, "BatchNorm", node.inputs, node.shape, node.attrs,
                         dict(p, mean=mean.astype(np.float32), variance=var.astype(np.float32)))
             return inference_bn(fake, x)
+        if len(node.shape) == 4:  # one fused kernel: normalised output and the batch moments
+            c = node.shape[-1]
+            gamma = p["gamma"] if p.get("gamma") is not None else np.ones(c, np.float32)
+            beta = p["beta"] if p.get("beta") is not None else np.zeros(c, np.float32)
+            y, mean, var, *_ = _tf.raw_ops.FusedBatchNormV3(
+                x=x, scale=gamma, offset=beta, mean=_tf.constant([], _tf.float32),
+                variance=_tf.constant([], _tf.float32), epsilon=max(node.attrs["epsilon"], _CUDNN_MIN_EPS),
+                exponential_avg_factor=1.0, data_format="NHWC", is_training=True)
+            if node.name in measure:
+                shape = _tf.shape(x)
+                n = _tf.cast(shape[0] * shape[1] * shape[2], _tf.float32)
+                # the kernel's variance is Bessel-corrected (and undefined for a single value: M2 = 0)
+                m2 = _tf.where(n > 1.0, var * (n - 1.0), _tf.zeros_like(var))
+                collected[node.name] = (n, mean, m2)
+            return y
         n, mean, m2, _ = _batch_moments(x, axes)
         if node.name in measure:
             collected[node.name] = (n, mean, m2)
@@ -96,9 +116,11 @@ def _stats_fn(graph: Graph, measure: set[str], fixed: dict[str, tuple[np.ndarray
             y = y * p["gamma"]
         return y if p.get("beta") is None else y + p["beta"]
 
+    weights = weight_tensors(graph)
+
     def fn(x):
         collected: dict = {}
-        run_graph(graph, x, lambda node, y: hook(node, y, collected))
+        run_graph(graph, x, lambda node, y: hook(node, y, collected), params=weights)
         return collected, _tf.shape(x)[0]
 
     return fn
@@ -110,7 +132,7 @@ def _stepper(fn, devices: list[str]):
     One device: plain placement. Several: tf.distribute.MirroredStrategy splits every batch
     across them; each replica's moments come back separately and merge exactly on the host."""
     _tf = tf()
-    compiled = _tf.function(fn, reduce_retracing=True)
+    compiled = _tf.function(fn, reduce_retracing=True, autograph=False)  # plain Python: nothing to convert
 
     def single(batch):
         with _tf.device(devices[0]):
@@ -120,7 +142,7 @@ def _stepper(fn, devices: list[str]):
         return single
     strategy = _tf.distribute.MirroredStrategy(devices)
 
-    @_tf.function(reduce_retracing=True)
+    @_tf.function(reduce_retracing=True, autograph=False)
     def step(batch):
         return strategy.run(fn, args=(batch,))
 

@@ -42,13 +42,14 @@ def inference_bn(node: Node, x):
     return x * scale.astype(np.float32) + shift.astype(np.float32)
 
 
-def apply_node(node: Node, args: list, bn_hook: BNHook):
+def apply_node(node: Node, args: list, bn_hook: BNHook, params: Optional[dict] = None):
+    """One IR node with TF ops; `params` (default node.params) may hold tensors made ahead of tracing."""
     _tf = tf()
-    op, a, p = node.op, node.attrs, node.params
+    op, a, p = node.op, node.attrs, node.params if params is None else params
     x = args[0] if args else None
     if op in ("Conv", "DepthwiseConv"):
         x = _pad4(x, a["pads"])
-        w = _tf.constant(p["weights"])
+        w = p["weights"]
         if op == "Conv":
             y = _tf.nn.conv2d(x, w, (1,) + tuple(a["strides"]) + (1,), "VALID", dilations=a["dilations"])
         else:
@@ -86,14 +87,31 @@ def apply_node(node: Node, args: list, bn_hook: BNHook):
     raise CkptkitError(f"IR op {op} of node {node.name} cannot be run: this is a bug in ckptkit")
 
 
-def run_graph(graph: Graph, x, bn_hook: Optional[BNHook] = None, fetch: Optional[list[str]] = None):
-    """Evaluate the graph on `x` (NHWC); returns the output tensor (or a dict of `fetch`)."""
+def weight_tensors(graph: Graph) -> dict[str, dict]:
+    """Conv/Dense weights and biases as eager tensors, for `run_graph(..., params=)` inside a tf.function.
+
+    A tf.function then captures them as inputs instead of embedding them as graph constants,
+    which keeps tracing fast and memory flat (Grappler would constant-fold over every weight)."""
+    _tf = tf()
+    out = {}
+    for node in graph.nodes:
+        if node.op in ("Conv", "DepthwiseConv", "Dense"):
+            out[node.name] = {k: (None if v is None else _tf.constant(v)) for k, v in node.params.items()}
+    return out
+
+
+def run_graph(graph: Graph, x, bn_hook: Optional[BNHook] = None, fetch: Optional[list[str]] = None,
+              params: Optional[dict] = None):
+    """Evaluate the graph on `x` (NHWC); returns the output tensor (or a dict of `fetch`).
+
+    `params`: node name -> parameters to use instead of node.params (see `weight_tensors`)."""
     bn_hook = bn_hook or inference_bn
+    params = params or {}
     values = {graph.inputs[0]: x}
     for node in graph.nodes:
         if node.op == "Input":
             continue
-        values[node.name] = apply_node(node, [values[i] for i in node.inputs], bn_hook)
+        values[node.name] = apply_node(node, [values[i] for i in node.inputs], bn_hook, params.get(node.name))
     if fetch is not None:
         return {k: values[k] for k in fetch}
     return values[graph.outputs[0]]
@@ -102,7 +120,8 @@ def run_graph(graph: Graph, x, bn_hook: Optional[BNHook] = None, fetch: Optional
 def reference_fn(graph: Graph) -> Callable[[np.ndarray], np.ndarray]:
     """A compiled inference-mode forward pass of the IR."""
     _tf = tf()
-    fn = _tf.function(lambda x: run_graph(graph, x), reduce_retracing=True)
+    weights = weight_tensors(graph)
+    fn = _tf.function(lambda x: run_graph(graph, x, params=weights), reduce_retracing=True, autograph=False)
 
     def run(x: np.ndarray) -> np.ndarray:
         return fn(_tf.constant(x, _tf.float32)).numpy()
