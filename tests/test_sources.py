@@ -12,9 +12,9 @@ from converters.onnx import runner
 
 
 def export_everywhere(model, tmp_path, x, ref) -> None:
-    """ONNX, Keras and Caffe exports of `model`, each run in its own runtime against TF's output."""
+    """ONNX, Keras (.keras and .h5) and Caffe exports of `model`, each run in its own runtime against TF."""
     for fmt, path, writer, tol in (("onnx", "m.onnx", onnx_writer, 1e-4), ("keras", "m.keras", keras_writer, 1e-4),
-                                   ("caffe", "net", caffe, 1e-3)):
+                                   ("keras", "m.h5", keras_writer, 1e-4), ("caffe", "net", caffe, 1e-3)):
         result = export(model, fmt, str(tmp_path / path))
         got = writer.runner(result.files[0], graph=result.graph)(x)
         assert rel_error(ref, got) < tol, fmt
