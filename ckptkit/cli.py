@@ -151,14 +151,21 @@ def cmd_recalibrate(args) -> int:
     model = _load(args)
     from .data import dataset  # noqa: F401  (fail early on import problems)
 
-    bar = tqdm(unit="samples", desc="recalibrating", disable=args.quiet, file=sys.stderr, unit_scale=True)
+    bars = []  # made once the data is found, so that errors come without a half-drawn bar
+
+    def start(total: int) -> None:
+        bars.append(tqdm(total=total, unit="samples", desc="recalibrating", disable=args.quiet, file=sys.stderr,
+                         unit_scale=True))
+
     try:
         result = recalibrate(args.checkpoint, args.data, args.output_path, model=model, batch_size=args.batch_size,
                              max_samples=args.max_samples, preprocess=args.preprocess, mean=args.mean, std=args.std,
                              mode=args.mode, device=args.device, seed=args.seed, image_key=args.image_key,
-                             progress=bar.update, report_path=args.report, plot_path=args.plot)
+                             progress=lambda n: bars and bars[-1].update(n), progress_total=start,
+                             report_path=args.report, plot_path=args.plot)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     print(f"recalibrated {len(result.statistics)} BatchNorm layer(s) from {result.samples} samples ({result.mode} mode)")
     print(f"  {'layer':<56} {'|dmean|/std':>11} {'|log var|':>9} {'split-half':>10}  flags")
     fmt = lambda v: "-" if v is None else f"{v:.3g}"  # noqa: E731

@@ -199,13 +199,16 @@ def _accumulate(fn, batches, names: set[str], channels: dict[str, int], progress
 
 
 def estimate(graph: Graph, batches, *, mode: str = "precise", device: Optional[str] = None,
-             progress: Optional[Progress] = None) -> tuple[dict, dict, list, int]:
+             progress: Optional[Progress] = None, samples: Optional[int] = None,
+             progress_total: Optional[Callable[[int], None]] = None) -> tuple[dict, dict, list, int]:
     """New (mean, variance) per BN node from an iterable of NHWC batches (re-iterable for sequential)."""
     bns = [n for n in graph.nodes if n.op == "BatchNorm"]
     if not bns:
         raise CkptkitError("the graph has no BatchNorm: nothing to recalibrate")
     channels = {n.name: n.shape[-1] for n in bns}
     devices = resolve_devices(device)
+    if progress_total and samples:  # sequential mode reads the data once per BN level
+        progress_total(samples * (1 if mode == "precise" else len(set(_levels(graph).values()))))
     if mode == "precise":
         full, halves, seen = _accumulate(_stats_fn(graph, {n.name for n in bns}, {}), batches, set(channels),
                                          channels, progress, devices)
@@ -339,7 +342,8 @@ def plot(report: list[dict], path: str) -> str:
 def recalibrate(checkpoint: str, data: str, output: Optional[str] = None, *, model=None, batch_size: int = 32,
                 max_samples: Optional[int] = None, preprocess: str = "none", mean=None, std=None,
                 mode: str = "precise", device: Optional[str] = None, seed: int = 0, image_key: str = "image/encoded",
-                progress: Optional[Progress] = None, report_path: Optional[str] = None,
+                progress: Optional[Progress] = None, progress_total: Optional[Callable[[int], None]] = None,
+                report_path: Optional[str] = None,
                 plot_path: Optional[str] = None, **load_args) -> Recalibration:
     """Recompute the moving statistics of `checkpoint` from `data`; write `output` if given.
 
@@ -355,7 +359,8 @@ def recalibrate(checkpoint: str, data: str, output: Optional[str] = None, *, mod
         raise CkptkitError(f"--batch-size {batch_size} is too small: batch statistics need at least 2 samples")
     ds, count = dataset(data, model.input_shape[1:], batch_size=batch_size, max_samples=max_samples,
                         preprocess=preprocess, mean=mean, std=std, image_key=image_key, seed=seed)
-    full, halves, order, seen = estimate(model.graph, ds, mode=mode, device=device, progress=progress)
+    full, halves, order, seen = estimate(model.graph, ds, mode=mode, device=device, progress=progress,
+                                         samples=count, progress_total=progress_total)
     if seen == 0:
         raise CkptkitError(f"no usable samples in --data {data}")
     stats = {n: (full[n].mean.astype(np.float32), full[n].variance.astype(np.float32)) for n in order}

@@ -188,3 +188,12 @@ def test_unknown_device_is_an_error(digits, tmp_path):
     with pytest.raises(CkptkitError, match=r"--device /GPU:7 is not available here \(devices: /CPU:0"):
         recalibrate(digits["paths"]["healthy"], str(digits["root"] / "npy"), None,
                     meta=digits["paths"]["healthy"] + ".meta", device="/GPU:7")
+
+
+@pytest.mark.parametrize("mode, passes", [("precise", 1), ("sequential", 3)])
+def test_progress_announces_its_total_and_reaches_it(digits, mode, passes):
+    """The digits net has three BN levels in a chain: sequential mode reads the data three times."""
+    totals, steps = [], []
+    recalibrate(digits["paths"]["healthy"], str(digits["root"] / "npy"), None, meta=digits["paths"]["healthy"] + ".meta",
+                batch_size=100, mode=mode, progress=steps.append, progress_total=totals.append)
+    assert totals == [1400 * passes] and sum(steps) == 1400 * passes
