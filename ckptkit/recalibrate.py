@@ -56,7 +56,7 @@ def _batch_moments(x, axes):
     n = _tf.cast(_tf.reduce_prod(_tf.gather(_tf.shape(x), axes)), _tf.float32)
     mean = _tf.reduce_mean(x, axes)
     m2 = _tf.reduce_sum(_tf.square(x - mean), axes)  # two-pass within the batch: no cancellation
-    return n, mean, m2, _tf.sqrt(m2 / n)
+    return n, mean, m2
 
 
 def _levels(graph: Graph) -> dict[str, int]:
@@ -78,10 +78,11 @@ def _levels(graph: Graph) -> dict[str, int]:
 _CUDNN_MIN_EPS = 1.001e-5
 
 
-def _stats_fn(graph: Graph, measure: set[str], fixed: dict[str, tuple[np.ndarray, np.ndarray]]):
+def _stats_fn(graph: Graph, measure: set[str], fixed: dict[str, tuple[np.ndarray, np.ndarray]], weights: dict):
     """batch -> ({bn: (n, mean, M2)} for BNs in `measure`, samples); BNs in `fixed` use those statistics.
 
-    A plain function, traced by `_stepper` (once per replica under tf.distribute)."""
+    `weights` comes from `weight_tensors(graph)`. A plain function, traced by `_stepper` (once per
+    replica under tf.distribute)."""
     _tf = tf()
 
     def hook(node: Node, x, collected: dict):
@@ -107,7 +108,7 @@ def _stats_fn(graph: Graph, measure: set[str], fixed: dict[str, tuple[np.ndarray
                 m2 = _tf.where(n > 1.0, var * (n - 1.0), _tf.zeros_like(var))
                 collected[node.name] = (n, mean, m2)
             return y
-        n, mean, m2, _ = _batch_moments(x, axes)
+        n, mean, m2 = _batch_moments(x, axes)
         if node.name in measure:
             collected[node.name] = (n, mean, m2)
         var = m2 / n
@@ -115,8 +116,6 @@ def _stats_fn(graph: Graph, measure: set[str], fixed: dict[str, tuple[np.ndarray
         if p.get("gamma") is not None:
             y = y * p["gamma"]
         return y if p.get("beta") is None else y + p["beta"]
-
-    weights = weight_tensors(graph)
 
     def fn(x):
         collected: dict = {}
@@ -205,22 +204,21 @@ def estimate(graph: Graph, batches, *, mode: str = "precise", device: Optional[s
     bns = [n for n in graph.nodes if n.op == "BatchNorm"]
     if not bns:
         raise CkptkitError("the graph has no BatchNorm: nothing to recalibrate")
+    if mode not in ("precise", "sequential"):
+        raise CkptkitError(f"--mode {mode} is unknown: choose precise or sequential")
     channels = {n.name: n.shape[-1] for n in bns}
     devices = resolve_devices(device)
-    if progress_total and samples:  # sequential mode reads the data once per BN level
-        progress_total(samples * (1 if mode == "precise" else len(set(_levels(graph).values()))))
-    if mode == "precise":
-        full, halves, seen = _accumulate(_stats_fn(graph, {n.name for n in bns}, {}), batches, set(channels),
-                                         channels, progress, devices)
-        return full, halves, [n.name for n in bns], seen
-    if mode != "sequential":
-        raise CkptkitError(f"--mode {mode} is unknown: choose precise or sequential")
-    levels = _levels(graph)
+    weights = weight_tensors(graph)  # once, shared by every pass
+    # precise: one pass measuring every BN; sequential: one pass per BN level
+    levels = _levels(graph) if mode == "sequential" else {n.name: 1 for n in bns}
+    if progress_total and samples:
+        progress_total(samples * len(set(levels.values())))
     fixed: dict = {}
     full, halves, seen = {}, [{}, {}], 0
     for level in sorted(set(levels.values())):
         names = {n for n, lv in levels.items() if lv == level}
-        f, h, seen = _accumulate(_stats_fn(graph, names, dict(fixed)), batches, names, channels, progress, devices)
+        f, h, seen = _accumulate(_stats_fn(graph, names, dict(fixed), weights), batches, names, channels, progress,
+                                 devices)
         full.update(f)
         halves[0].update(h[0])
         halves[1].update(h[1])
@@ -236,19 +234,18 @@ def resolve_devices(device: Optional[str] = None) -> list[str]:
     if not device:
         gpus = [d.name for d in available if d.device_type == "GPU"]
         return gpus or ["/CPU:0"]
+    known = {(d.device_type, _tf.DeviceSpec.from_string(d.name).device_index): d.name for d in available}
     chosen = []
     for text in (d.strip() for d in device.split(",") if d.strip()):
         try:
             spec = _tf.DeviceSpec.from_string(text if text.startswith("/") else "/" + text)
+            key = (spec.device_type.upper(), spec.device_index or 0) if spec.device_type else None
         except ValueError:
-            spec = None
-        match = [d.name for d in available if spec is not None and spec.device_type
-                 and d.device_type == spec.device_type.upper() and
-                 _tf.DeviceSpec.from_string(d.name).device_index == (spec.device_index or 0)]
-        if not match:
-            names = ", ".join(f"/{d.device_type}:{_tf.DeviceSpec.from_string(d.name).device_index}" for d in available)
+            key = None
+        if key not in known:
+            names = ", ".join(f"/{kind}:{index}" for kind, index in known)
             raise CkptkitError(f"--device {text} is not available here (devices: {names}): pass one of them")
-        chosen.append(match[0])
+        chosen.append(known[key])
     if len(set(chosen)) != len(chosen):
         raise CkptkitError(f"--device {device} names a device twice: list each device once")
     return chosen
