@@ -16,6 +16,7 @@ from typing import Optional
 import numpy as np
 
 from .checkpoint import Checkpoint
+from .health import Issue, statistics_issues
 
 BN_PARAMS = ("gamma", "beta", "moving_mean", "moving_variance")
 # Scopes that hold gamma/beta but are not BatchNorm.
@@ -30,16 +31,11 @@ class Layer:
     kind: str  # conv | depthwise | pointwise | dense
     weights: str
     biases: Optional[str]
+    transposed: bool = False  # dense weights stored [out, in] (MatMul transpose_b)
 
     @property
     def scope(self) -> str:
         return self.weights.rsplit("/", 1)[0]
-
-
-@dataclass(frozen=True)
-class Issue:
-    code: str  # missing_statistics | never_updated | invalid_variance
-    message: str
 
 
 @dataclass
@@ -53,6 +49,9 @@ class BNUnit:
     channels: int = 0
     layer: Optional[Layer] = None
     issues: list[Issue] = field(default_factory=list)
+    epsilon: Optional[float] = None  # from the graph; None when found by names alone
+    found_by: str = "names"  # names | graph
+    kept_because: str = ""  # why it cannot be folded (layer is None or not alone)
 
     @property
     def debias(self) -> list[str]:
@@ -76,6 +75,7 @@ class BNUnit:
             "follows": None if self.layer is None else {"kind": self.layer.kind, "weights": self.layer.weights,
                                                         "biases": self.layer.biases},
             "issues": [{"code": i.code, "message": i.message} for i in self.issues],
+            "epsilon": self.epsilon, "found_by": self.found_by,
         }
 
 
@@ -131,27 +131,84 @@ def _paired_layer(ckpt: Checkpoint, scope: str, channels: int) -> Optional[Layer
 
 
 def check_health(ckpt: Checkpoint, unit: BNUnit) -> list[Issue]:
-    """The problems of one unit; sets `unit.issues` and returns them."""
-    issues: list[Issue] = []
-    if not unit.has_statistics:
-        absent = [p for p in ("moving_mean", "moving_variance") if getattr(unit, p) is None]
-        issues.append(Issue("missing_statistics",
-                            f"{' and '.join(absent)} of {unit.scope} missing: run ckptkit recalibrate --data DIR"))
-    else:
-        mean = ckpt.get(unit.moving_mean)
-        var = ckpt.get(unit.moving_variance)
-        bad = ~np.isfinite(var) | (var < 0)
-        if bad.any():
-            issues.append(Issue("invalid_variance",
-                                f"moving_variance of {unit.scope} is negative, NaN or inf in {int(bad.sum())} of "
-                                f"{var.size} channels: run ckptkit recalibrate --data DIR"))
-        if not np.isfinite(mean).all():
-            issues.append(Issue("invalid_variance",
-                                f"moving_mean of {unit.scope} is NaN or inf in {int((~np.isfinite(mean)).sum())} of "
-                                f"{mean.size} channels: run ckptkit recalibrate --data DIR"))
-        elif np.all(mean == 0) and np.all(var == 1):
-            issues.append(Issue("never_updated",
-                                f"statistics of {unit.scope} were never updated (mean 0, variance 1): "
-                                "run ckptkit recalibrate --data DIR"))
-    unit.issues = issues
-    return issues
+    """The problems of one unit (see ckptkit.health); sets `unit.issues` and returns them."""
+    mean = ckpt.get(unit.moving_mean) if unit.moving_mean and unit.moving_mean in ckpt else None
+    var = ckpt.get(unit.moving_variance) if unit.moving_variance and unit.moving_variance in ckpt else None
+    unit.issues = statistics_issues(unit.scope, mean, var)
+    return unit.issues
+
+
+def _parent(name: Optional[str]) -> Optional[str]:
+    return name.rpartition("/")[0] or None if name else None
+
+
+def units_from_graph(ckpt: Checkpoint, graph) -> list[BNUnit]:
+    """Every BatchNorm of an imported graph (ckptkit.ir.Graph) as a unit: its variables, epsilon and the
+    layer it really follows, found by the same importer the exports use (hand-written BNs, EMA shadow
+    statistics and tf.layers BNs included). A unit with no foldable layer says why in `kept_because`."""
+    users = graph.consumers()
+    units: list[BNUnit] = []
+    for node in graph:
+        if node.op != "BatchNorm":
+            continue
+        src = node.sources
+        names = [src.get(k) for k in ("gamma", "beta", "mean", "variance")]
+        scope = next((_parent(n) for n in names if n), None) or node.name
+        unit = BNUnit(scope=scope, gamma=src.get("gamma"), beta=src.get("beta"), moving_mean=src.get("mean"),
+                      moving_variance=src.get("variance"), channels=int(node.shape[-1]),
+                      epsilon=float(node.attrs["epsilon"]), found_by="graph")
+        unit.layer, unit.kept_because = _graph_layer(ckpt, graph[node.inputs[0]], users, node)
+        unit.extras = _extras(ckpt, unit.variables)
+        units.append(unit)
+    # One layer normalised by two BNs, or one BN's variables on two layers: folding would be ambiguous.
+    by_layer: dict[str, list[BNUnit]] = {}
+    by_scope: dict[str, list[BNUnit]] = {}
+    for u in units:
+        by_scope.setdefault(u.scope, []).append(u)
+        if u.layer:
+            by_layer.setdefault(u.layer.weights, []).append(u)
+    for group in list(by_layer.values()) + list(by_scope.values()):
+        if len(group) > 1:
+            for u in group:
+                if u.layer:
+                    u.kept_because = f"its variables or its layer {u.layer.weights} are shared by several BatchNorms"
+                    u.layer = None
+    merged: dict[str, BNUnit] = {}
+    for u in units:  # a BN reached twice (shared weights) is one unit
+        merged.setdefault(u.scope, u)
+    return sorted(merged.values(), key=lambda u: u.scope)
+
+
+def _graph_layer(ckpt: Checkpoint, prev, users: dict, bn) -> tuple[Optional[Layer], str]:
+    if prev.op not in ("Conv", "DepthwiseConv", "Dense"):
+        return None, f"follows {prev.op} {prev.name}, not a conv/depthwise/fully connected layer"
+    if users[prev.name] != [bn.name]:
+        others = [u for u in users[prev.name] if u != bn.name]
+        return None, f"its layer {prev.name} also feeds {others[0]}"
+    weights = prev.sources.get("weights")
+    if not weights or weights not in ckpt:
+        return None, f"the weights of {prev.name} are not a checkpoint variable"
+    biases = prev.sources.get("bias")
+    if prev.params.get("bias") is not None and not biases:
+        return None, f"the bias of {prev.name} is not a single checkpoint variable"
+    stored = tuple(ckpt.tensors[weights].shape)
+    ir_shape = tuple(prev.params["weights"].shape)
+    transposed = bool(prev.attrs.get("weights_transposed"))
+    if (stored[::-1] if transposed else stored) != ir_shape:
+        return None, f"the graph reshapes {weights} {stored} before using it"
+    kind = {"Conv": "conv", "DepthwiseConv": "depthwise", "Dense": "dense"}[prev.op]
+    if kind == "conv" and weights.endswith("pointwise_weights"):
+        kind = "pointwise"
+    return Layer(kind, weights, biases, transposed), ""
+
+
+def _extras(ckpt: Checkpoint, variables: list[str]) -> list[str]:
+    """Checkpoint tensors that belong to these variables: optimizer slots and moving averages
+    (`V/Momentum`, `V/ExponentialMovingAverage`) and zero-debias state (`.../V/biased`, `local_step`)."""
+    out = []
+    for name in ckpt.names:
+        if name in variables:
+            continue
+        if any(name.startswith(v + "/") or ("/" + v + "/") in name for v in variables):
+            out.append(name)
+    return out

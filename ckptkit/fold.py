@@ -1,21 +1,28 @@
-"""Fold BatchNorm into the layers before it, at the checkpoint level (slim naming).
+"""Fold BatchNorm into the layers before it, at the checkpoint level.
 
-The output is what the same network built with `normalizer_fn=None` restores:
-`S/weights` (or depthwise/pointwise weights) scaled per output channel,
-`S/biases` = beta + (b - mean) * s with s = gamma / sqrt(var + eps), `S/BatchNorm/*`
-removed, everything else copied unchanged. Tensors stream one at a time.
+The output is what the same network built without its BatchNorms (slim: `normalizer_fn=None`)
+restores: the layer's weights scaled per output channel, its biases (`S/biases`, created when
+absent) = beta + (b - mean) * s with s = gamma / sqrt(var + eps), the BN's variables (and their
+optimizer slots, moving averages and zero-debias state) removed, everything else copied unchanged.
+
+Which BN follows which layer, and each BN's epsilon, come from the graph (the `.meta` beside the
+checkpoint, `--meta`, `--arch` or a builder) through the same importer the exports use; only when
+there is no usable graph do slim's variable names decide, and the epsilon is then `--eps` or
+slim's default, with a warning. Tensors stream one at a time.
 """
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
 import numpy as np
 
-from .batchnorm import BNUnit, check_health, find_units
+from .batchnorm import BNUnit, check_health, find_units, units_from_graph
 from .checkpoint import Checkpoint, check_output_prefix, write_checkpoint
 from .errors import CkptkitError
+from .health import check_finite, gate
 
 log = logging.getLogger("ckptkit")
 SLIM_EPSILON = 1e-3
@@ -28,28 +35,56 @@ class FoldReport:
     kept: dict[str, str] = field(default_factory=dict)  # scope -> why
     epsilon: dict[str, float] = field(default_factory=dict)
     epsilon_source: str = ""
+    units_from: str = ""  # "graph PATH" | "--arch NAME" | "builder" | "variable names"
     files: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # slots/averages of folded tensors
 
     def to_json(self) -> dict:
         return {"output": self.output, "folded": self.folded, "kept": self.kept, "epsilon": self.epsilon,
-                "epsilon_source": self.epsilon_source, "files": self.files}
+                "epsilon_source": self.epsilon_source, "units_from": self.units_from, "files": self.files,
+                "dropped": self.dropped}
 
 
-def graph_epsilons(model) -> tuple[dict[str, float], dict[str, str]]:
-    """Epsilon of every BN of a loaded model by variable scope, and the weights each BN really follows."""
-    eps, follows = {}, {}
-    graph = model.graph
-    for node in graph:
-        if node.op != "BatchNorm":
-            continue
-        src = node.sources.get("mean") or node.sources.get("variance") or node.sources.get("gamma") or node.sources.get("beta")
-        if not src:
-            continue
-        scope = src.rpartition("/")[0]
-        eps[scope] = float(node.attrs["epsilon"])
-        prev = graph[node.inputs[0]]
-        follows[scope] = prev.sources.get("weights", "") if prev.op in ("Conv", "DepthwiseConv", "Dense") else ""
-    return eps, follows
+def check_epsilon(eps: Optional[float]) -> Optional[float]:
+    if eps is None:
+        return None
+    eps = float(eps)
+    if not math.isfinite(eps) or eps <= 0:
+        raise CkptkitError(f"--eps {eps} is not a positive finite number: give the BatchNorm epsilon the "
+                           "network was built with (slim 0.001, resnet arg scopes 1e-5)")
+    return eps
+
+
+def find_fold_units(ckpt: Checkpoint, *, meta: Optional[str] = None, arch: Optional[str] = None,
+                    arch_args: Optional[dict] = None, builder=None, input_shape=None, input_name: Optional[str] = None,
+                    use_meta: bool = True) -> tuple[list[BNUnit], str]:
+    """Every BN unit with its layer and epsilon: from the graph when there is one, else by slim naming.
+
+    Returns (units, where they came from). A graph that was asked for explicitly must work; the
+    `.meta` found beside the checkpoint falls back to names with a warning saying why."""
+    from .sources import topology
+
+    meta_path = meta or (ckpt.meta_path if use_meta and not arch and builder is None else None)
+    if arch or meta_path or builder is not None:
+        try:
+            topo = topology(ckpt.prefix, meta=meta_path, arch=arch, arch_args=arch_args, builder=builder,
+                            input_shape=input_shape, input_name=input_name)
+        except CkptkitError as err:
+            if meta or arch or builder is not None:
+                raise
+            log.warning("the graph %s cannot be used (%s): BatchNorm units are found by slim's variable names "
+                        "instead, and their epsilon is not known", meta_path, err)
+        else:
+            units = units_from_graph(ckpt, topo.graph)
+            for out, why in topo.skipped.items():
+                log.info("output %s of the graph is not importable and was not searched for BatchNorms (%s)", out, why)
+            seen = {v for u in units for v in u.variables}
+            for u in find_units(ckpt):  # by name but on no path of the graph: left as they are
+                if not (set(u.variables) & seen):
+                    u.layer, u.kept_because = None, "it is on no output path of the graph"
+                    units.append(u)
+            return units, topo.source
+    return find_units(ckpt), "variable names"
 
 
 def _fold_params(ckpt: Checkpoint, unit: BNUnit, eps: float) -> tuple[np.ndarray, np.ndarray]:
@@ -67,78 +102,74 @@ def _fold_params(ckpt: Checkpoint, unit: BNUnit, eps: float) -> tuple[np.ndarray
     return s, t
 
 
-def _scaled(weights: np.ndarray, kind: str, s: np.ndarray) -> np.ndarray:
+def _scaled(weights: np.ndarray, unit: BNUnit, s: np.ndarray) -> np.ndarray:
     """Weights times the per-output-channel scale, in place (the scale itself is float64-exact)."""
     w = weights if weights.flags.writeable else weights.copy()
+    kind = unit.layer.kind
     if kind == "depthwise":  # [kh,kw,C,M]: output channel c*M + m
         s = s.reshape(w.shape[2], w.shape[3])
+    elif kind == "dense" and unit.layer.transposed:  # [out, in]
+        s = s.reshape(-1, 1)
     # else conv/pointwise HWIO and dense [in,out]: the last axis
     np.multiply(w, s.astype(w.dtype), out=w)
     return w
 
 
 def fold_checkpoint(checkpoint: str, output: str, *, eps: Optional[float] = None, meta: Optional[str] = None,
-                    arch: Optional[str] = None, arch_args: Optional[dict] = None, use_meta: bool = True) -> FoldReport:
-    """Fold every BN unit that follows a conv/depthwise/pointwise/fc layer by slim naming; write `output`."""
+                    arch: Optional[str] = None, arch_args: Optional[dict] = None, use_meta: bool = True,
+                    builder=None, input_shape=None, input_name: Optional[str] = None,
+                    allow_bad_statistics: bool = False) -> FoldReport:
+    """Fold every BN unit that directly follows a conv/depthwise/fully connected layer; write `output`.
+
+    Refuses (CkptkitError, nothing written) missing statistics, never-updated or invalid ones (unless
+    `allow_bad_statistics`), an epsilon given twice (`eps` with a graph), and non-finite results."""
     ckpt = Checkpoint(checkpoint)
     out = check_output_prefix(output, ckpt.prefix)
+    eps = check_epsilon(eps)
     report = FoldReport(out)
-    units = find_units(ckpt)
-    problems = []
-    for unit in units:
-        for issue in check_health(ckpt, unit):
-            if issue.code in ("missing_statistics", "invalid_variance"):
-                problems.append((issue.code, unit.scope))
-    missing = [s for c, s in problems if c == "missing_statistics"]
-    if missing:
-        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        raise CkptkitError(f"moving statistics of {', '.join(missing[:3])}{more} are missing: "
-                           f"run ckptkit recalibrate {ckpt.prefix} --data DIR first")
-    invalid = [s for c, s in problems if c == "invalid_variance"]
-    if invalid:
-        raise CkptkitError(f"moving_variance of {invalid[0]} is negative, NaN or inf: "
-                           f"run ckptkit recalibrate {ckpt.prefix} --data DIR first")
+    units, report.units_from = find_fold_units(ckpt, meta=meta, arch=arch, arch_args=arch_args, builder=builder,
+                                               input_shape=input_shape, input_name=input_name, use_meta=use_meta)
+    from_graph = report.units_from != "variable names"
+    if from_graph and eps is not None:
+        raise CkptkitError(f"--eps {eps:g} was given but the {report.units_from} gives every BatchNorm's epsilon: "
+                           "drop --eps (or pass --no-meta to ignore the graph and fold by variable names)")
+    gate([(u.scope, i) for u in units for i in check_health(ckpt, u)], allow_bad=allow_bad_statistics,
+         checkpoint=ckpt.prefix, action="folding")
 
-    eps_map: dict[str, float] = {}
-    follows: dict[str, str] = {}
-    meta_path = meta or (ckpt.meta_path if use_meta and not arch else None)
-    if arch or meta_path:
-        from .sources import load
-
-        try:
-            # topology only: the weights are streamed from the checkpoint below, never held twice
-            eps_map, follows = graph_epsilons(load(ckpt.prefix, arch=arch, meta=meta_path, arch_args=arch_args,
-                                                   weights=False))
-            report.epsilon_source = f"--arch {arch}" if arch else f"graph {meta_path}"
-        except CkptkitError as err:
-            if meta or arch:
-                raise
-            log.warning("could not read epsilon from %s (%s); falling back to --eps", meta_path, err)
-    if not report.epsilon_source:
-        if eps is None:
-            log.warning("epsilon assumed to be slim's default %g (no graph given; resnet arg scopes use 1e-5): "
-                        "pass --eps, --arch or --meta if it differs", SLIM_EPSILON)
-            report.epsilon_source = "assumed slim default"
-        else:
-            report.epsilon_source = "--eps"
-    default_eps = SLIM_EPSILON if eps is None else float(eps)
+    if from_graph:
+        report.epsilon_source = report.units_from
+    elif eps is not None:
+        report.epsilon_source = "--eps"
+    else:
+        log.warning("epsilon of every BatchNorm assumed to be slim's default %g: there is no graph to read it "
+                    "from, and resnet arg scopes use 1e-5; pass --eps, --arch or --meta to be sure", SLIM_EPSILON)
+        report.epsilon_source = "assumed slim default"
+    default_eps = SLIM_EPSILON if eps is None else eps
 
     fold_units: dict[str, BNUnit] = {}
     for unit in units:
+        bias_name = (unit.layer.biases or unit.layer.scope + "/biases") if unit.layer else None
         if unit.layer is None:
-            report.kept[unit.scope] = "follows no conv/fc layer by slim naming"
-        elif follows and follows.get(unit.scope, unit.layer.weights) not in (unit.layer.weights,):
-            report.kept[unit.scope] = "the graph shows it does not directly follow " + unit.layer.weights
+            report.kept[unit.scope] = unit.kept_because or "follows no conv/fc layer by slim naming"
+        elif not unit.layer.biases and bias_name in ckpt:
+            report.kept[unit.scope] = f"{bias_name} exists but is not the bias of {unit.layer.weights}"
         else:
             fold_units[unit.layer.weights] = unit
-            report.epsilon[unit.scope] = eps_map.get(unit.scope, default_eps)
+            report.epsilon[unit.scope] = unit.epsilon if unit.epsilon is not None else default_eps
     report.folded = [u.scope for u in fold_units.values()]
     removed = {v for u in fold_units.values() for v in u.variables}
     biases = {u.layer.biases for u in fold_units.values() if u.layer.biases}
+    # slots and moving averages of the folded weights/biases no longer describe them
+    report.dropped = sorted(n for n in ckpt.names if n not in removed and any(
+        n.startswith(v + "/") for u in fold_units.values() for v in (u.layer.weights, u.layer.biases) if v))
+    if report.dropped:
+        log.warning("dropped %d optimizer slot(s)/moving average(s) of folded tensors (e.g. %s): they describe "
+                    "the unfolded weights", len(report.dropped), report.dropped[0])
+    skip = removed | biases | set(report.dropped)
 
     def tensors() -> Iterator[tuple[str, np.ndarray]]:
         for name in ckpt.names:
-            if name in removed or name in biases:
+            if name in skip:
                 continue
             unit = fold_units.get(name)
             if unit is None:
@@ -146,8 +177,11 @@ def fold_checkpoint(checkpoint: str, output: str, *, eps: Optional[float] = None
                 continue
             weights = ckpt.get(name)
             s, t = _fold_params(ckpt, unit, report.epsilon[unit.scope])
-            yield name, _scaled(weights, unit.layer.kind, s)
-            yield unit.layer.scope + "/biases", t.astype(weights.dtype)
+            bias_name = unit.layer.biases or unit.layer.scope + "/biases"
+            check_finite([(bias_name, t), (name, s)], "folded", f"the statistics of {unit.scope} overflow; "
+                                                                 "run ckptkit recalibrate first")
+            yield name, _scaled(weights, unit, s)
+            yield bias_name, t.astype(weights.dtype)
 
     report.files = write_checkpoint(out, tensors(), protect=[ckpt.prefix])
     return report

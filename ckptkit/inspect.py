@@ -1,16 +1,25 @@
 """`ckptkit inspect`: the tensors and BatchNorm units of a checkpoint, and what is wrong with them."""
 from __future__ import annotations
 
-from .batchnorm import check_health, find_units
+from typing import Optional
+
+import numpy as np
+
+from .batchnorm import check_health
 from .checkpoint import Checkpoint
+from .fold import find_fold_units
 
 JSON_VERSION = 1
 
 
-def inspect_checkpoint(path: str) -> dict:
-    """A JSON-ready description; its layout is documented in README.md (stable, versioned)."""
+def inspect_checkpoint(path: str, *, meta: Optional[str] = None, arch: Optional[str] = None,
+                       arch_args: Optional[dict] = None, use_meta: bool = True) -> dict:
+    """A JSON-ready description; its layout is documented in README.md (stable, versioned).
+
+    BatchNorm units come from the graph when there is one (the `.meta` beside the checkpoint, `meta`
+    or `arch`), through the importer the exports use; else from slim's variable names."""
     ckpt = Checkpoint(path)
-    units = find_units(ckpt)
+    units, units_from = find_fold_units(ckpt, meta=meta, arch=arch, arch_args=arch_args, use_meta=use_meta)
     issues = []
     for unit in units:
         for issue in check_health(ckpt, unit):
@@ -20,14 +29,16 @@ def inspect_checkpoint(path: str) -> dict:
         "checkpoint": ckpt.prefix,
         "checkpoint_version": ckpt.version,
         "meta_graph": ckpt.meta_path,
+        "units_from": units_from,
         "tensors": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in ckpt.tensors.values()],
         "batchnorm": [u.to_json() for u in units],
         "issues": issues,
         "summary": {
             "tensors": len(ckpt.tensors),
-            "parameters": int(sum(int(__import__("numpy").prod(t.shape)) for t in ckpt.tensors.values())),
+            "parameters": int(sum(int(np.prod(t.shape)) for t in ckpt.tensors.values())),
             "batchnorm_units": len(units),
-            "foldable_by_naming": sum(1 for u in units if u.layer is not None),
+            "foldable": sum(1 for u in units if u.layer is not None),
+            "foldable_by_naming": sum(1 for u in units if u.layer is not None),  # format 1 name, kept
             "issues": {code: sum(1 for i in issues if i["code"] == code)
                        for code in sorted({i["code"] for i in issues})},
         },

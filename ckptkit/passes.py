@@ -23,10 +23,17 @@ def _affine_of(node: Node) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
     return (None if scale is None else scale.astype(np.float64), None if shift is None else shift.astype(np.float64))
 
 
-def absorb(layer: Node, scale: Optional[np.ndarray], shift: Optional[np.ndarray]) -> None:
-    """Fold y = layer(x)*scale + shift into the layer's weights and bias, in float64."""
+def absorb(layer: Node, scale: Optional[np.ndarray], shift: Optional[np.ndarray],
+           shift_source: Optional[str] = None) -> None:
+    """Fold y = layer(x)*scale + shift into the layer's weights and bias, in float64.
+
+    `shift_source`: the checkpoint variable of a plain bias (BiasAdd) absorbed unchanged."""
     w = layer.params["weights"].astype(np.float64)
     b = layer.params.get("bias")
+    if scale is None and b is None and shift_source:
+        layer.sources["bias"] = shift_source  # the layer's bias is that variable, as it is
+    else:
+        layer.sources.pop("bias", None)  # a merged bias is no checkpoint tensor any more
     channels = w.shape[2] * w.shape[3] if layer.op == "DepthwiseConv" else w.shape[-1]
     b = np.zeros(channels) if b is None else b.astype(np.float64)
     if scale is not None:
@@ -56,7 +63,7 @@ def absorb_into_layers(graph: Graph, wanted: Callable[[Node], bool]) -> Graph:
             src = by_name[rename.get(node.inputs[0], node.inputs[0])]
             if src.op in ABSORBERS and len(users[src.name]) == 1:
                 scale, shift = _affine_of(node)
-                absorb(src, scale, shift)
+                absorb(src, scale, shift, node.sources.get("shift") if scale is None else None)
                 rename[node.name] = src.name
                 users[src.name] = users[node.name]
                 continue

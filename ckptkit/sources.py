@@ -17,11 +17,23 @@ from ._tf import tf, tf1
 from .checkpoint import Checkpoint
 from .errors import CkptkitError
 from .ir import Graph
-from .tf_import.walker import ValueSource, import_graph
+from .tf_import.walker import ValueSource, import_graph, import_topology
 
 log = logging.getLogger("ckptkit")
 
 Builder = Callable[[object], object]  # inputs tensor -> output tensor, in the current tf.Graph
+
+
+class LazyReference:
+    """A reference forward pass built on first use (a topology-only load never pays for it)."""
+
+    def __init__(self, make: Callable[[], Callable[[np.ndarray], np.ndarray]], kind: str):
+        self._make, self._fn, self.kind = make, None, kind
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self._fn is None:
+            self._fn = self._make()
+        return self._fn(x)
 
 
 @dataclass
@@ -30,34 +42,76 @@ class Model:
     checkpoint: Optional[Checkpoint]
     reference: Callable[[np.ndarray], np.ndarray] = field(repr=False)
     source: str = ""
+    tf_graph: object = field(default=None, repr=False)  # the tf.Graph the IR was imported from
 
     @property
     def input_shape(self) -> tuple:
         return self.graph.input_shape
 
 
-def _session_reference(graph, input_t, output_t, ckpt: Optional[Checkpoint]) -> Callable:
+def _session_reference(graph, input_t, output_t, ckpt: Optional[Checkpoint], feed: Optional[dict] = None,
+                       kind: str = "the graph's own TensorFlow ops") -> LazyReference:
     """Run a tf.Graph's own ops, variables restored from the checkpoint (a lazy session)."""
     state: dict = {}
 
-    def run(x: np.ndarray) -> np.ndarray:
-        if "sess" not in state:
-            with graph.as_default():
-                variables = tf1.global_variables()
-                sess = tf1.Session(graph=graph)
-                if variables:
-                    sess.run(tf1.variables_initializer(variables))
-                    by_name = {v.op.name: v for v in variables if ckpt is not None and v.op.name in ckpt}
-                    if by_name:
-                        try:
-                            tf1.train.Saver(by_name).restore(sess, ckpt.prefix)
-                        except tf().errors.OpError as err:
-                            raise CkptkitError(f"checkpoint {ckpt.prefix} does not fit the graph "
-                                               f"({str(err).splitlines()[0][:200]}): check --arch/--meta") from None
-            state["sess"] = sess
-        return state["sess"].run(output_t, {input_t: x})
+    def make() -> Callable:
+        with graph.as_default():
+            sess = tf1.Session(graph=graph)
+            variables = tf1.global_variables()
+            if variables:
+                sess.run(tf1.variables_initializer(variables))
+                by_name = {v.op.name: v for v in variables if ckpt is not None and v.op.name in ckpt}
+                if by_name:
+                    try:
+                        tf1.train.Saver(by_name).restore(sess, ckpt.prefix)
+                    except tf().errors.OpError as err:
+                        raise CkptkitError(f"checkpoint {ckpt.prefix} does not fit the graph "
+                                           f"({str(err).splitlines()[0][:200]}): check --arch/--meta") from None
+            else:  # a plain GraphDef holding variables (not frozen): no collections, restore them by op
+                _restore_graph_variables(sess, graph, output_t, ckpt)
+        state["sess"] = sess
+        return lambda x: sess.run(output_t, {input_t: x, **(feed or {})})
 
-    return run
+    return LazyReference(make, kind)
+
+
+def _restore_graph_variables(sess, graph, output_t, ckpt: Optional[Checkpoint]) -> None:
+    """Assign every variable the output reads from the checkpoint, by name (RestoreV2 + assign ops)."""
+    _tf = tf()
+    ops = [graph.get_operation_by_name(n) for n in sorted(_ancestor_names(output_t))]
+    var_ops = [op for op in ops if op.type in ("VariableV2", "Variable", "VarHandleOp")]
+    if not var_ops:
+        return
+    names = []
+    for op in var_ops:
+        shared = op.get_attr("shared_name") if op.type == "VarHandleOp" else b""
+        names.append((shared.decode() if isinstance(shared, bytes) else shared) or op.name)
+    missing = [n for n in names if ckpt is None or n not in ckpt]
+    if missing:
+        where = f"checkpoint {ckpt.prefix}" if ckpt is not None else "no checkpoint (none given)"
+        raise CkptkitError(f"the graph reads variable {missing[0]} ({len(missing)} in all) that {where} does not "
+                           "hold: give the checkpoint that goes with this graph, or a frozen graph")
+    with graph.as_default():
+        dtypes = [op.get_attr("dtype") for op in var_ops]
+        values = _tf.raw_ops.RestoreV2(prefix=ckpt.prefix, tensor_names=names, shape_and_slices=[""] * len(names),
+                                       dtypes=dtypes)
+        assigns = []
+        for op, value in zip(var_ops, values):
+            if op.type == "VarHandleOp":
+                assigns.append(_tf.raw_ops.AssignVariableOp(resource=op.outputs[0], value=value))
+            else:
+                assigns.append(tf1.assign(op.outputs[0], value, validate_shape=False))
+        sess.run(assigns)
+
+
+def _ancestor_names(tensor) -> set:
+    seen, stack = set(), [tensor.op]
+    while stack:
+        op = stack.pop()
+        if op.name not in seen:
+            seen.add(op.name)
+            stack.extend(t.op for t in op.inputs)
+    return seen
 
 
 def _placeholder(shape: Sequence[Optional[int]]):
@@ -85,24 +139,36 @@ def _tensor(graph, name: str, what: str):
                            "look it up in Netron or TensorBoard)") from None
 
 
-def from_builder(ckpt: Optional[Checkpoint], builder: Builder, input_shape: Sequence[int], name: str = "model",
-                 source: str = "builder", weights: bool = True) -> Model:
+def _build(builder: Builder, input_shape: Sequence[int]):
     g = tf().Graph()
     with g.as_default():
         x = _placeholder(input_shape)
         out = builder(x)
+    if not hasattr(out, "op") or getattr(out, "graph", None) is not g:
+        raise CkptkitError(f"the builder returned {type(out).__name__}, not a tensor of its graph: return the "
+                           "output tensor (e.g. the logits)")
+    return g, x, out
+
+
+def from_builder(ckpt: Optional[Checkpoint], builder: Builder, input_shape: Sequence[int], name: str = "model",
+                 source: str = "builder", weights: bool = True) -> Model:
+    g, x, out = _build(builder, input_shape)
     graph = import_graph(g, x, out, ValueSource(ckpt, weights), name)
-    return Model(graph, ckpt, _session_reference(g, x, out, ckpt), source)
+    return Model(graph, ckpt, _session_reference(g, x, out, ckpt), source, g)
 
 
-def from_arch(ckpt: Checkpoint, arch: str, input_shape=None, arch_args: Optional[dict] = None,
-              weights: bool = True) -> Model:
+def _arch_builder(ckpt: Checkpoint, arch: str, input_shape, arch_args: Optional[dict]):
     from . import archs
 
     size = archs.default_size(arch)
     shape = _parse_shape(input_shape) or (size, size, 3)
     num_classes = archs.num_classes_from(ckpt.names, {n: t.shape for n, t in ckpt.tensors.items()}, arch)
-    build = archs.builder(arch, num_classes, **(arch_args or {}))
+    return archs.builder(arch, num_classes, **(arch_args or {})), shape
+
+
+def from_arch(ckpt: Checkpoint, arch: str, input_shape=None, arch_args: Optional[dict] = None,
+              weights: bool = True) -> Model:
+    build, shape = _arch_builder(ckpt, arch, input_shape, arch_args)
     return from_builder(ckpt, build, shape, arch, f"--arch {arch}", weights)
 
 
@@ -129,9 +195,10 @@ def _downstream(ops) -> set:
     return seen
 
 
-def _candidate_outputs(graph, input_t) -> list:
-    """Float rank-2/4 tensors computed from the input alone (no labels, no training ops) that
-    nothing else of that kind consumes: the network's outputs."""
+def _output_candidates(graph, input_t) -> tuple[list, list]:
+    """(what the loss compares with the labels, i.e. the logits; sinks): float rank-2/4 tensors computed
+    from the input alone (no labels, no training ops), the sinks being those nothing else of that kind
+    consumes."""
     others = [op for op in graph.get_operations() if op.type == "Placeholder" and op is not input_t.op
               and op.outputs[0].shape.rank not in (0, None)]
     tainted = _downstream(others)
@@ -141,7 +208,7 @@ def _candidate_outputs(graph, input_t) -> list:
         if name.split("/")[0] in _TRAINING_SCOPES or op.type.startswith("Assign") or "AssignMovingAvg" in name:
             continue
         inference.add(name)
-    result, loss_inputs = [], []
+    sinks, loss_inputs = [], []
     for name in inference:
         op = graph.get_operation_by_name(name)
         if not op.outputs:
@@ -151,12 +218,23 @@ def _candidate_outputs(graph, input_t) -> list:
             continue
         consumers = [c.name for o in op.outputs for c in o.consumers()]
         if any(c in tainted and not c.startswith("gradients") for c in consumers):
-            loss_inputs.append(t)  # what the loss compares with the labels: the logits
+            loss_inputs.append(t)
         if not any(c in inference for c in consumers):
-            result.append(t)
-    if len(loss_inputs) == 1:
-        return loss_inputs
-    return sorted(result, key=lambda t: t.name)
+            sinks.append(t)
+    by_name = lambda ts: sorted(ts, key=lambda t: t.name)  # noqa: E731
+    return by_name(loss_inputs), by_name(sinks)
+
+
+def _candidate_outputs(graph, input_t) -> list:
+    """The network's output: the logits the loss reads when there is exactly one, else the sinks."""
+    loss_inputs, sinks = _output_candidates(graph, input_t)
+    return loss_inputs if len(loss_inputs) == 1 else sinks
+
+
+def _all_outputs(graph, input_t) -> list:
+    """Every candidate output (logits and sinks): everything the inference path computes."""
+    loss_inputs, sinks = _output_candidates(graph, input_t)
+    return loss_inputs + [t for t in sinks if t not in loss_inputs]
 
 
 def _pick_input(probe, input_name: Optional[str], what: str, input_shape) -> tuple[object, tuple]:
@@ -187,9 +265,19 @@ def _pick_output(graph, x, output_name: Optional[str], what: str):
     return cands[0]
 
 
-def from_meta(ckpt: Checkpoint, meta: str, input_name=None, output_name=None, input_shape=None,
-              weights: bool = True) -> Model:
-    _tf = tf()
+def strip_recorded_shapes(graph_def) -> None:
+    """Drop the `_output_shapes` a GraphDef records, so shapes are inferred anew (another input size)."""
+    nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
+    for node in nodes:
+        if "_output_shapes" in node.attr:
+            del node.attr["_output_shapes"]
+    for f in graph_def.library.function:
+        for attrs in f.arg_attr.values():
+            if "_output_shapes" in attrs.attr:
+                del attrs.attr["_output_shapes"]
+
+
+def _read_meta(meta: str):
     if not os.path.isfile(meta):
         raise CkptkitError(f"meta graph {meta} does not exist: give --meta PATH, --arch NAME or --graph frozen.pb")
     from tensorflow.core.protobuf import meta_graph_pb2
@@ -200,25 +288,73 @@ def from_meta(ckpt: Checkpoint, meta: str, input_name=None, output_name=None, in
             mgd.ParseFromString(f.read())
     except Exception as err:
         raise CkptkitError(f"meta graph {meta} cannot be parsed ({type(err).__name__}): is it a .meta file?") from None
-    probe = _tf.Graph()
-    with probe.as_default():
-        try:
-            tf1.train.import_meta_graph(mgd, clear_devices=True)
-        except Exception as err:
-            raise CkptkitError(f"meta graph {meta} cannot be imported ({str(err).splitlines()[0][:200]})") from None
-    old_in, shape = _pick_input(probe, input_name, meta, input_shape)
-    g = _tf.Graph()
+    strip_recorded_shapes(mgd.graph_def)
+    return mgd
+
+
+def _import_meta(mgd, meta: str, replace: Optional[str] = None, shape=None):
+    """Import a MetaGraphDef into a new tf.Graph; `replace`: the input tensor a fresh placeholder of
+    `shape` stands in for."""
+    g = tf().Graph()
     with g.as_default():
-        x = _placeholder(shape)
-        tf1.train.import_meta_graph(mgd, clear_devices=True, input_map={old_in.name: x})
-    out = _pick_output(g, x, output_name, meta)
-    graph = import_graph(g, x, out, ValueSource(ckpt, weights), os.path.basename(ckpt.prefix))
+        x = _placeholder(shape) if replace else None
+        try:
+            tf1.train.import_meta_graph(mgd, clear_devices=True,
+                                        input_map={replace: x} if replace else None)
+        except Exception as err:  # TF raises ValueError/InvalidArgumentError/... with shape details
+            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            if shape is not None:
+                raise CkptkitError(f"meta graph {meta} does not build at input size {','.join(map(str, shape))} "
+                                   f"({first}): it fixes its input size somewhere (e.g. a reshape before a fully "
+                                   "connected layer); export at the size it was trained at") from None
+            raise CkptkitError(f"meta graph {meta} cannot be imported ({first})") from None
+    return g, x
+
+
+def _meta_graphs(ckpt: Checkpoint, meta: str, input_name=None, input_shape=None):
+    """(MetaGraphDef, tf.Graph with the input replaced by a fresh placeholder, that placeholder, old input)."""
+    mgd = _read_meta(meta)
+    probe, _ = _import_meta(mgd, meta)
+    old_in, shape = _pick_input(probe, input_name, meta, input_shape)
+    g, x = _import_meta(mgd, meta, old_in.name, shape)
+    return mgd, g, x, old_in
+
+
+def _inference_reference(mgd, meta: str, ckpt: Checkpoint, old_in, out_name: str, shape, ir: Graph) -> Callable:
+    """The user's own training graph run in inference mode (see inference_graph); falls back to our IR
+    run with TF kernels, saying so, when the graph cannot be rewritten."""
+    from . import inference_graph
     from .tf_exec import reference_fn
 
-    return Model(graph, ckpt, reference_fn(graph), f"--meta {meta}")
+    def make() -> Callable:
+        try:
+            probe, _ = _import_meta(mgd, meta)
+            rewrite = inference_graph.plan(probe, probe.get_tensor_by_name(out_name))
+            changed = type(mgd)()
+            changed.CopyFrom(mgd)
+            inference_graph.apply(changed.graph_def, rewrite)
+            g, x = _import_meta(changed, meta, old_in.name, shape)
+            out = g.get_tensor_by_name(out_name)
+            feed = {g.get_tensor_by_name(n): False for n in rewrite.feed_false}
+        except CkptkitError as err:
+            log.warning("verification reference: %s; using ckptkit's own import run with TensorFlow kernels "
+                        "instead, which shares the importer's assumptions", err)
+            return reference_fn(ir)
+        return _session_reference(g, x, out, ckpt, feed)
+
+    return LazyReference(make, "the training graph's own ops in inference mode")
 
 
-def from_frozen(path: str, ckpt: Optional[Checkpoint], input_name=None, output_name=None, input_shape=None) -> Model:
+def from_meta(ckpt: Checkpoint, meta: str, input_name=None, output_name=None, input_shape=None,
+              weights: bool = True) -> Model:
+    mgd, g, x, old_in = _meta_graphs(ckpt, meta, input_name, input_shape)
+    out = _pick_output(g, x, output_name, meta)
+    graph = import_graph(g, x, out, ValueSource(ckpt, weights), os.path.basename(ckpt.prefix))
+    reference = _inference_reference(mgd, meta, ckpt, old_in, out.name, graph.input_shape[1:], graph)
+    return Model(graph, ckpt, reference, f"--meta {meta}", g)
+
+
+def _frozen_graphs(path: str, input_name=None, input_shape=None):
     _tf = tf()
     gd = _tf.compat.v1.GraphDef()
     try:
@@ -228,17 +364,69 @@ def from_frozen(path: str, ckpt: Optional[Checkpoint], input_name=None, output_n
         raise CkptkitError(f"frozen graph {path} does not exist") from None
     except Exception as err:
         raise CkptkitError(f"frozen graph {path} cannot be parsed ({type(err).__name__}): is it a GraphDef .pb?") from None
+    strip_recorded_shapes(gd)
     probe = _tf.Graph()
     with probe.as_default():
-        _tf.graph_util.import_graph_def(gd, name="")
+        try:
+            _tf.graph_util.import_graph_def(gd, name="")
+        except Exception as err:
+            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            raise CkptkitError(f"graph {path} cannot be imported ({first})") from None
     old_in, shape = _pick_input(probe, input_name, path, input_shape)
     g = _tf.Graph()
     with g.as_default():
         x = _placeholder(shape)
-        _tf.graph_util.import_graph_def(gd, input_map={old_in.name: x}, name="")
+        try:
+            _tf.graph_util.import_graph_def(gd, input_map={old_in.name: x}, name="")
+        except Exception as err:
+            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            raise CkptkitError(f"graph {path} does not build at input size {','.join(map(str, shape))} ({first}): "
+                               "export at the size it was made for") from None
+    return g, x
+
+
+def from_frozen(path: str, ckpt: Optional[Checkpoint], input_name=None, output_name=None, input_shape=None) -> Model:
+    g, x = _frozen_graphs(path, input_name, input_shape)
     out = _pick_output(g, x, output_name, path)
     graph = import_graph(g, x, out, ValueSource(ckpt), os.path.splitext(os.path.basename(path))[0])
-    return Model(graph, ckpt, _session_reference(g, x, out, ckpt), f"--graph {path}")
+    return Model(graph, ckpt, _session_reference(g, x, out, ckpt), f"--graph {path}", g)
+
+
+@dataclass
+class Topology:
+    """Everything a graph computes from its input, for finding each BatchNorm (no weights read)."""
+
+    graph: Graph
+    source: str  # "--arch NAME", "graph PATH", "builder"
+    skipped: dict[str, str] = field(default_factory=dict)  # outputs that could not be imported -> why
+
+
+def topology(checkpoint: str, *, meta: Optional[str] = None, arch: Optional[str] = None,
+             arch_args: Optional[dict] = None, builder: Optional[Builder] = None, input_shape=None,
+             input_name: Optional[str] = None) -> Topology:
+    """The IR of every output of the graph (`builder`, `arch`, `meta`, else the .meta beside the checkpoint),
+    read without loading weights: what fold and inspect use to find each BN, its epsilon and its layer.
+    Needs no output node: every candidate output is followed."""
+    ckpt = Checkpoint(checkpoint)
+    values = ValueSource(ckpt, weights=False)
+    if builder is not None or arch:
+        if arch:
+            builder, shape = _arch_builder(ckpt, arch, input_shape, arch_args)
+            source = f"--arch {arch}"
+        else:
+            shape, source = _parse_shape(input_shape), "builder"
+            if shape is None:
+                raise CkptkitError("a builder needs input_shape=(H, W, C)")
+        g, x, out = _build(builder, shape)
+    else:
+        meta = meta or ckpt.meta_path
+        if meta is None:
+            raise CkptkitError(f"no graph for {ckpt.prefix}: no .meta beside it")
+        _, g, x, _ = _meta_graphs(ckpt, meta, input_name, input_shape)
+        out, source = None, f"graph {meta}"
+    outputs = ([out] if out is not None else []) + [t for t in _all_outputs(g, x) if t is not out]
+    graph, skipped = import_topology(g, x, outputs, values, os.path.basename(ckpt.prefix))
+    return Topology(graph, source, skipped)
 
 
 def load(checkpoint: Optional[str] = None, *, meta: Optional[str] = None, arch: Optional[str] = None,

@@ -67,15 +67,23 @@ def mobilenet_v2_net(inputs, is_training=False, batch_norm=True, width=8, num_cl
         return tf().squeeze(net, [1, 2], name="logits")
 
 
+def _is_moving_variance(name: str) -> bool:
+    return name.endswith(("moving_variance", "moving_var", "Squeeze_1/ExponentialMovingAverage"))
+
+
+def _is_moving_mean(name: str) -> bool:
+    return name.endswith(("moving_mean", "moving_avg", "Squeeze/ExponentialMovingAverage"))
+
+
 def randomize(sess, rng: np.random.Generator) -> None:
     """Give every variable realistic values: weights scaled to keep activations O(1), BN statistics not 0/1."""
     for v in tf1.global_variables():
         name, shape = v.op.name, v.shape.as_list()
         if not v.dtype.is_floating:
             continue
-        if name.endswith("moving_variance"):
+        if _is_moving_variance(name):
             value = rng.uniform(0.5, 2.0, shape)
-        elif name.endswith("moving_mean") or "/biased" in name:
+        elif _is_moving_mean(name) or "/biased" in name:
             value = rng.normal(0.0, 0.3, shape)
         elif name.endswith("gamma"):
             value = rng.uniform(0.7, 1.3, shape)
@@ -117,12 +125,12 @@ def save_model(builder: Callable, input_shape, prefix: str, *, seed: int = 0, st
             randomize(sess, rng)
             if stats in ("reset", "negative"):
                 for v in tf1.global_variables():
-                    if v.op.name.endswith("moving_mean"):
+                    if _is_moving_mean(v.op.name):
                         v.load(np.zeros(v.shape.as_list(), np.float32), sess)
-                    elif v.op.name.endswith("moving_variance"):
+                    elif _is_moving_variance(v.op.name):
                         v.load(np.ones(v.shape.as_list(), np.float32), sess)
             if stats == "negative":
-                var = [v for v in tf1.global_variables() if v.op.name.endswith("moving_variance")][0]
+                var = [v for v in tf1.global_variables() if _is_moving_variance(v.op.name)][0]
                 value = np.ones(var.shape.as_list(), np.float32)
                 value[0] = -0.5
                 var.load(value, sess)
@@ -175,3 +183,71 @@ def vgg16_bn_net(inputs, is_training=False, batch_norm=True, width: int = 8, num
         net = s.conv2d(net, width * 16, [1, 1], scope="fc7")
         net = s.conv2d(net, num_classes, [1, 1], activation_fn=None, normalizer_fn=None, scope="fc8")
         return tf().squeeze(net, [1, 2], name="fc8/squeezed")
+
+
+def _cond(is_training, train_fn, infer_fn):
+    """tf.cond when `is_training` is a tensor, else the branch it names (as slim's smart_cond)."""
+    if isinstance(is_training, bool):
+        return train_fn() if is_training else infer_fn()
+    return tf1.cond(is_training, train_fn, infer_fn)
+
+
+def handwritten_bn_net(inputs, is_training=False, batch_norm=True):
+    """BatchNorm as users write it by hand, no slim.batch_norm: conv1's with tf.nn.moments,
+    tf.nn.batch_normalization and variables `moving_avg`/`moving_var` updated by assign ops; conv2's
+    with tf.train.ExponentialMovingAverage shadow variables; both on a cond on `is_training`."""
+    _tf = tf()
+
+    def conv(x, name, out, k=3, stride=1):
+        w = tf1.get_variable(f"{name}/weights", [k, k, int(x.shape[-1]), out],
+                             initializer=tf1.glorot_uniform_initializer())
+        y = _tf.nn.conv2d(x, w, stride, "SAME", name=f"{name}/Conv2D")
+        if not batch_norm:
+            y = _tf.nn.bias_add(y, tf1.get_variable(f"{name}/biases", [out], initializer=tf1.zeros_initializer()))
+        return y
+
+    def manual_bn(x, scope):
+        c = int(x.shape[-1])
+        with tf1.variable_scope(scope):
+            gamma = tf1.get_variable("gamma", [c], initializer=tf1.ones_initializer())
+            beta = tf1.get_variable("beta", [c], initializer=tf1.zeros_initializer())
+            moving_avg = tf1.get_variable("moving_avg", [c], initializer=tf1.zeros_initializer(), trainable=False)
+            moving_var = tf1.get_variable("moving_var", [c], initializer=tf1.ones_initializer(), trainable=False)
+
+            def train():
+                mean, var = _tf.nn.moments(x, [0, 1, 2])
+                upd = [tf1.assign(moving_avg, 0.9 * moving_avg + 0.1 * mean),
+                       tf1.assign(moving_var, 0.9 * moving_var + 0.1 * var)]
+                with _tf.control_dependencies(upd):
+                    return _tf.identity(mean), _tf.identity(var)
+
+            mean, var = _cond(is_training, train, lambda: (_tf.identity(moving_avg), _tf.identity(moving_var)))
+            return _tf.nn.batch_normalization(x, mean, var, beta, gamma, 1e-4)
+
+    def ema_bn(x, scope):
+        c = int(x.shape[-1])
+        with tf1.variable_scope(scope):
+            beta = tf1.get_variable("beta", [c], initializer=tf1.zeros_initializer())
+            mean, var = _tf.nn.moments(x, [0, 1, 2])
+            ema = tf1.train.ExponentialMovingAverage(0.99)
+            update = ema.apply([mean, var])
+
+            def train():
+                with _tf.control_dependencies([update]):
+                    return _tf.identity(mean), _tf.identity(var)
+
+            m, v = _cond(is_training, train, lambda: (ema.average(mean), ema.average(var)))
+            return _tf.nn.batch_normalization(x, m, v, beta, None, 1e-3)
+
+    net = conv(inputs, "conv1", 8, stride=2)
+    if batch_norm:
+        net = manual_bn(net, "conv1/bn")
+    net = _tf.nn.relu(net)
+    net = conv(net, "conv2", 12)
+    if batch_norm:
+        net = ema_bn(net, "conv2/bn")
+    net = _tf.nn.relu(net)
+    net = _tf.reduce_mean(net, [1, 2], name="pool")
+    w = tf1.get_variable("logits/weights", [12, 10], initializer=tf1.glorot_uniform_initializer())
+    b = tf1.get_variable("logits/biases", [10], initializer=tf1.zeros_initializer())
+    return _tf.nn.bias_add(_tf.matmul(net, w), b, name="logits/BiasAdd")

@@ -106,10 +106,13 @@ def matmul(w: Walker, t) -> str:
     if _attr(op, "transpose_a"):
         raise UnsupportedOpError(f"MatMul {op.name} with transpose_a is not supported")
     weights, src = _weights(w, op.inputs[1], op)
-    if _attr(op, "transpose_b"):
+    transposed = bool(_attr(op, "transpose_b"))
+    if transposed:
         weights = weights.T.copy()
     x = w.convert(op.inputs[0])
+    # weights_transposed: the checkpoint stores this layer's weights [out, in] (folding scales axis 0)
     return w.emit(op.name, "Dense", [x], w.shape_of(t), params={"weights": weights},
+                  attrs={"weights_transposed": True} if transposed else {},
                   sources={"weights": src} if src else {})
 
 
@@ -195,7 +198,8 @@ def _emit_bn(w: Walker, t, x_tensor, scale, offset, mean_t, var_t, eps: float) -
     var, vsrc = _statistic(w, var_t, "moving_variance", scope)
     x = w.convert(x_tensor)
     sources = {k: v for k, v in (("gamma", gsrc), ("beta", bsrc), ("mean", msrc), ("variance", vsrc)) if v}
-    scope = (msrc or vsrc or gsrc or bsrc or t.op.name).rpartition("/")[0] or t.op.name
+    # the unit's scope: where gamma/beta live (EMA shadow statistics sit under a long derived name)
+    scope = (gsrc or bsrc or msrc or vsrc or t.op.name).rpartition("/")[0] or t.op.name
     return w.emit(scope, "BatchNorm", [x], w.shape_of(t), attrs={"epsilon": float(eps)},
                   params={"gamma": gamma, "beta": beta, "mean": mean, "variance": var}, sources=sources)
 

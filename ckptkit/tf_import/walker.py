@@ -242,6 +242,34 @@ class Walker:
         return graph
 
 
+    def run_all(self, output_tensors, name: str = "model") -> tuple[Graph, dict[str, str]]:
+        """The IR reachable from every output that converts; the others with why they do not."""
+        outs, failed = [], {}
+        for t in output_tensors:
+            try:
+                outs.append(self.convert(t))
+            except CkptkitError as err:
+                failed[t.name] = str(err)
+        used = {i for n in self.nodes for i in n.inputs} | set(outs)
+        nodes = [n for n in self.nodes if n.name in used or n.op == "Input"]  # drop half-converted dead ends
+        return Graph(nodes, [n.name for n in nodes if n.op == "Input"], outs, name), failed
+
+
+def import_topology(graph, input_tensor, output_tensors, values: ValueSource, name: str = "model"
+                    ) -> tuple[Graph, dict[str, str]]:
+    """The IR of everything the given outputs compute from the input (for BN discovery): outputs that
+    cannot be converted are left out and returned with the reason."""
+    from . import handlers  # noqa: F401  (registers the handlers)
+    from ..passes import cleanup
+
+    tf()
+    graph_ir, failed = Walker(graph, input_tensor, values).run_all(output_tensors, name)
+    if not graph_ir.outputs:
+        reasons = "; ".join(f"{k}: {v}" for k, v in failed.items())[:300]
+        raise CkptkitError(f"no output of the graph could be imported ({reasons or 'none found'})")
+    return cleanup(graph_ir), failed
+
+
 def import_graph(graph, input_tensor, output_tensor, values: ValueSource, name: str = "model") -> Graph:
     """Build the IR of the inference path from `input_tensor` to `output_tensor` in a tf.Graph."""
     from . import handlers  # noqa: F401  (registers the handlers)
