@@ -57,6 +57,9 @@ def _load(args):
 def _add_export(p: argparse.ArgumentParser, fold_flag: bool = True) -> None:
     if fold_flag:
         p.add_argument("--no-fold", action="store_true", help="keep BatchNorm as its own layer instead of folding it")
+    p.add_argument("--allow-bad-statistics", action="store_true",
+                   help="export even when BatchNorm statistics were never updated or are invalid (a warning is "
+                        "printed; the model will not match a healthy one). Missing statistics are always refused")
     p.add_argument("--no-verify", action="store_true", help="skip the comparison with TensorFlow's output")
     p.add_argument("--verify-data", metavar="FILE.npy", help="NHWC samples (.npy/.npz) to verify on (default: random)")
     p.add_argument("--tolerance", type=float, metavar="REL", help="largest relative error accepted "
@@ -69,7 +72,8 @@ def _run_export(args, fmt: str, fold: bool, **options) -> int:
     model = _load(args)
     log.info("graph from %s: %s", model.source, ", ".join(f"{k} {v}" for k, v in model.graph.summary().items()))
     result = export(model, fmt, args.output_path, fold=fold, check=not args.no_verify,
-                    verify_data=args.verify_data, tolerance=args.tolerance, **options)
+                    verify_data=args.verify_data, tolerance=args.tolerance,
+                    allow_bad_statistics=args.allow_bad_statistics, **options)
     kept = result.graph.count("BatchNorm")
     if fold and kept:
         log.info("%d BatchNorm layer(s) follow no foldable layer and were kept", kept)
@@ -83,7 +87,8 @@ def _run_export(args, fmt: str, fold: bool, **options) -> int:
 def cmd_inspect(args) -> int:
     from .inspect import inspect_checkpoint
 
-    info = inspect_checkpoint(args.checkpoint)
+    info = inspect_checkpoint(args.checkpoint, meta=args.meta, arch=args.arch, arch_args=_key_values(args.arch_arg),
+                              use_meta=not args.no_meta)
     if args.json:
         json.dump(info, sys.stdout, indent=2)
         print()
@@ -95,7 +100,8 @@ def cmd_inspect(args) -> int:
         for t in info["tensors"]:
             print(f"  {t['name']:<70} {str(tuple(t['shape'])):<20} {t['dtype']}")
     units = info["batchnorm"]
-    print(f"\n{len(units)} BatchNorm unit(s), {s['foldable_by_naming']} foldable by slim naming")
+    how = "by slim naming" if info["units_from"] == "variable names" else f"(from the {info['units_from']})"
+    print(f"\n{len(units)} BatchNorm unit(s), {s['foldable']} foldable {how}")
     if units:
         width = max(len(u["scope"]) for u in units)
         print(f"  {'scope':<{width}}  {'ch':>5}  {'gamma':5} {'beta':5} {'stats':5}  follows")
@@ -119,7 +125,8 @@ def cmd_fold(args) -> int:
     from .fold import fold_checkpoint
 
     report = fold_checkpoint(args.checkpoint, args.output_path, eps=args.eps, meta=args.meta, arch=args.arch,
-                             arch_args=_key_values(args.arch_arg))
+                             arch_args=_key_values(args.arch_arg), use_meta=not args.no_meta,
+                             allow_bad_statistics=args.allow_bad_statistics)
     print(f"folded {len(report.folded)} BatchNorm unit(s) (epsilon from {report.epsilon_source})")
     for scope, why in report.kept.items():
         print(f"kept {scope}: {why}")
@@ -148,9 +155,6 @@ def cmd_recalibrate(args) -> int:
 
     from .recalibrate import recalibrate
 
-    model = _load(args)
-    from .data import dataset  # noqa: F401  (fail early on import problems)
-
     bars = []  # made once the data is found, so that errors come without a half-drawn bar
 
     def start(total: int) -> None:
@@ -158,15 +162,21 @@ def cmd_recalibrate(args) -> int:
                          unit_scale=True))
 
     try:
-        result = recalibrate(args.checkpoint, args.data, args.output_path, model=model, batch_size=args.batch_size,
+        result = recalibrate(args.checkpoint, args.data, args.output_path, batch_size=args.batch_size,
                              max_samples=args.max_samples, preprocess=args.preprocess, mean=args.mean, std=args.std,
-                             mode=args.mode, device=args.device, seed=args.seed, image_key=args.image_key,
-                             progress=lambda n: bars and bars[-1].update(n), progress_total=start,
-                             report_path=args.report, plot_path=args.plot)
+                             resize=args.resize, mode=args.mode, device=args.device, seed=args.seed,
+                             image_key=args.image_key, progress=lambda n: bars and bars[-1].update(n),
+                             progress_total=start, report_path=args.report, plot_path=args.plot,
+                             meta=args.meta, arch=args.arch, frozen=args.graph, input_name=args.input,
+                             output_name=args.output, input_shape=args.input_shape,
+                             arch_args=_key_values(args.arch_arg))
     finally:
         for bar in bars:
             bar.close()
     print(f"recalibrated {len(result.statistics)} BatchNorm layer(s) from {result.samples} samples ({result.mode} mode)")
+    prep = result.preprocessing
+    print("  inputs: " + (f"images, --preprocess {prep['preset']} (resize {prep['geometry']}, (x - {prep['mean']}) / "
+                          f"{prep['std']})" if prep else ".npy/.npz samples as they are"))
     print(f"  {'layer':<56} {'|dmean|/std':>11} {'|log var|':>9} {'split-half':>10}  flags")
     fmt = lambda v: "-" if v is None else f"{v:.3g}"  # noqa: E731
     for row in result.report[: args.top]:
@@ -184,12 +194,25 @@ def _floats(text: Optional[str]):
         return None
     try:
         return [float(v) for v in text.split(",")]
-    except ValueError:
-        raise CkptkitError(f"{text} is not a comma-separated list of numbers (e.g. 123.68,116.78,103.94)") from None
+    except ValueError:  # argparse turns this into a one-line usage error
+        raise argparse.ArgumentTypeError(f"{text} is not a comma-separated list of numbers "
+                                         "(e.g. 123.68,116.78,103.94)") from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in ckptkit's one-line form (`ckptkit: error: ...`), exit 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_ERROR, f"ckptkit: error: {message}: see `{self.prog} --help`\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    # -q/--debug work before or after the command (SUPPRESS: the subcommand leaves the global value alone)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only errors and results")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks and debug logging")
+    parser = _Parser(
         prog="ckptkit",
         description="Checkpoint conversion and surgery for TensorFlow-slim CNNs: inspect BatchNorm, fold it, "
                     "and export exactly to ONNX and Keras.")
@@ -197,16 +220,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors and results")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_parser = lambda *a, **kw: sub.add_parser(*a, parents=[common], **kw)  # noqa: E731
 
-    p = sub.add_parser("inspect", help="list BatchNorm units and their problems",
+    p = add_parser("inspect", help="list BatchNorm units and their problems",
                        description="List the BatchNorm units of a checkpoint and their issues: "
                                    "missing_statistics, never_updated, invalid_variance.")
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint prefix, one of its files, or its folder")
     p.add_argument("--json", action="store_true", help="machine-readable output (format in README)")
     p.add_argument("--tensors", action="store_true", help="also list every tensor")
+    p.add_argument("--meta", metavar="PATH", help="graph to find BatchNorms in (default: the .meta beside CKPT)")
+    p.add_argument("--arch", metavar="NAME", help="tf_slim.nets network to find BatchNorms in")
+    p.add_argument("--arch-arg", metavar="KEY=VALUE", action="append", help="extra --arch argument (repeatable)")
+    p.add_argument("--no-meta", action="store_true", help="ignore the .meta beside CKPT: find BatchNorms by "
+                                                          "variable names only")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("fold", help="fold BatchNorm into conv/fc weights, writing a checkpoint",
+    p = add_parser("fold", help="fold BatchNorm into conv/fc weights, writing a checkpoint",
                        description="Write a checkpoint in slim's no-BN naming (scaled weights, biases) that the "
                                    "same network built with normalizer_fn=None restores.")
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint prefix, one of its files, or its folder")
@@ -214,11 +243,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--meta", metavar="PATH", help="graph to read epsilon from (default: the .meta beside CKPT)")
     p.add_argument("--arch", metavar="NAME", help="tf_slim.nets network to read epsilon from")
     p.add_argument("--arch-arg", metavar="KEY=VALUE", action="append", help="extra --arch argument (repeatable)")
-    p.add_argument("--eps", type=float, help="epsilon when no graph is given (default: slim's 0.001, with a warning)")
+    p.add_argument("--no-meta", action="store_true", help="ignore the .meta beside CKPT: pair BatchNorms with "
+                                                             "layers by slim's variable names")
+    p.add_argument("--eps", type=float, help="epsilon when there is no graph (default: slim's 0.001, with a "
+                                             "warning); refused together with a graph, which gives each BN's own")
+    p.add_argument("--allow-bad-statistics", action="store_true",
+                   help="fold even when statistics were never updated or are invalid (with a warning)")
     p.add_argument("--json", action="store_true", help="also print the fold report as JSON")
     p.set_defaults(func=cmd_fold)
 
-    p = sub.add_parser("to-onnx", help="export to ONNX, verified with onnxruntime",
+    p = add_parser("to-onnx", help="export to ONNX, verified with onnxruntime",
                        description="Export to ONNX (NHWC input, dynamic batch, explicit pads) and check it "
                                    "against TensorFlow's inference output with onnxruntime.")
     _add_source(p, ckpt_optional=True)
@@ -228,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(p)
     p.set_defaults(func=cmd_to_onnx)
 
-    p = sub.add_parser("to-keras", help="export to a Keras model (.keras or .h5), verified with Keras",
+    p = add_parser("to-keras", help="export to a Keras model (.keras or .h5), verified with Keras",
                        description="Build a plain Keras functional model (standard layers only) and save it as "
                                    ".keras or legacy .h5; check it against TensorFlow's inference output.")
     _add_source(p, ckpt_optional=True)
@@ -236,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(p)
     p.set_defaults(func=cmd_to_keras)
 
-    p = sub.add_parser("to-caffe", help="export to Caffe (.prototxt + .caffemodel), verified with OpenCV",
+    p = add_parser("to-caffe", help="export to Caffe (.prototxt + .caffemodel), verified with OpenCV",
                        description="Export to Caffe: BatchNorm folded (default) or as BatchNorm+Scale; TF's SAME "
                                    "padding, average pooling and flatten order mapped exactly; checked with OpenCV "
                                    "4.x's Caffe importer (tolerance 1e-3).")
@@ -251,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(p, fold_flag=False)
     p.set_defaults(func=cmd_to_caffe)
 
-    p = sub.add_parser("recalibrate", help="recompute BatchNorm moving statistics from data",
+    p = add_parser("recalibrate", help="recompute BatchNorm moving statistics from data",
                        description="Recompute every BatchNorm's moving mean and variance exactly from data and "
                                    "write a checkpoint equal to the input except those statistics.")
     _add_source(p)
@@ -260,11 +294,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", dest="output_path", required=True, metavar="OUT", help="output checkpoint prefix")
     p.add_argument("--batch-size", type=int, default=32, help="samples per batch (default 32)")
     p.add_argument("--max-samples", type=int, help="use at most this many samples (default: all)")
-    p.add_argument("--preprocess", default="none", choices=["none", "unit", "inception", "vgg"],
-                   help="image preset: none = raw 0-255, unit = [0,1], inception = [-1,1], vgg = RGB mean "
-                        "subtraction (arrays are used as they are)")
-    p.add_argument("--mean", type=_floats, help="per-channel mean to subtract from raw 0-255 images (overrides preset)")
-    p.add_argument("--std", type=_floats, help="per-channel divisor after --mean (overrides preset)")
+    p.add_argument("--preprocess", choices=["none", "unit", "inception", "vgg"],
+                   help="how images were preprocessed in training (required for images, unless recorded beside CKPT "
+                        "by an earlier recalibration): inception = slim's inception eval (central 87.5%% crop, "
+                        "resize, [-1,1]); vgg = slim's vgg eval (smaller side to 256, central crop, RGB mean "
+                        "subtraction); unit = resize, [0,1]; none = resize, raw 0-255. Arrays are used as they are")
+    p.add_argument("--resize", choices=["stretch", "inception", "vgg"],
+                   help="override the preset's geometry: stretch to the input size, or slim's inception/vgg crop")
+    p.add_argument("--mean", type=_floats, help="per-channel mean to subtract from 0-255 images (1 or C values; "
+                                                "overrides the preset)")
+    p.add_argument("--std", type=_floats, help="per-channel divisor after --mean (1 or C non-zero values; overrides "
+                                               "the preset)")
     p.add_argument("--mode", default="precise", choices=["precise", "sequential"],
                    help="precise: one pass on batch statistics; sequential: layer by layer, upstream BNs in "
                         "inference mode with their new statistics")

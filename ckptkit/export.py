@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .errors import CkptkitError, VerificationError
-from .ir import Graph, check_statistics
+from .health import check_finite, gate, statistics_issues
+from .ir import Graph
 from .passes import fold_batchnorm
 from .sources import Model
 from .verify import TOLERANCE, Comparison, verification_inputs, verify
@@ -32,20 +33,35 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
 
 
-def prepare(model: Model, fold: bool = True) -> Graph:
-    """The graph to write: folded (default) or not; refuses missing/invalid statistics."""
+def check_model_statistics(model: Model, allow_bad: bool = False) -> None:
+    """The health gate (ckptkit.health) over every BatchNorm of the model, before anything is written."""
+    issues = []
+    for node in model.graph:
+        if node.op == "BatchNorm":
+            issues += [(node.name, i) for i in statistics_issues(node.name, node.params.get("mean"),
+                                                                 node.params.get("variance"))]
+    prefix = model.checkpoint.prefix if model.checkpoint is not None else "CKPT"
+    gate(issues, allow_bad=allow_bad, checkpoint=prefix, action="exporting")
+
+
+def prepare(model: Model, fold: bool = True, allow_bad_statistics: bool = False) -> Graph:
+    """The graph to write: folded (default) or not; refuses missing, never-updated or invalid statistics
+    (the last two pass with `allow_bad_statistics`, with a warning) and non-finite parameters."""
+    check_model_statistics(model, allow_bad_statistics)
     graph = fold_batchnorm(model.graph) if fold else model.graph
-    check_statistics(graph)
+    check_finite(((f"{n.name}/{k}", v) for n in graph for k, v in n.params.items() if v is not None),
+                 "parameter", "the checkpoint holds NaN/inf or its statistics overflow; run ckptkit inspect on it")
     return graph
 
 
 def export(model: Model, fmt: str, path: str, *, fold: bool = True, check: bool = True,
-           verify_data: Optional[str] = None, tolerance: Optional[float] = None, **options) -> ExportResult:
+           verify_data: Optional[str] = None, tolerance: Optional[float] = None,
+           allow_bad_statistics: bool = False, **options) -> ExportResult:
     """Write `model` as `fmt` (onnx, keras, caffe) at `path`, verified against TF unless check=False."""
     if fmt not in FORMATS:
         raise CkptkitError(f"unknown format {fmt}: choose one of {', '.join(FORMATS)}")
     writer = importlib.import_module(FORMATS[fmt])
-    graph = prepare(model, fold)
+    graph = prepare(model, fold, allow_bad_statistics)
     path = os.path.abspath(path)
     final_paths = writer.destinations(path, graph) if hasattr(writer, "destinations") else [path]
     ckpt_files = set(os.path.abspath(f) for f in (model.checkpoint.files() if model.checkpoint else []))

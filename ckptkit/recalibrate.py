@@ -22,6 +22,7 @@ import numpy as np
 from ._tf import tf
 from .checkpoint import Checkpoint, check_output_prefix, write_checkpoint
 from .errors import CkptkitError
+from .health import statistics_issues
 from .ir import Graph, Node
 from .tf_exec import inference_bn, run_graph, weight_tensors
 
@@ -172,9 +173,11 @@ class Recalibration:
     samples: int
     mode: str
     files: list[str] = field(default_factory=list)
+    preprocessing: Optional[dict] = None  # how images were turned into inputs (None: arrays as they are)
 
     def to_json(self) -> dict:
-        return {"mode": self.mode, "samples": self.samples, "layers": self.report, "files": self.files}
+        return {"mode": self.mode, "samples": self.samples, "preprocessing": self.preprocessing,
+                "layers": self.report, "files": self.files}
 
 
 def _accumulate(fn, batches, names: set[str], channels: dict[str, int], progress: Optional[Progress],
@@ -251,6 +254,9 @@ def resolve_devices(device: Optional[str] = None) -> list[str]:
     return chosen
 
 
+_FLAGS = {"missing_statistics": "was_missing", "never_updated": "never_updated", "invalid_variance": "invalid"}
+
+
 def _report(graph: Graph, full: dict, halves: list, order: list[str]) -> list[dict]:
     rows = []
     for name in order:
@@ -258,14 +264,7 @@ def _report(graph: Graph, full: dict, halves: list, order: list[str]) -> list[di
         eps = node.attrs["epsilon"]
         new_m, new_v = full[name].mean, full[name].variance
         old_m, old_v = node.params.get("mean"), node.params.get("variance")
-        flags = []
-        if old_m is None or old_v is None:
-            flags.append("was_missing")
-        else:
-            if np.all(old_m == 0) and np.all(old_v == 1):
-                flags.append("never_updated")
-            if (~np.isfinite(old_v) | (old_v < 0)).any():
-                flags.append("invalid")
+        flags = sorted({_FLAGS[i.code] for i in statistics_issues(name, old_m, old_v)})
         if (new_v < 1e-8).any():
             flags.append("near_zero_variance")
         std = np.sqrt(new_v + eps)
@@ -336,39 +335,103 @@ def plot(report: list[dict], path: str) -> str:
     return path
 
 
+SIDECAR = ".ckptkit.json"  # beside a checkpoint ckptkit wrote: how its statistics were made
+
+
+def recorded_preprocessing(prefix: str) -> Optional[dict]:
+    """The preprocessing recorded beside a checkpoint by an earlier recalibration, if any."""
+    try:
+        with open(prefix + SIDECAR) as f:
+            return json.load(f).get("preprocessing")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _check_outputs(output: Optional[str], ckpt_prefix: str, *paths: Optional[str]) -> None:
+    """Every output path checked before any work: nothing fails after the checkpoint is written."""
+    if output is not None:
+        check_output_prefix(output, ckpt_prefix)
+    for path in paths:
+        if path:
+            parent = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(parent):
+                raise CkptkitError(f"folder {parent} of {path} does not exist: create it or choose another path")
+            if os.path.isdir(path):
+                raise CkptkitError(f"{path} is a folder: give a file name")
+
+
+def _check_new_statistics(stats: dict) -> None:
+    """No non-finite or negative statistic is ever written."""
+    for name, (mean, var) in stats.items():
+        bad = [i for i in statistics_issues(name, mean, var) if i.code == "invalid_variance"]
+        if bad:
+            raise CkptkitError(f"the new statistics of {name} are not finite ({bad[0].message.split(':')[0]}): the "
+                               "data drive the network to overflow; check --preprocess and the samples' scale. "
+                               "Nothing was written")
+
+
 def recalibrate(checkpoint: str, data: str, output: Optional[str] = None, *, model=None, batch_size: int = 32,
-                max_samples: Optional[int] = None, preprocess: str = "none", mean=None, std=None,
-                mode: str = "precise", device: Optional[str] = None, seed: int = 0, image_key: str = "image/encoded",
-                progress: Optional[Progress] = None, progress_total: Optional[Callable[[int], None]] = None,
-                report_path: Optional[str] = None,
+                max_samples: Optional[int] = None, preprocess: Optional[str] = None, mean=None, std=None,
+                resize: Optional[str] = None, mode: str = "precise", device: Optional[str] = None, seed: int = 0,
+                image_key: str = "image/encoded", progress: Optional[Progress] = None,
+                progress_total: Optional[Callable[[int], None]] = None, report_path: Optional[str] = None,
                 plot_path: Optional[str] = None, **load_args) -> Recalibration:
     """Recompute the moving statistics of `checkpoint` from `data`; write `output` if given.
 
-    `model` is a loaded Model (else `ckptkit.load(checkpoint, **load_args)`)."""
-    from .data import dataset
+    `model` is a loaded Model (else `ckptkit.load(checkpoint, **load_args)`). Images need `preprocess`
+    (a preset of ckptkit.data.PRESETS) unless an earlier recalibration recorded one beside the checkpoint."""
+    from .data import Preprocessing, dataset, preprocessing
     from .sources import load
 
-    if output is not None:
-        ckpt_prefix = Checkpoint(checkpoint).prefix
-        check_output_prefix(output, ckpt_prefix)
-    model = model or load(checkpoint, **load_args)
+    ckpt_prefix = Checkpoint(checkpoint).prefix
+    _check_outputs(output, ckpt_prefix, report_path, plot_path)
     if batch_size < 2:
         raise CkptkitError(f"--batch-size {batch_size} is too small: batch statistics need at least 2 samples")
-    ds, count = dataset(data, model.input_shape[1:], batch_size=batch_size, max_samples=max_samples,
-                        preprocess=preprocess, mean=mean, std=std, image_key=image_key, seed=seed)
+    if max_samples is not None and max_samples < 1:
+        raise CkptkitError(f"--max-samples {max_samples} is not a positive count: give at least 1, or leave it out "
+                           "for all samples")
+    if seed < 0:
+        raise CkptkitError(f"--seed {seed} is negative: give 0 or more")
+    model = model or load(checkpoint, **load_args)
+    channels = int(model.input_shape[-1])
+    prep: Optional[Preprocessing] = None
+    if preprocess is None and (mean is not None or std is not None or resize is not None):
+        raise CkptkitError("--mean/--std/--resize refine a --preprocess preset: give --preprocess too")
+    if preprocess is None:
+        recorded = recorded_preprocessing(ckpt_prefix)
+        if recorded:
+            prep = preprocessing(recorded["preset"], recorded["mean"], recorded["std"], channels, recorded["geometry"])
+            log.info("preprocessing recorded beside %s: %s", ckpt_prefix, prep.describe())
+    else:
+        prep = preprocessing(preprocess, mean, std, channels, resize)
+    ds, count, has_images = dataset(data, model.input_shape[1:], batch_size=batch_size, max_samples=max_samples,
+                                    preprocess=prep, image_key=image_key, seed=seed)
     full, halves, order, seen = estimate(model.graph, ds, mode=mode, device=device, progress=progress,
                                          samples=count, progress_total=progress_total)
     if seen == 0:
-        raise CkptkitError(f"no usable samples in --data {data}")
+        raise CkptkitError(f"no usable samples in --data {data}: every sample was skipped (see the warnings)")
     stats = {n: (full[n].mean.astype(np.float32), full[n].variance.astype(np.float32)) for n in order}
-    result = Recalibration(stats, _report(model.graph, full, halves, order), seen, mode)
+    _check_new_statistics(stats)
+    result = Recalibration(stats, _report(model.graph, full, halves, order), seen, mode,
+                           preprocessing=prep.to_json() if (prep is not None and has_images) else None)
     if output is not None:
         result.files = write_statistics(model.checkpoint, model.graph, stats, output)
+        sidecar = os.path.abspath(output) + SIDECAR
+        if result.preprocessing:
+            _write_json(sidecar, {"preprocessing": result.preprocessing, "recalibrated_from": ckpt_prefix,
+                                  "samples": seen, "mode": mode})
+            result.files.append(sidecar)
+        elif os.path.lexists(sidecar):  # an older output's record no longer describes these statistics
+            os.remove(sidecar)
     if report_path:
-        tmp = report_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(result.to_json(), f, indent=2)
-        os.replace(tmp, report_path)
+        _write_json(report_path, result.to_json())
     if plot_path:
         plot(result.report, plot_path)
     return result
+
+
+def _write_json(path: str, value) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2)
+    os.replace(tmp, path)

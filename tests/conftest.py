@@ -10,6 +10,7 @@ from ckptkit import testing as T
 # name -> (builder, input shape, builder without BN for fold tests or None)
 NETS = {
     "variants": (T.bn_variants_net, (32, 32, 3)),
+    "handwritten": (T.handwritten_bn_net, (16, 16, 3)),  # tf.nn.moments + moving_avg/var; EMA shadows
     "mobilenet_v2": (T.mobilenet_v2_net, (32, 32, 3)),
     "vgg16_bn": (T.vgg16_bn_net, (32, 32, 3)),
     "resnet_v1_50": (T.arch_net("resnet_v1_50"), (64, 64, 3)),

@@ -2,6 +2,7 @@
 import pytest
 
 from ckptkit import CkptkitError, testing as T
+from ckptkit.checkpoint import Checkpoint
 from ckptkit.fold import fold_checkpoint
 from conftest import ARCH, NETS, rel_error
 
@@ -14,8 +15,8 @@ def no_bn_builder(name):
     return lambda inputs, is_training=False: builder(inputs, is_training=is_training, batch_norm=False)
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v2", "vgg16_bn", "resnet_v1_50", "resnet_v2_50", "inception_v2",
-                                  "inception_v3"])
+@pytest.mark.parametrize("name", ["variants", "handwritten", "mobilenet_v2", "vgg16_bn", "resnet_v1_50",
+                                  "resnet_v2_50", "inception_v2", "inception_v3"])
 def test_fold_restores_into_network_without_bn(store, reference, tmp_path, name):
     prefix = store(name)
     shape = NETS[name][1]
@@ -28,6 +29,9 @@ def test_fold_restores_into_network_without_bn(store, reference, tmp_path, name)
         assert any("preact" in k for k in report.kept)
     else:
         assert not report.kept
+    assert not any(n.endswith(("moving_mean", "moving_variance", "moving_avg", "ExponentialMovingAverage"))
+                   for n in Checkpoint(str(tmp_path / "folded.ckpt")).names
+                   if not any(n.startswith(k + "/") for k in report.kept))
 
 
 def test_fold_uses_graph_epsilon_for_resnet(store, tmp_path):
@@ -38,13 +42,20 @@ def test_fold_uses_graph_epsilon_for_resnet(store, tmp_path):
 def test_fold_without_graph_assumes_slim_eps_and_warns(store, tmp_path, caplog):
     report = fold_checkpoint(store("mobilenet_v2"), str(tmp_path / "f.ckpt"), use_meta=False)
     assert report.epsilon_source == "assumed slim default"
-    assert "epsilon assumed" in caplog.text
+    assert "assumed to be slim's default" in caplog.text
 
 
-def test_fold_keeps_units_without_a_layer_by_naming(store, tmp_path):
-    report = fold_checkpoint(store("variants"), str(tmp_path / "f.ckpt"))
-    assert "layers_bn" in report.kept
+def test_fold_by_names_keeps_units_without_a_layer_by_naming(store, tmp_path):
+    report = fold_checkpoint(store("variants"), str(tmp_path / "f.ckpt"), use_meta=False, eps=1e-3)
+    assert "layers_bn" in report.kept and report.units_from == "variable names"
     assert "dw/BatchNorm" in report.folded and "fc/BatchNorm" in report.folded
+
+
+def test_graph_guided_fold_pairs_tf_layers_bn_with_its_biased_conv(store, tmp_path):
+    """The graph shows layers_bn follows conv `biased` (weights + BiasAdd): folded into it, biases merged."""
+    report = fold_checkpoint(store("variants"), str(tmp_path / "f.ckpt"))
+    assert "layers_bn" in report.folded and not report.kept
+    assert report.epsilon["layers_bn"] == pytest.approx(1e-4) and report.epsilon["fused/BatchNorm"] == pytest.approx(1e-3)
 
 
 def test_fold_refuses_missing_statistics(store, tmp_path):

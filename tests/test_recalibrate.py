@@ -149,7 +149,7 @@ def test_no_usable_samples_is_an_error(digits, tmp_path):
     empty.mkdir()
     (empty / "junk.png").write_bytes(b"junk")
     with pytest.raises(CkptkitError, match="no usable samples"):
-        recalibrate(digits["paths"]["healthy"], str(empty), str(tmp_path / "o.ckpt"),
+        recalibrate(digits["paths"]["healthy"], str(empty), str(tmp_path / "o.ckpt"), preprocess="unit",
                     meta=digits["paths"]["healthy"] + ".meta")
 
 
