@@ -54,6 +54,21 @@ def prepare(model: Model, fold: bool = True, allow_bad_statistics: bool = False)
     return graph
 
 
+def _recorded_range(model: Model) -> Optional[tuple[float, float]]:
+    """The input range of the preprocessing recorded beside the checkpoint by `recalibrate`, if any."""
+    from .data import preprocessing
+    from .recalibrate import recorded_preprocessing
+
+    rec = recorded_preprocessing(model.checkpoint.prefix) if model.checkpoint is not None else None
+    if not rec:
+        return None
+    try:
+        return preprocessing(rec["preset"], rec["mean"], rec["std"], int(model.graph.input_shape[-1]),
+                             rec["geometry"]).value_range
+    except (CkptkitError, KeyError, TypeError):
+        return None
+
+
 def export(model: Model, fmt: str, path: str, *, fold: bool = True, check: bool = True,
            verify_data: Optional[str] = None, tolerance: Optional[float] = None,
            allow_bad_statistics: bool = False, **options) -> ExportResult:
@@ -77,7 +92,7 @@ def export(model: Model, fmt: str, path: str, *, fold: bool = True, check: bool 
         comparison = None
         if check:
             tol = tolerance if tolerance is not None else getattr(writer, "TOLERANCE", TOLERANCE)
-            inputs = verification_inputs(graph.input_shape, verify_data)
+            inputs = verification_inputs(graph.input_shape, verify_data, value_range=_recorded_range(model))
             comparison = verify(model.reference, writer.runner(staged[0], graph=graph, **options), inputs, tol)
             if not comparison.ok:
                 raise VerificationError(f"{fmt} export does not match TensorFlow: {comparison}; nothing was written")

@@ -316,8 +316,19 @@ def _meta_graphs(ckpt: Checkpoint, meta: str, input_name=None, input_shape=None)
     mgd = _read_meta(meta)
     probe, _ = _import_meta(mgd, meta)
     old_in, shape = _pick_input(probe, input_name, meta, input_shape)
+    recorded = tuple(old_in.shape.as_list()[1:]) if old_in.shape.rank == 4 else None
+    if recorded and tuple(shape) != recorded and _records_cond_shapes(mgd.graph_def):
+        # tf.cond (control flow v2) fixes its outputs' shapes in the graph; they cannot be inferred anew
+        raise CkptkitError(f"meta graph {meta} was built for input {','.join(map(str, recorded))} and records that "
+                           f"size in its tf.cond ops, so it cannot run at {','.join(map(str, shape))}: use --arch NAME "
+                           "(or a builder in Python), which builds the network at any size")
     g, x = _import_meta(mgd, meta, old_in.name, shape)
     return mgd, g, x, old_in
+
+
+def _records_cond_shapes(graph_def) -> bool:
+    return any(n.op in ("If", "StatelessIf", "Case", "StatelessCase") and n.attr["output_shapes"].list.shape
+               for n in graph_def.node)
 
 
 def _inference_reference(mgd, meta: str, ckpt: Checkpoint, old_in, out_name: str, shape, ir: Graph) -> Callable:

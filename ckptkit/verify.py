@@ -48,11 +48,17 @@ def compare(reference: np.ndarray, got: np.ndarray, tolerance: float = TOLERANCE
     return Comparison(diff, rel, tolerance, int(reference.shape[0]) if reference.ndim else 1)
 
 
-def verification_inputs(shape: tuple, data: Optional[str] = None, batch: int = 4, seed: int = 0) -> np.ndarray:
-    """Inputs for verification: `data` (.npy/.npz of NHWC samples) or seeded random N(0,1) samples."""
+DEFAULT_RANGE = (-1.0, 1.0)  # slim's inception preprocessing; a recorded preprocessing gives its own
+
+
+def verification_inputs(shape: tuple, data: Optional[str] = None, batch: int = 4, seed: int = 0,
+                        value_range: Optional[tuple[float, float]] = None) -> np.ndarray:
+    """Inputs for verification: `data` (.npy/.npz of NHWC samples), or seeded uniform samples over the range
+    real inputs take (`value_range`, default [-1, 1]): errors are then measured at the output's real scale."""
     want = tuple(shape[1:])
     if data is None:
-        return np.random.default_rng(seed).normal(0.0, 1.0, (batch,) + want).astype(np.float32)
+        lo, hi = value_range or DEFAULT_RANGE
+        return np.random.default_rng(seed).uniform(lo, hi, (batch,) + want).astype(np.float32)
     if not os.path.isfile(data):
         raise CkptkitError(f"--verify-data {data} does not exist: give a .npy or .npz file of NHWC samples")
     try:
@@ -71,5 +77,10 @@ def verification_inputs(shape: tuple, data: Optional[str] = None, batch: int = 4
 
 def verify(reference: Callable[[np.ndarray], np.ndarray], candidate: Callable[[np.ndarray], np.ndarray],
            inputs: np.ndarray, tolerance: float = TOLERANCE) -> Comparison:
-    """Run both on the same inputs and compare."""
-    return compare(reference(inputs), candidate(inputs), tolerance)
+    """Run both on the same inputs and compare; one output per input sample is part of being right."""
+    ref = np.asarray(reference(inputs))
+    if ref.ndim == 0 or ref.shape[0] != inputs.shape[0]:
+        raise CkptkitError(f"TensorFlow's reference gives {ref.shape[0] if ref.ndim else 0} outputs for "
+                           f"{inputs.shape[0]} input samples: the graph mixes samples (a reshape fixed to another "
+                           "input size?); export at the size it was built for")
+    return compare(ref, candidate(inputs), tolerance)

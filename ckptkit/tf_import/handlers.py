@@ -416,6 +416,12 @@ def _reshape_to_static(w: Walker, t) -> str:
     shape = w.shape_of(t)
     if any(d is None for d in shape[1:]):
         raise CkptkitError(f"{t.op.type} {t.op.name}: output shape {shape} is not static: give --input-shape H,W,C")
+    src = w.shape_of(t.op.inputs[0])
+    if None not in src[1:] and int(np.prod(src[1:])) != int(np.prod(shape[1:])):
+        # e.g. a flatten written for the training size: at another size it would fold samples into the batch
+        raise CkptkitError(f"{t.op.type} {t.op.name} turns {tuple(src[1:])} per sample into {tuple(shape[1:])}: the "
+                           "graph fixes its input size here (a flatten before a fully connected layer); export at "
+                           "the size it was built for")
     return w.emit(t.op.name, "Reshape", [w.convert(t.op.inputs[0])], shape, attrs=dict(shape=(-1,) + tuple(shape[1:])))
 
 
