@@ -1,4 +1,5 @@
 """Recalibration on a small slim CNN really trained on scikit-learn's digits."""
+import json
 import os
 
 import numpy as np
@@ -197,3 +198,81 @@ def test_progress_announces_its_total_and_reaches_it(digits, mode, passes):
     recalibrate(digits["paths"]["healthy"], str(digits["root"] / "npy"), None, meta=digits["paths"]["healthy"] + ".meta",
                 batch_size=100, mode=mode, progress=steps.append, progress_total=totals.append)
     assert totals == [1400 * passes] and sum(steps) == 1400 * passes
+
+
+# ---- issue 11: stated preprocessing, NaN never in, never out ----------------------------------------------
+def cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "ckptkit.cli", *args], capture_output=True, text=True)
+
+
+def test_images_need_a_stated_preprocessing(digits, tmp_path):
+    meta = digits["paths"]["healthy"] + ".meta"
+    out = cli("recalibrate", digits["paths"]["reset"], "--meta", meta, "--data", str(digits["root"] / "images"),
+              "-o", str(tmp_path / "f.ckpt"))
+    assert out.returncode == 2 and "--preprocess" in out.stderr.strip().splitlines()[-1]
+    assert not list(tmp_path.iterdir())
+
+
+def test_preprocessing_is_reported_recorded_and_reused(digits, tmp_path):
+    meta = digits["paths"]["healthy"] + ".meta"
+    out = tmp_path / "f.ckpt"
+    run = cli("recalibrate", digits["paths"]["reset"], "--meta", meta, "--data", str(digits["root"] / "images"),
+              "-o", str(out), "--preprocess", "unit", "--report", str(tmp_path / "r.json"), "-q")
+    assert run.returncode == 0, run.stderr
+    assert "--preprocess unit" in run.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["preprocessing"] == {"preset": "unit", "geometry": "stretch", "mean": [0.0], "std": [255.0]}
+    again = recalibrate(str(out), str(digits["root"] / "images"), None, meta=meta, batch_size=64)
+    assert again.preprocessing["preset"] == "unit"  # read from the record beside the checkpoint
+    assert accuracy(str(out), meta, digits) >= accuracy(digits["paths"]["healthy"], meta, digits) - 0.01
+
+
+def test_non_finite_samples_are_skipped(digits, tmp_path, caplog):
+    x = np.load(digits["root"] / "npy" / "train.npy").copy()
+    x[3, 0, 0, 0] = np.nan
+    x[7, 2, 2, 0] = np.inf
+    (tmp_path / "data").mkdir()
+    np.save(tmp_path / "data" / "x.npy", x)
+    meta = digits["paths"]["healthy"] + ".meta"
+    res = recalibrate(digits["paths"]["reset"], str(tmp_path / "data"), str(tmp_path / "f.ckpt"), meta=meta)
+    assert res.samples == len(x) - 2 and "NaN or inf" in caplog.text
+    ckpt = Checkpoint(str(tmp_path / "f.ckpt"))
+    assert all(np.isfinite(ckpt.get(n)).all() for n in ckpt.names if "moving_" in n)
+
+
+def test_overflowing_data_writes_nothing(digits, tmp_path):
+    (tmp_path / "data").mkdir()
+    np.save(tmp_path / "data" / "x.npy", np.full((8, 8, 8, 1), 3e38, np.float32))
+    meta = digits["paths"]["healthy"] + ".meta"
+    with pytest.raises(CkptkitError, match="not finite"):
+        recalibrate(digits["paths"]["reset"], str(tmp_path / "data"), str(tmp_path / "f.ckpt"), meta=meta)
+    assert sorted(os.listdir(tmp_path)) == ["data"]
+
+
+@pytest.mark.parametrize("args, words", [(["--std", "0"], "--std 0"), (["--mean", "1,2"], "1 channel"),
+                                         (["--mean", "abc"], "not a comma-separated"), (["--max-samples", "0"], "0")])
+def test_bad_normalisation_is_refused(digits, tmp_path, args, words):
+    meta = digits["paths"]["healthy"] + ".meta"
+    out = cli("recalibrate", digits["paths"]["reset"], "--meta", meta, "--data", str(digits["root"] / "images"),
+              "-o", str(tmp_path / "f.ckpt"), "--preprocess", "unit", *args)
+    last = out.stderr.strip().splitlines()[-1]
+    assert out.returncode == 2 and last.startswith("ckptkit: error:") and words in last, out.stderr
+    assert "Traceback" not in out.stderr and not list(tmp_path.iterdir())
+
+
+def test_slim_eval_geometry_matches_slims_recipe():
+    """vgg: smaller side to 256 (legacy bilinear), central crop; inception: central 87.5%, legacy bilinear."""
+    from ckptkit.data import _geometry
+
+    _tf = tf()
+    img = np.random.default_rng(0).uniform(0, 255, (300, 400, 3)).astype(np.float32)
+    got = _geometry(_tf.constant(img), "vgg", 224, 224).numpy()
+    resized = tf1.image.resize_bilinear(img[None], [256, 341], align_corners=False)[0].numpy()  # rint(400*256/300)
+    np.testing.assert_allclose(got, resized[16:240, 58:282], rtol=1e-6)
+    got = _geometry(_tf.constant(img), "inception", 64, 64).numpy()
+    crop = img[18:282, 25:375]  # tf.image.central_crop(0.875): start int((h - h*0.875) / 2), size h - 2*start
+    want = tf1.image.resize_bilinear(crop[None], [64, 64], align_corners=False)[0].numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5)
