@@ -8,7 +8,10 @@ inference:
     as inputs 3 and 4 (the variables its update ops assign to);
   * the batch statistics of a decomposed BN (`tf.nn.moments` -> `tf.nn.batch_normalization`) are
     replaced, where the normalisation reads them, by the moving variables they update;
-  * a dropout mask (a random op within a few steps) is bypassed: the layer's input goes through.
+  * a dropout mask (a random op within a few steps) is bypassed: the layer's input goes through;
+  * control dependencies on update ops (assignments, or groups of them) are dropped from the ops the
+    output needs: cond v2 lifts a branch's `control_dependencies([ema.apply(...)])` onto the If op,
+    which would update the moving averages before inference reads them.
 Convolutions, padding, pooling and everything else run as TensorFlow's own kernels; a BN that is
 none of the above stays in training mode, so verification fails rather than passing wrongly.
 """
@@ -33,12 +36,13 @@ class Rewrite:
     fused: dict[str, tuple[str, str]] = field(default_factory=dict)  # BN op -> (mean var op, variance var op)
     rewire: dict[str, dict[str, str]] = field(default_factory=dict)  # consumer op -> {old input: new input}
     read_resource: set[str] = field(default_factory=set)  # VarHandleOps that need a ReadVariableOp
+    drop_control: dict[str, set[str]] = field(default_factory=dict)  # op -> control inputs on update ops
 
     def __bool__(self) -> bool:
         return bool(self.feed_false or self.fused or self.rewire)
 
 
-def _ancestors(tensor) -> set:
+def _ancestors(tensor, control: bool = True) -> set:
     seen, stack = set(), [tensor.op]
     while stack:
         op = stack.pop()
@@ -46,7 +50,8 @@ def _ancestors(tensor) -> set:
             continue
         seen.add(op.name)
         stack.extend(t.op for t in op.inputs)
-        stack.extend(op.control_inputs)
+        if control:
+            stack.extend(op.control_inputs)
     return seen
 
 
@@ -105,6 +110,15 @@ def _reaches_assign(op, depth: int = 12) -> bool:
     return False
 
 
+def _is_update(op, depth: int = 4) -> bool:
+    """An op that changes state: an assignment, or a NoOp/Identity grouping assignments."""
+    if op.type in _ASSIGN_OPS:
+        return True
+    if depth == 0 or op.type not in ("NoOp", "Identity"):
+        return False
+    return any(_is_update(c, depth - 1) for c in list(op.control_inputs) + [t.op for t in op.inputs])
+
+
 def _is_random(tensor, depth: int = 6) -> bool:
     stack, seen = [(tensor.op, 0)], set()
     while stack:
@@ -156,10 +170,13 @@ def _is_const(tensor) -> bool:
 
 def plan(graph, output) -> Rewrite:
     """What to change in `graph` (a tf.Graph of the training GraphDef) so `output` computes inference."""
-    needed = _ancestors(output)
+    needed = _ancestors(output, control=False)
     rw = Rewrite()
     for name in sorted(needed):
         op = graph.get_operation_by_name(name)
+        updates = {c.name for c in op.control_inputs if _is_update(c)}
+        if updates:
+            rw.drop_control[name] = updates
         if op.type in ("Placeholder", "PlaceholderWithDefault") and op.outputs[0].dtype.is_bool \
                 and op.outputs[0].shape.rank == 0:
             rw.feed_false.append(op.outputs[0].name)
@@ -220,6 +237,10 @@ def apply(graph_def, rw: Rewrite) -> None:
             node.attr["is_training"].b = False
             node.input[3] = read(mean)
             node.input[4] = read(var)
+        if node.name in rw.drop_control:
+            kept = [i for i in node.input if i[1:] not in rw.drop_control[node.name] or not i.startswith("^")]
+            del node.input[:]
+            node.input.extend(kept)
         if node.name in rw.rewire:
             mapping = rw.rewire[node.name]
             for i, inp in enumerate(node.input):
