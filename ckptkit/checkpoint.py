@@ -116,7 +116,7 @@ class Checkpoint:
         try:
             return np.asarray(self._reader.get_tensor(name))
         except (_tf.errors.OpError, ValueError, RuntimeError, IndexError, OSError) as err:
-            data = glob.glob(glob.escape(self.prefix) + ".data-*") or [self.prefix]
+            data = glob.glob(glob.escape(self.prefix) + ".data-?????-of-?????") or [self.prefix]
             first = str(err).strip().splitlines()[0][:200]
             raise CkptkitError(f"tensor {name} cannot be read from {', '.join(data)} ({first}): the data file is damaged; re-copy or re-save it") from None
 
@@ -127,8 +127,36 @@ class Checkpoint:
 
     def files(self) -> list[str]:
         if self.version == 2:
-            return [self.prefix + ".index"] + sorted(glob.glob(glob.escape(self.prefix) + ".data-*"))
+            return [self.prefix + ".index"] + sorted(glob.glob(glob.escape(self.prefix) + ".data-?????-of-?????"))
         return [self.prefix] if os.path.isfile(self.prefix) else sorted(glob.glob(glob.escape(self.prefix) + "-?????-of-?????"))
+
+
+def input_files(prefix: str) -> list[str]:
+    """Every file that belongs to the checkpoint at `prefix`: its index/data (or V1 files), its .meta,
+    the `checkpoint` state file of its folder and ckptkit's record beside it."""
+    files = [prefix + ".index", prefix + ".meta", prefix + ".ckptkit.json", prefix,
+             os.path.join(os.path.dirname(prefix), "checkpoint")]
+    files += glob.glob(glob.escape(prefix) + ".data-?????-of-?????") + glob.glob(glob.escape(prefix) + "-?????-of-?????")
+    return [f for f in files if os.path.isfile(f)]
+
+
+def refuse_input_files(outputs: Iterable[str], protected: Iterable[str]) -> None:
+    """Refuse any output that *is* a protected file, compared by identity (device and inode, so through
+    symlinks, hard links and other spellings of the same folder), not by name."""
+    protected = [p for p in protected if os.path.exists(p)]
+    for out in outputs:
+        if not os.path.exists(out):
+            continue
+        for p in protected:
+            if os.path.samefile(out, p):
+                raise CkptkitError(f"output {out} is {p}, a file of the input checkpoint: choose another -o; "
+                                   "ckptkit never modifies its input")
+
+
+def checkpoint_outputs(prefix: str) -> list[str]:
+    """The files writing a checkpoint at `prefix` may replace."""
+    return [prefix + ".index", prefix + ".data-00000-of-00001", prefix + ".ckptkit.json"] + \
+        glob.glob(glob.escape(prefix) + ".data-?????-of-?????")
 
 
 def check_output_prefix(out: str, *inputs: str) -> str:
@@ -137,8 +165,9 @@ def check_output_prefix(out: str, *inputs: str) -> str:
     if os.path.isdir(out):
         raise CkptkitError(f"output {out} is a folder: give a checkpoint prefix such as {out}/model.ckpt")
     for inp in inputs:
-        if inp and os.path.abspath(inp) == out:
+        if inp and os.path.realpath(inp) == os.path.realpath(out):
             raise CkptkitError(f"output {out} is the input checkpoint: choose another -o; ckptkit never modifies its input")
+    refuse_input_files(checkpoint_outputs(out), [f for inp in inputs if inp for f in input_files(inp)])
     parent = os.path.dirname(out)
     if not os.path.isdir(parent):
         raise CkptkitError(f"output folder {parent} does not exist: create it or choose another -o")

@@ -13,6 +13,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .checkpoint import input_files, refuse_input_files
 from .errors import CkptkitError, VerificationError
 from .health import check_finite, gate, statistics_issues
 from .ir import Graph
@@ -79,10 +80,9 @@ def export(model: Model, fmt: str, path: str, *, fold: bool = True, check: bool 
     graph = prepare(model, fold, allow_bad_statistics)
     path = os.path.abspath(path)
     final_paths = writer.destinations(path, graph) if hasattr(writer, "destinations") else [path]
-    ckpt_files = set(os.path.abspath(f) for f in (model.checkpoint.files() if model.checkpoint else []))
+    protected = input_files(model.checkpoint.prefix) if model.checkpoint is not None else []
+    refuse_input_files(final_paths, protected)
     for dst in final_paths:
-        if os.path.abspath(dst) in ckpt_files:
-            raise CkptkitError(f"output {dst} is a file of the input checkpoint: choose another -o")
         if not os.path.isdir(os.path.dirname(dst)):
             raise CkptkitError(f"output folder {os.path.dirname(dst)} does not exist: create it or choose another -o")
     tmp = tempfile.mkdtemp(prefix=".ckptkit-", dir=os.path.dirname(final_paths[0]))

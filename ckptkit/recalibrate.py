@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ._tf import tf
-from .checkpoint import Checkpoint, check_output_prefix, write_checkpoint
+from .checkpoint import Checkpoint, check_output_prefix, input_files, refuse_input_files, write_checkpoint
 from .errors import CkptkitError
 from .health import statistics_issues
 from .ir import Graph, Node
@@ -351,6 +351,7 @@ def _check_outputs(output: Optional[str], ckpt_prefix: str, *paths: Optional[str
     """Every output path checked before any work: nothing fails after the checkpoint is written."""
     if output is not None:
         check_output_prefix(output, ckpt_prefix)
+    refuse_input_files([os.path.abspath(p) for p in paths if p], input_files(ckpt_prefix))
     for path in paths:
         if path:
             parent = os.path.dirname(os.path.abspath(path))

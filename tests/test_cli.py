@@ -47,3 +47,30 @@ def test_fold_then_export_end_to_end(tmp_path):
     out = ckptkit("to-onnx", FIXTURE, "-o", str(tmp_path / "m.onnx"))
     assert out.returncode == 0, out.stderr
     assert "verified against TensorFlow" in out.stdout and ": ok" in out.stdout
+
+
+def test_outputs_that_are_input_files_are_refused_through_symlinks(tmp_path):
+    """Compared by file identity: a symlinked folder, the .meta, the state file, never overwritten."""
+    import filecmp
+    import shutil
+
+    shutil.copytree(os.path.dirname(FIXTURE), tmp_path / "self")
+    os.symlink("self", tmp_path / "lnk")
+    before = {p: (tmp_path / "self" / p).read_bytes() for p in os.listdir(tmp_path / "self")}
+    for args in (["fold", "self/model.ckpt", "-o", "lnk/model.ckpt"],
+                 ["to-onnx", "self/model.ckpt", "-o", "lnk/model.ckpt.index"],
+                 ["to-onnx", "lnk/model.ckpt", "-o", "self/model.ckpt.meta"],
+                 ["to-keras", "self/model.ckpt", "-o", "lnk/checkpoint"]):
+        out = ckptkit(*args, cwd=tmp_path)
+        assert out.returncode == 2 and "input" in out.stderr.strip().splitlines()[-1], (args, out.stderr)
+        assert "Traceback" not in out.stderr
+    assert {p: (tmp_path / "self" / p).read_bytes() for p in os.listdir(tmp_path / "self")} == before
+    assert not filecmp.dircmp(tmp_path / "self", os.path.dirname(FIXTURE)).diff_files
+
+
+def test_usage_errors_are_one_line_and_flags_work_after_the_command(tmp_path):
+    out = ckptkit("fold", FIXTURE, "--no-such-flag")
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [out.stderr.strip()]
+    assert out.stderr.startswith("ckptkit: error: ")
+    out = ckptkit("inspect", FIXTURE, "-q")
+    assert out.returncode == 0, out.stderr
