@@ -57,11 +57,12 @@ def check_epsilon(eps: Optional[float]) -> Optional[float]:
 
 def find_fold_units(ckpt: Checkpoint, *, meta: Optional[str] = None, arch: Optional[str] = None,
                     arch_args: Optional[dict] = None, builder=None, input_shape=None, input_name: Optional[str] = None,
-                    use_meta: bool = True) -> tuple[list[BNUnit], str]:
+                    use_meta: bool = True, strict: bool = False) -> tuple[list[BNUnit], str]:
     """Every BN unit with its layer and epsilon: from the graph when there is one, else by slim naming.
 
     Returns (units, where they came from). A graph that was asked for explicitly must work; the
-    `.meta` found beside the checkpoint falls back to names with a warning saying why."""
+    `.meta` found beside the checkpoint falls back to names with a warning saying why, or, with
+    `strict`, is an error (fold would otherwise guess the epsilon of a network that has a graph)."""
     from .sources import topology
 
     meta_path = meta or (ckpt.meta_path if use_meta and not arch and builder is None else None)
@@ -72,8 +73,11 @@ def find_fold_units(ckpt: Checkpoint, *, meta: Optional[str] = None, arch: Optio
         except CkptkitError as err:
             if meta or arch or builder is not None:
                 raise
+            if strict:
+                raise CkptkitError(f"the graph {meta_path} beside the checkpoint cannot be used ({err}): pass --arch "
+                                   "NAME or --meta PATH, or --no-meta --eps E to fold by variable names") from None
             log.warning("the graph %s cannot be used (%s): BatchNorm units are found by slim's variable names "
-                        "instead, and their epsilon is not known", meta_path, err)
+                        "instead", meta_path, err)
         else:
             units = units_from_graph(ckpt, topo.graph)
             for out, why in topo.skipped.items():
@@ -128,7 +132,8 @@ def fold_checkpoint(checkpoint: str, output: str, *, eps: Optional[float] = None
     eps = check_epsilon(eps)
     report = FoldReport(out)
     units, report.units_from = find_fold_units(ckpt, meta=meta, arch=arch, arch_args=arch_args, builder=builder,
-                                               input_shape=input_shape, input_name=input_name, use_meta=use_meta)
+                                               input_shape=input_shape, input_name=input_name, use_meta=use_meta,
+                                               strict=eps is None)
     from_graph = report.units_from != "variable names"
     if from_graph and eps is not None:
         raise CkptkitError(f"--eps {eps:g} was given but the {report.units_from} gives every BatchNorm's epsilon: "

@@ -60,6 +60,23 @@ def test_eps_with_a_graph_is_refused_not_ignored(store, tmp_path):
     assert out.returncode == 0 and "epsilon from --eps" in out.stdout
 
 
+def test_unusable_meta_beside_the_checkpoint_is_not_silently_replaced_by_a_guess(tmp_path):
+    import shutil
+
+    from conftest import FIXTURE
+
+    shutil.copytree(os.path.dirname(FIXTURE), tmp_path / "m")
+    meta = tmp_path / "m" / "model.ckpt.meta"
+    meta.write_bytes(meta.read_bytes()[:3000])  # truncated
+    out = ckptkit("fold", str(tmp_path / "m" / "model.ckpt"), "-o", str(tmp_path / "f.ckpt"))
+    one_line_error(out, "cannot be used", "--no-meta --eps")
+    assert not (tmp_path / "f.ckpt.index").exists()
+    out = ckptkit("fold", str(tmp_path / "m" / "model.ckpt"), "-o", str(tmp_path / "f.ckpt"), "--eps", "1e-3")
+    assert out.returncode == 0 and "cannot be used" in out.stderr and "epsilon from --eps" in out.stdout
+    info = inspect_checkpoint(str(tmp_path / "m" / "model.ckpt"))  # inspect writes nothing: warns, by names
+    assert info["units_from"] == "variable names" and len(info["batchnorm"]) == 13
+
+
 # ---- 2. hand-written BN and EMA shadow statistics are found through the graph ----------------------------
 def test_inspect_and_fold_find_handwritten_and_ema_statistics(store):
     info = inspect_checkpoint(store("handwritten"))
