@@ -30,7 +30,7 @@ def resolve_prefix(path: str) -> str:
     if os.path.isdir(path):
         state = os.path.join(path, "checkpoint")
         if os.path.isfile(state):
-            latest = tf().train.latest_checkpoint(path)
+            latest = _state_latest(state)
             if latest:
                 # A copied or moved training folder keeps absolute paths to where it was written:
                 # the same name inside this folder is the checkpoint meant.
@@ -39,7 +39,7 @@ def resolve_prefix(path: str) -> str:
                     return here
                 if _exists(latest):
                     return latest
-        indexes = sorted(glob.glob(os.path.join(path, "*.index")))
+        indexes = sorted(glob.glob(os.path.join(glob.escape(path), "*.index")))
         if len(indexes) == 1:
             return indexes[0][: -len(".index")]
         if not indexes:
@@ -57,6 +57,21 @@ def resolve_prefix(path: str) -> str:
     raise CkptkitError(f"no checkpoint at {path}: expected PREFIX.index (V2), a V1 checkpoint file, or a folder holding them")
 
 
+def _state_latest(state: str) -> str | None:
+    """The latest checkpoint a `checkpoint` state file names (relative to its folder), or None when the
+    file is empty, not UTF-8 or names nothing (the folder's single *.index is then used)."""
+    try:
+        with open(state, "rb") as f:
+            text = f.read(1 << 20).decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    match = re.search(r'^model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"', text, re.M)
+    if not match:
+        return None
+    name = match.group(1).encode().decode("unicode_escape") if "\\" in match.group(1) else match.group(1)
+    return name if os.path.isabs(name) else os.path.join(os.path.dirname(state), name)
+
+
 def _exists(prefix: str) -> bool:
     """True when `prefix` names a V2 checkpoint (PREFIX.index) or a V1 file."""
     if os.path.isfile(prefix + ".index"):
@@ -64,6 +79,30 @@ def _exists(prefix: str) -> bool:
     if os.path.isfile(prefix) and not prefix.endswith((".meta", ".index")) and not _DATA_SUFFIX.search(prefix):
         return True
     return bool(glob.glob(glob.escape(prefix) + "-?????-of-?????"))
+
+
+_GLOB_CHARS = re.compile(r"[\[\]*?]")
+
+
+def _tf_safe_prefix(prefix: str) -> str:
+    """The prefix spelled so TensorFlow can open it: TF matches checkpoint paths as glob patterns, so a
+    folder named `glob[1]` is reached through a symlink in a private temporary folder instead."""
+    folder, base = os.path.split(os.path.abspath(prefix))
+    if not _GLOB_CHARS.search(folder) and not _GLOB_CHARS.search(base):
+        return prefix
+    import atexit
+
+    tmp = tempfile.mkdtemp(prefix="ckptkit-link-")
+    atexit.register(shutil.rmtree, tmp, True)
+    link = os.path.join(tmp, "ckpt")
+    os.symlink(folder, link)
+    safe_base = _GLOB_CHARS.sub("_", base)
+    if safe_base != base:  # the files themselves: one symlink each
+        os.makedirs(os.path.join(tmp, "files"))
+        for f in glob.glob(glob.escape(prefix) + "*"):
+            os.symlink(os.path.abspath(f), os.path.join(tmp, "files", safe_base + f[len(prefix):]))
+        return os.path.join(tmp, "files", safe_base)
+    return os.path.join(link, base)
 
 
 def _damage_message(prefix: str, err: Exception) -> str:
@@ -88,9 +127,10 @@ class Checkpoint:
 
     def __init__(self, path: str):
         self.prefix = resolve_prefix(path)
+        self.tf_prefix = _tf_safe_prefix(self.prefix)
         _tf = tf()
         try:
-            self._reader = _tf.train.load_checkpoint(self.prefix)
+            self._reader = _tf.train.load_checkpoint(self.tf_prefix)
             shapes = self._reader.get_variable_to_shape_map()
             dtypes = self._reader.get_variable_to_dtype_map()
         except (_tf.errors.OpError, ValueError, RuntimeError, IndexError, OSError) as err:
@@ -168,10 +208,24 @@ def check_output_prefix(out: str, *inputs: str) -> str:
         if inp and os.path.realpath(inp) == os.path.realpath(out):
             raise CkptkitError(f"output {out} is the input checkpoint: choose another -o; ckptkit never modifies its input")
     refuse_input_files(checkpoint_outputs(out), [f for inp in inputs if inp for f in input_files(inp)])
-    parent = os.path.dirname(out)
-    if not os.path.isdir(parent):
-        raise CkptkitError(f"output folder {parent} does not exist: create it or choose another -o")
+    ensure_parent(out)
     return out
+
+
+def ensure_parent(path: str) -> str:
+    """The output's folder, created when missing (as `-o newdir/model.ckpt` asks); refused when it cannot be
+    made or written to."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise CkptkitError(f"output folder {parent} is a file: choose another -o")
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as err:
+        raise CkptkitError(f"output folder {parent} cannot be created ({err.strerror}): choose another -o") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CkptkitError(f"output folder {parent} is not writable (read-only file system or permissions): "
+                           "choose another -o")
+    return parent
 
 
 def write_checkpoint(out_prefix: str, tensors: Iterable[tuple[str, np.ndarray]], *,

@@ -139,6 +139,9 @@ def cmd_fold(args) -> int:
 
 
 def cmd_to_onnx(args) -> int:
+    from converters.onnx import check_opset
+
+    check_opset(args.opset)  # before any work
     return _run_export(args, "onnx", not args.no_fold, opset=args.opset, nchw=args.nchw)
 
 

@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .checkpoint import input_files, refuse_input_files
+from .checkpoint import ensure_parent, input_files, refuse_input_files
 from .errors import CkptkitError, VerificationError
 from .health import check_finite, gate, statistics_issues
 from .ir import Graph
@@ -77,14 +77,20 @@ def export(model: Model, fmt: str, path: str, *, fold: bool = True, check: bool 
     if fmt not in FORMATS:
         raise CkptkitError(f"unknown format {fmt}: choose one of {', '.join(FORMATS)}")
     writer = importlib.import_module(FORMATS[fmt])
-    graph = prepare(model, fold, allow_bad_statistics)
+    as_folder = str(path).endswith(("/", os.sep))
     path = os.path.abspath(path)
+    if as_folder:
+        if fmt != "caffe":
+            raise CkptkitError(f"-o {path}/ is a folder: give a file name such as {path}/model.{ 'onnx' if fmt == 'onnx' else 'keras'}")
+        ensure_parent(os.path.join(path, "x"))  # Caffe writes OUT/NAME.prototxt and .caffemodel into it
+    graph = prepare(model, fold, allow_bad_statistics)
     final_paths = writer.destinations(path, graph) if hasattr(writer, "destinations") else [path]
     protected = input_files(model.checkpoint.prefix) if model.checkpoint is not None else []
     refuse_input_files(final_paths, protected)
     for dst in final_paths:
-        if not os.path.isdir(os.path.dirname(dst)):
-            raise CkptkitError(f"output folder {os.path.dirname(dst)} does not exist: create it or choose another -o")
+        ensure_parent(dst)
+        if os.path.isdir(dst):
+            raise CkptkitError(f"output {dst} is a folder: give a file name")
     tmp = tempfile.mkdtemp(prefix=".ckptkit-", dir=os.path.dirname(final_paths[0]))
     try:
         staged = [os.path.join(tmp, os.path.basename(p)) for p in final_paths]

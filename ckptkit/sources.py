@@ -63,7 +63,7 @@ def _session_reference(graph, input_t, output_t, ckpt: Optional[Checkpoint], fee
                 by_name = {v.op.name: v for v in variables if ckpt is not None and v.op.name in ckpt}
                 if by_name:
                     try:
-                        tf1.train.Saver(by_name).restore(sess, ckpt.prefix)
+                        tf1.train.Saver(by_name).restore(sess, ckpt.tf_prefix)
                     except tf().errors.OpError as err:
                         raise CkptkitError(f"checkpoint {ckpt.prefix} does not fit the graph "
                                            f"({str(err).splitlines()[0][:200]}): check --arch/--meta") from None
@@ -93,7 +93,7 @@ def _restore_graph_variables(sess, graph, output_t, ckpt: Optional[Checkpoint]) 
                            "hold: give the checkpoint that goes with this graph, or a frozen graph")
     with graph.as_default():
         dtypes = [op.get_attr("dtype") for op in var_ops]
-        values = _tf.raw_ops.RestoreV2(prefix=ckpt.prefix, tensor_names=names, shape_and_slices=[""] * len(names),
+        values = _tf.raw_ops.RestoreV2(prefix=ckpt.tf_prefix, tensor_names=names, shape_and_slices=[""] * len(names),
                                        dtypes=dtypes)
         assigns = []
         for op, value in zip(var_ops, values):
@@ -127,6 +127,8 @@ def _parse_shape(text: Optional[str]) -> Optional[tuple[int, int, int]]:
         h, w, c = (int(v) for v in str(text).split(","))
     except ValueError:
         raise CkptkitError(f"--input-shape {text} is not H,W,C (e.g. 224,224,3)") from None
+    if min(h, w, c) < 1:
+        raise CkptkitError(f"--input-shape {text} has a size below 1: give positive H,W,C (e.g. 224,224,3)")
     return h, w, c
 
 
@@ -163,7 +165,18 @@ def _arch_builder(ckpt: Checkpoint, arch: str, input_shape, arch_args: Optional[
     size = archs.default_size(arch)
     shape = _parse_shape(input_shape) or (size, size, 3)
     num_classes = archs.num_classes_from(ckpt.names, {n: t.shape for n, t in ckpt.tensors.items()}, arch)
-    return archs.builder(arch, num_classes, **(arch_args or {})), shape
+    build = archs.builder(arch, num_classes, **(arch_args or {}))
+
+    def checked(inputs):
+        try:
+            return build(inputs)
+        except (TypeError, ValueError) as err:  # the network function refused an argument or the input size
+            given = " ".join(f"--arch-arg {k}={v}" for k, v in (arch_args or {}).items())
+            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            raise CkptkitError(f"--arch {arch} {given} at input {','.join(map(str, shape))} cannot be built "
+                               f"({first}): check the --arch-arg names and values and --input-shape") from None
+
+    return checked, shape
 
 
 def from_arch(ckpt: Checkpoint, arch: str, input_shape=None, arch_args: Optional[dict] = None,
@@ -247,6 +260,10 @@ def _pick_input(probe, input_name: Optional[str], what: str, input_shape) -> tup
         input_name = cands[0].name
     old_in = _tensor(probe, input_name, "input")
     shape = _parse_shape(input_shape)
+    recorded = old_in.shape.as_list()[1:] if old_in.shape.rank == 4 else None
+    if shape is not None and recorded and recorded[-1] is not None and shape[-1] != recorded[-1]:
+        raise CkptkitError(f"--input-shape {','.join(map(str, shape))} has {shape[-1]} channel(s) but input "
+                           f"{old_in.op.name} of {what} takes {recorded[-1]}: give H,W,{recorded[-1]}")
     if shape is None and old_in.shape.rank == 4:
         shape = tuple(old_in.shape.as_list()[1:])
     if shape is None or None in shape:

@@ -46,12 +46,21 @@ def _nchw_axis(axis: int, rank: int) -> int:
     return (0, 2, 3, 1)[axis] if rank == 4 else axis
 
 
+def check_opset(opset: int) -> None:
+    """13 (the oldest ckptkit writes) up to the newest the installed onnx package knows."""
+    import onnx.defs
+
+    newest = onnx.defs.onnx_opset_version()
+    if not 13 <= opset <= newest:
+        raise CkptkitError(f"--opset {opset} is outside what ckptkit can write here: give 13 to {newest} "
+                           f"(default {DEFAULT_OPSET})")
+
+
 def build(graph: Graph, opset: int = DEFAULT_OPSET, nchw: bool = False):
     """The onnx.ModelProto of the graph."""
     from onnx import TensorProto, helper
 
-    if opset < 13:
-        raise CkptkitError(f"--opset {opset} is too old: ckptkit writes opset 13 or newer (default {DEFAULT_OPSET})")
+    check_opset(opset)
     b = _Builder(opset)
     names: dict[str, str] = {}
     inp = graph[graph.inputs[0]]
@@ -180,7 +189,12 @@ def runner(path: str, *, nchw: bool = False, **_):
     """A function NHWC batch -> output, running the written file in onnxruntime."""
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    try:
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
+        first = str(err).strip().splitlines()[0][-200:] if str(err).strip() else type(err).__name__
+        raise CkptkitError(f"onnxruntime {ort.__version__} cannot load the written model ({first}): try a lower "
+                           "--opset, or pass --no-verify") from None
     out_name = sess.get_outputs()[0].name
     out_rank = len(sess.get_outputs()[0].shape)
 

@@ -74,3 +74,39 @@ def test_usage_errors_are_one_line_and_flags_work_after_the_command(tmp_path):
     assert out.stderr.startswith("ckptkit: error: ")
     out = ckptkit("inspect", FIXTURE, "-q")
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["to-onnx", FIXTURE, "--input-shape", "0,0,3", "-o", "x.onnx"], "size below 1"),
+    (["to-onnx", FIXTURE, "--input-shape", "33,33,4", "-o", "x.onnx"], "4 channel(s)"),
+    (["to-onnx", FIXTURE, "--arch", "resnet_v1_50", "--arch-arg", "nosuchkw=1", "-o", "x.onnx"], "nosuchkw"),
+    (["to-onnx", FIXTURE, "--arch", "resnet_v1_50", "--arch-arg", "output_stride=7", "-o", "x.onnx"],
+     "output_stride=7"),
+    (["to-onnx", FIXTURE, "--opset", "99", "-o", "x.onnx"], "--opset 99"),
+    (["to-onnx", FIXTURE, "-o", "folder/"], "is a folder"),
+])
+def test_bad_values_are_one_line(args, message, tmp_path):
+    out = ckptkit(*args, cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("ckptkit: error: ") and message in last, last
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("state", [b"", b"\xff\xfe not utf-8", b'model_checkpoint_path: "/moved/elsewhere/model.ckpt"\n'])
+def test_folder_with_a_broken_state_file_opens_its_single_checkpoint(tmp_path, state):
+    import shutil
+
+    shutil.copytree(os.path.dirname(FIXTURE), tmp_path / "glob[1]")  # glob characters in the path too
+    (tmp_path / "glob[1]" / "checkpoint").write_bytes(state)
+    out = ckptkit("inspect", str(tmp_path / "glob[1]"))
+    assert out.returncode == 0 and "13 BatchNorm unit(s)" in out.stdout, out.stderr
+
+
+def test_outputs_go_into_new_folders(tmp_path):
+    out = ckptkit("fold", FIXTURE, "-o", str(tmp_path / "new" / "deeper" / "f.ckpt"))
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "new" / "deeper" / "f.ckpt.index").exists()
+    out = ckptkit("to-caffe", FIXTURE, "-o", str(tmp_path / "caffe") + "/", "--no-verify")
+    assert out.returncode == 0, out.stderr
+    assert sorted(os.listdir(tmp_path / "caffe")) == ["model.ckpt.caffemodel", "model.ckpt.prototxt"]
