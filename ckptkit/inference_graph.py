@@ -42,7 +42,8 @@ class Rewrite:
         return bool(self.feed_false or self.fused or self.rewire)
 
 
-def _ancestors(tensor, control: bool = True) -> set:
+def ancestors(tensor, control: bool = True) -> set:
+    """Names of the ops `tensor` depends on (by data, and by control unless `control=False`)."""
     seen, stack = set(), [tensor.op]
     while stack:
         op = stack.pop()
@@ -170,7 +171,7 @@ def _is_const(tensor) -> bool:
 
 def plan(graph, output) -> Rewrite:
     """What to change in `graph` (a tf.Graph of the training GraphDef) so `output` computes inference."""
-    needed = _ancestors(output, control=False)
+    needed = ancestors(output, control=False)
     rw = Rewrite()
     for name in sorted(needed):
         op = graph.get_operation_by_name(name)

@@ -77,8 +77,10 @@ def _session_reference(graph, input_t, output_t, ckpt: Optional[Checkpoint], fee
 
 def _restore_graph_variables(sess, graph, output_t, ckpt: Optional[Checkpoint]) -> None:
     """Assign every variable the output reads from the checkpoint, by name (RestoreV2 + assign ops)."""
+    from .inference_graph import ancestors
+
     _tf = tf()
-    ops = [graph.get_operation_by_name(n) for n in sorted(_ancestor_names(output_t))]
+    ops = [graph.get_operation_by_name(n) for n in sorted(ancestors(output_t, control=False))]
     var_ops = [op for op in ops if op.type in ("VariableV2", "Variable", "VarHandleOp")]
     if not var_ops:
         return
@@ -102,16 +104,6 @@ def _restore_graph_variables(sess, graph, output_t, ckpt: Optional[Checkpoint]) 
             else:
                 assigns.append(tf1.assign(op.outputs[0], value, validate_shape=False))
         sess.run(assigns)
-
-
-def _ancestor_names(tensor) -> set:
-    seen, stack = set(), [tensor.op]
-    while stack:
-        op = stack.pop()
-        if op.name not in seen:
-            seen.add(op.name)
-            stack.extend(t.op for t in op.inputs)
-    return seen
 
 
 def _placeholder(shape: Sequence[Optional[int]]):
