@@ -181,12 +181,35 @@ _TRAINING_SCOPES = ("gradients", "train", "save", "summaries", "Optimizer", "Mom
                     "RMSProp", "clip", "loss", "Loss", "total_loss", "init", "report_uninitialized")
 
 
+_PIPELINE_OPS = ("QueueDequeueV2", "QueueDequeueManyV2", "QueueDequeueUpToV2", "IteratorGetNext",
+                 "IteratorGetNextSync")
+
+
 def _candidate_inputs(graph) -> list:
-    out = []
-    for op in graph.get_operations():
-        if op.type == "Placeholder" and op.outputs[0].dtype == tf().float32 and op.outputs[0].shape.rank == 4:
-            out.append(op.outputs[0])
+    """4-D float placeholders; without any, the 4-D float outputs of an input pipeline (slim's training
+    scripts feed images from a queue or a tf.data iterator, not a placeholder)."""
+    f32 = tf().float32
+    out = [op.outputs[0] for op in graph.get_operations()
+           if op.type == "Placeholder" and op.outputs[0].dtype == f32 and op.outputs[0].shape.rank == 4]
+    if not out:
+        out = [t for op in graph.get_operations() if op.type in _PIPELINE_OPS for t in op.outputs
+               if t.dtype == f32 and (t.shape.rank == 4 or len(_queue_shape(t) or ()) == 3)]
     return out
+
+
+def _queue_shape(t) -> Optional[tuple]:
+    """H,W,C of a queue's dequeued component, from the queue's `shapes` attr (shape inference loses it)."""
+    if t.op.type not in _PIPELINE_OPS[:3] or not t.op.inputs:
+        return None
+    try:
+        shapes = t.op.inputs[0].op.get_attr("shapes")
+    except (ValueError, AttributeError):
+        return None
+    if t.value_index >= len(shapes):
+        return None
+    dims = [d.size for d in shapes[t.value_index].dim] if hasattr(shapes[t.value_index], "dim") else \
+        list(tf().TensorShape(shapes[t.value_index]).as_list())
+    return tuple(dims) if dims and None not in dims and -1 not in dims else None
 
 
 def _downstream(ops) -> set:
@@ -204,8 +227,8 @@ def _output_candidates(graph, input_t) -> tuple[list, list]:
     """(what the loss compares with the labels, i.e. the logits; sinks): float rank-2/4 tensors computed
     from the input alone (no labels, no training ops), the sinks being those nothing else of that kind
     consumes."""
-    others = [op for op in graph.get_operations() if op.type == "Placeholder" and op is not input_t.op
-              and op.outputs[0].shape.rank not in (0, None)]
+    others = [op for op in graph.get_operations() if (op.type == "Placeholder" and op is not input_t.op
+              and op.outputs[0].shape.rank not in (0, None)) or op.type in _PIPELINE_OPS]  # labels, masks
     tainted = _downstream(others)
     inference = set()
     for name in _downstream([input_t.op]) - tainted:
@@ -258,6 +281,8 @@ def _pick_input(probe, input_name: Optional[str], what: str, input_shape) -> tup
                            f"{old_in.op.name} of {what} takes {recorded[-1]}: give H,W,{recorded[-1]}")
     if shape is None and old_in.shape.rank == 4:
         shape = tuple(old_in.shape.as_list()[1:])
+    if (shape is None or None in shape) and _queue_shape(old_in):
+        shape = _queue_shape(old_in)
     if shape is None or None in shape:
         raise CkptkitError(f"input {old_in.name} has shape {old_in.shape}: give --input-shape H,W,C")
     return old_in, shape
@@ -442,11 +467,38 @@ def topology(checkpoint: str, *, meta: Optional[str] = None, arch: Optional[str]
         meta = meta or ckpt.meta_path
         if meta is None:
             raise CkptkitError(f"no graph for {ckpt.prefix}: no .meta beside it")
+        if input_name is None:  # several candidate inputs: every one is followed, in turn
+            probe, _ = _import_meta(_read_meta(meta), meta)
+            names = [t.name for t in _candidate_inputs(probe)]
+            if len(names) > 1:
+                parts, errors = [], []
+                for n in names:
+                    try:
+                        parts.append(topology(checkpoint, meta=meta, input_shape=input_shape, input_name=n))
+                    except CkptkitError as err:  # an input nothing of interest hangs off
+                        errors.append(err)
+                if not parts:
+                    raise errors[0]
+                return _union(parts)
         _, g, x, _ = _meta_graphs(ckpt, meta, input_name, input_shape)
         out, source = None, f"graph {meta}"
     outputs = ([out] if out is not None else []) + [t for t in _all_outputs(g, x) if t is not out]
     graph, skipped = import_topology(g, x, outputs, values, os.path.basename(ckpt.prefix))
     return Topology(graph, source, skipped)
+
+
+def _union(parts: list[Topology]) -> Topology:
+    """One Topology of the graphs reached from several inputs (BatchNorms found from any of them)."""
+    nodes, seen = [], set()
+    for part in parts:
+        for n in part.graph.nodes:
+            if n.name not in seen:
+                seen.add(n.name)
+                nodes.append(n)
+    outputs = [o for part in parts for o in part.graph.outputs]
+    inputs = [i for part in parts for i in part.graph.inputs]
+    skipped = {k: v for part in parts for k, v in part.skipped.items()}
+    return Topology(Graph(nodes, inputs, outputs, parts[0].graph.name), parts[0].source, skipped)
 
 
 def load(checkpoint: Optional[str] = None, *, meta: Optional[str] = None, arch: Optional[str] = None,

@@ -213,3 +213,37 @@ def test_default_verification_inputs_have_a_realistic_scale():
     assert x.min() >= -1 and x.max() <= 1 and x.std() > 0.3
     y = verification_inputs((None, 8, 8, 3), value_range=(-123.68, 151.06))
     assert y.max() > 100
+
+
+def _save_queue_fed(prefix: str, two_inputs: bool = False) -> str:
+    """A training graph fed like slim's train_image_classifier: images from a queue, no placeholder
+    (or, with two_inputs, two 4-D float placeholders: the images and images for a summary)."""
+    g = tf().Graph()
+    with g.as_default():
+        if two_inputs:
+            images = tf1.placeholder(tf().float32, [None, 32, 32, 3], name="images")
+            shown = tf1.placeholder(tf().float32, [None, 32, 32, 3], name="summary_images")
+            tf1.summary.image("inputs", shown)
+            labels = tf1.placeholder(tf().int64, [None], name="labels")
+        else:
+            queue = tf1.FIFOQueue(8, [tf().float32, tf().int64], shapes=[[32, 32, 3], []], name="batch_queue")
+            images, labels = queue.dequeue_many(4)
+        logits = T.mobilenet_v2_net(images, is_training=True)
+        loss = tf1.losses.sparse_softmax_cross_entropy(labels, logits)
+        with tf().control_dependencies(tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)):
+            tf1.train.GradientDescentOptimizer(0.01).minimize(loss)
+        with tf1.Session() as sess:
+            sess.run(tf1.global_variables_initializer())
+            T.randomize(sess, np.random.default_rng(0))
+            return tf1.train.Saver().save(sess, prefix)
+
+
+@pytest.mark.parametrize("two_inputs", [False, True], ids=["queue", "two_placeholders"])
+def test_fold_finds_epsilons_without_a_single_placeholder_input(tmp_path, two_inputs):
+    prefix = _save_queue_fed(str(tmp_path / "q" / "model.ckpt"), two_inputs)
+    report = fold_checkpoint(prefix, str(tmp_path / "f.ckpt"))
+    assert report.units_from.startswith("graph") and len(report.folded) == 13 and not report.kept
+    x = T.random_input((32, 32, 3), batch=2)
+    ref = T.inference_output(T.mobilenet_v2_net, (32, 32, 3), prefix, x)
+    no_bn = lambda i, is_training=False: T.mobilenet_v2_net(i, is_training, batch_norm=False)  # noqa: E731
+    assert rel_error(ref, T.inference_output(no_bn, (32, 32, 3), str(tmp_path / "f.ckpt"), x)) < 1e-4
