@@ -154,8 +154,9 @@ def units_from_graph(ckpt: Checkpoint, graph) -> list[BNUnit]:
         src = node.sources
         names = [src.get(k) for k in ("gamma", "beta", "mean", "variance")]
         scope = next((_parent(n) for n in names if n), None) or node.name
-        unit = BNUnit(scope=scope, gamma=src.get("gamma"), beta=src.get("beta"), moving_mean=src.get("mean"),
-                      moving_variance=src.get("variance"), channels=int(node.shape[-1]),
+        present = lambda k: src.get(k) if src.get(k) in ckpt else None  # noqa: E731  (absent: missing)
+        unit = BNUnit(scope=scope, gamma=src.get("gamma"), beta=src.get("beta"), moving_mean=present("mean"),
+                      moving_variance=present("variance"), channels=int(node.shape[-1]),
                       epsilon=float(node.attrs["epsilon"]), found_by="graph")
         unit.layer, unit.kept_because = _graph_layer(ckpt, graph[node.inputs[0]], users, node)
         unit.extras = _extras(ckpt, unit.variables)

@@ -47,3 +47,10 @@ def test_cli_table(store):
     out = subprocess.run([sys.executable, "-m", "ckptkit.cli", "inspect", FIXTURE], capture_output=True, text=True,
                          check=True).stdout
     assert "13 BatchNorm unit(s), 13 foldable" in out and "no issues found" in out
+
+
+def test_missing_statistics_show_as_absent_with_a_graph(store):
+    info = inspect_checkpoint(store("mobilenet_v2", trainable_only=True))
+    assert info["units_from"].startswith("graph")
+    assert all(u["moving_mean"] is None and u["moving_variance"] is None for u in info["batchnorm"])
+    assert all(u["epsilon"] is not None and u["follows"] for u in info["batchnorm"])
