@@ -13,7 +13,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-import numpy as np
 
 from .checkpoint import Checkpoint
 from .health import Issue, statistics_issues

@@ -1,6 +1,5 @@
 """Issue 11: no path may end in exit 0 with a wrong or unverified model. Each test builds the case and
 fails on the silent outcome."""
-import json
 import os
 import subprocess
 import sys
@@ -8,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from ckptkit import CkptkitError, VerificationError, testing as T
+from ckptkit import VerificationError, testing as T
 from ckptkit._tf import tf, tf1
 from ckptkit.checkpoint import Checkpoint
 from ckptkit.export import export
