@@ -20,9 +20,6 @@ from .errors import CkptkitError
 
 log = logging.getLogger("ckptkit")
 
-# What --allow-bad-statistics lets through (with a warning); missing statistics never pass.
-OVERRIDABLE = ("never_updated", "invalid_variance")
-
 
 @dataclass(frozen=True)
 class Issue:

@@ -38,9 +38,6 @@ class Rewrite:
     read_resource: set[str] = field(default_factory=set)  # VarHandleOps that need a ReadVariableOp
     drop_control: dict[str, set[str]] = field(default_factory=dict)  # op -> control inputs on update ops
 
-    def __bool__(self) -> bool:
-        return bool(self.feed_false or self.fused or self.rewire)
-
 
 def ancestors(tensor, control: bool = True) -> set:
     """Names of the ops `tensor` depends on (by data, and by control unless `control=False`)."""

@@ -42,7 +42,6 @@ class Model:
     checkpoint: Optional[Checkpoint]
     reference: Callable[[np.ndarray], np.ndarray] = field(repr=False)
     source: str = ""
-    tf_graph: object = field(default=None, repr=False)  # the tf.Graph the IR was imported from
 
     @property
     def input_shape(self) -> tuple:
@@ -148,7 +147,7 @@ def from_builder(ckpt: Optional[Checkpoint], builder: Builder, input_shape: Sequ
                  source: str = "builder", weights: bool = True) -> Model:
     g, x, out = _build(builder, input_shape)
     graph = import_graph(g, x, out, ValueSource(ckpt, weights), name)
-    return Model(graph, ckpt, _session_reference(g, x, out, ckpt), source, g)
+    return Model(graph, ckpt, _session_reference(g, x, out, ckpt), source)
 
 
 def _arch_builder(ckpt: Checkpoint, arch: str, input_shape, arch_args: Optional[dict]):
@@ -396,7 +395,7 @@ def from_meta(ckpt: Checkpoint, meta: str, input_name=None, output_name=None, in
     out = _pick_output(g, x, output_name, meta)
     graph = import_graph(g, x, out, ValueSource(ckpt, weights), os.path.basename(ckpt.prefix))
     reference = _inference_reference(mgd, meta, ckpt, old_in, out.name, graph.input_shape[1:], graph)
-    return Model(graph, ckpt, reference, f"--meta {meta}", g)
+    return Model(graph, ckpt, reference, f"--meta {meta}")
 
 
 def _frozen_graphs(path: str, input_name=None, input_shape=None):
@@ -434,7 +433,7 @@ def from_frozen(path: str, ckpt: Optional[Checkpoint], input_name=None, output_n
     g, x = _frozen_graphs(path, input_name, input_shape)
     out = _pick_output(g, x, output_name, path)
     graph = import_graph(g, x, out, ValueSource(ckpt), os.path.splitext(os.path.basename(path))[0])
-    return Model(graph, ckpt, _session_reference(g, x, out, ckpt), f"--graph {path}", g)
+    return Model(graph, ckpt, _session_reference(g, x, out, ckpt), f"--graph {path}")
 
 
 @dataclass
