@@ -13,12 +13,13 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
 from ._tf import tf
 from .errors import CkptkitError
+from .publish import Stage, ensure_parent, make_stage, publish_file, refuse_input_files  # noqa: F401 (re-exported)
 
 _DATA_SUFFIX = re.compile(r"\.data-\d{5}-of-\d{5}$")
 _V1_SHARD = re.compile(r"-\d{5}-of-\d{5}$")
@@ -92,7 +93,7 @@ def _tf_safe_prefix(prefix: str) -> str:
         return prefix
     import atexit
 
-    tmp = tempfile.mkdtemp(prefix="ckptkit-link-")
+    tmp = make_stage(tempfile.gettempdir())  # removed at exit, or by a later run if this one is killed
     atexit.register(shutil.rmtree, tmp, True)
     link = os.path.join(tmp, "ckpt")
     os.symlink(folder, link)
@@ -180,19 +181,6 @@ def input_files(prefix: str) -> list[str]:
     return [f for f in files if os.path.isfile(f)]
 
 
-def refuse_input_files(outputs: Iterable[str], protected: Iterable[str]) -> None:
-    """Refuse any output that *is* a protected file, compared by identity (device and inode, so through
-    symlinks, hard links and other spellings of the same folder), not by name."""
-    protected = [p for p in protected if os.path.exists(p)]
-    for out in outputs:
-        if not os.path.exists(out):
-            continue
-        for p in protected:
-            if os.path.samefile(out, p):
-                raise CkptkitError(f"output {out} is {p}, a file of the input checkpoint: choose another -o; "
-                                   "ckptkit never modifies its input")
-
-
 def checkpoint_outputs(prefix: str) -> list[str]:
     """The files writing a checkpoint at `prefix` may replace."""
     return [prefix + ".index", prefix + ".data-00000-of-00001", prefix + ".ckptkit.json"] + \
@@ -212,35 +200,19 @@ def check_output_prefix(out: str, *inputs: str) -> str:
     return out
 
 
-def ensure_parent(path: str) -> str:
-    """The output's folder, created when missing (as `-o newdir/model.ckpt` asks); refused when it cannot be
-    made or written to."""
-    parent = os.path.dirname(os.path.abspath(path))
-    if os.path.exists(parent) and not os.path.isdir(parent):
-        raise CkptkitError(f"output folder {parent} is a file: choose another -o")
-    try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as err:
-        raise CkptkitError(f"output folder {parent} cannot be created ({err.strerror}): choose another -o") from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise CkptkitError(f"output folder {parent} is not writable (read-only file system or permissions): "
-                           "choose another -o")
-    return parent
-
-
 def write_checkpoint(out_prefix: str, tensors: Iterable[tuple[str, np.ndarray]], *,
-                     chunk_bytes: int = 128 << 20, protect: Iterable[str] = ()) -> list[str]:
-    """Write (name, array) pairs as one V2 checkpoint at `out_prefix`, atomically.
+                     chunk_bytes: int = 128 << 20, protect: Iterable[str] = (),
+                     extra_files: Optional[dict[str, Optional[bytes]]] = None) -> list[str]:
+    """Write (name, array) pairs as one V2 checkpoint at `out_prefix`, whole or not at all.
 
-    Tensors are consumed as they come and saved in chunks of about `chunk_bytes`;
-    TensorFlow's MergeV2Checkpoints joins the chunks. Files appear at `out_prefix`
-    only once everything is written (data files first, the index last).
+    Tensors are consumed as they come and saved in chunks of about `chunk_bytes`; TensorFlow's
+    MergeV2Checkpoints joins the chunks in a staging folder, and the files are published together with
+    `extra_files` (path -> content, or None to remove an older one), the .index last (see publish.py).
     """
     out_prefix = check_output_prefix(out_prefix, *protect)
+    protected = [f for inp in protect if inp for f in input_files(inp)]
     _tf = tf()
-    parent = os.path.dirname(out_prefix)
-    tmp = tempfile.mkdtemp(prefix=".ckptkit-", dir=parent)
-    try:
+    with Stage(os.path.dirname(out_prefix), protect=protected, what=f"checkpoint {out_prefix}") as st:
         shards: list[str] = []
         seen: set[str] = set()
         batch: list[tuple[str, np.ndarray]] = []
@@ -250,7 +222,7 @@ def write_checkpoint(out_prefix: str, tensors: Iterable[tuple[str, np.ndarray]],
             nonlocal batch, size
             if not batch:
                 return
-            shard = os.path.join(tmp, f"part{len(shards):05d}")
+            shard = os.path.join(st.folder, f"part{len(shards):05d}")
             with _tf.device("/cpu:0"):
                 _tf.raw_ops.SaveV2(prefix=shard, tensor_names=[n for n, _ in batch],
                                    shape_and_slices=[""] * len(batch), tensors=[_as_tensor(a) for _, a in batch])
@@ -269,19 +241,23 @@ def write_checkpoint(out_prefix: str, tensors: Iterable[tuple[str, np.ndarray]],
         flush()
         if not shards:
             raise CkptkitError(f"nothing to write to {out_prefix}: the checkpoint would be empty")
-        merged = os.path.join(tmp, "merged")
+        merged = os.path.join(st.folder, "merged")
         with _tf.device("/cpu:0"):
             _tf.raw_ops.MergeV2Checkpoints(checkpoint_prefixes=shards, destination_prefix=merged, delete_old_dirs=False)
-        produced = sorted(glob.glob(merged + ".data-*")) + [merged + ".index"]
-        final = []
-        for src in produced:  # data files first, the index (which makes it a checkpoint) last
-            dst = out_prefix + src[len(merged):]
-            os.replace(src, dst)
-            final.append(dst)
-        _write_state_file(out_prefix)
-        return final
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        files = [(merged + ".index", out_prefix + ".index")]  # the key: published last
+        files += [(src, out_prefix + src[len(merged):]) for src in sorted(glob.glob(merged + ".data-*"))]
+        obsolete = glob.glob(glob.escape(out_prefix) + ".data-?????-of-?????")
+        for i, (path, content) in enumerate(sorted((extra_files or {}).items())):
+            if content is None:
+                obsolete.append(path)
+            else:
+                staged = os.path.join(st.folder, f"extra{i}")
+                with open(staged, "wb") as f:
+                    f.write(content)
+                files.append((staged, os.path.abspath(path)))
+        final = st.publish(files, replaces=[f for f in obsolete if os.path.lexists(f)])
+    _write_state_file(out_prefix)
+    return final[1:] + final[:1]
 
 
 def _as_tensor(array: np.ndarray):
@@ -299,13 +275,19 @@ def _as_tensor(array: np.ndarray):
 def _write_state_file(out_prefix: str) -> None:
     """Write a `checkpoint` state file beside the output, unless the folder already has one."""
     state = os.path.join(os.path.dirname(out_prefix), "checkpoint")
-    if os.path.exists(state):
+    if os.path.lexists(state):
         return
     base = os.path.basename(out_prefix)
-    tmp = state + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(f'model_checkpoint_path: "{base}"\nall_model_checkpoint_paths: "{base}"\n')
-    os.replace(tmp, state)
+    content = f'model_checkpoint_path: "{base}"\nall_model_checkpoint_paths: "{base}"\n'
+    try:
+        publish_file(state, lambda p: _write_text(p, content))
+    except CkptkitError:  # the checkpoint is whole; a state file is a convenience
+        pass
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
 
 
 def copy_except(ckpt: Checkpoint, skip: set[str]) -> Iterator[tuple[str, np.ndarray]]:

@@ -67,8 +67,11 @@ def _add_export(p: argparse.ArgumentParser, fold_flag: bool = True) -> None:
 
 
 def _run_export(args, fmt: str, fold: bool, **options) -> int:
-    from .export import export
+    from .checkpoint import input_files, resolve_prefix
+    from .export import check_destination, export
 
+    if args.checkpoint:  # every output path is checked before the model is read
+        check_destination(fmt, args.output_path, input_files(resolve_prefix(args.checkpoint)))
     model = _load(args)
     log.info("graph from %s: %s", model.source, ", ".join(f"{k} {v}" for k, v in model.graph.summary().items()))
     result = export(model, fmt, args.output_path, fold=fold, check=not args.no_verify,
@@ -177,6 +180,8 @@ def cmd_recalibrate(args) -> int:
         for bar in bars:
             bar.close()
     print(f"recalibrated {len(result.statistics)} BatchNorm layer(s) from {result.samples} samples ({result.mode} mode)")
+    if result.data:
+        print(f"  data: {result.data['used']} in {result.data['source']}")
     prep = result.preprocessing
     print("  inputs: " + (f"images, --preprocess {prep['preset']} (resize {prep['geometry']}, (x - {prep['mean']}) / "
                           f"{prep['std']})" if prep else ".npy/.npz samples as they are"))
@@ -328,7 +333,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     level = logging.DEBUG if args.debug else (logging.WARNING if args.quiet else logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("ckptkit: %(message)s"))
-    log.addHandler(handler)
+    log.handlers = [handler]  # not added again when main() runs again in one process
     log.setLevel(level)
     log.propagate = False
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
@@ -19,15 +19,17 @@ from .errors import CkptkitError
 
 log = logging.getLogger("ckptkit")
 
-IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp")
+IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+TF_FORMATS = {"JPEG", "PNG", "BMP", "GIF", "WEBP", "MPO"}  # what tf.io.decode_image reads (PIL's names)
 ARRAY_EXT = (".npy", ".npz")
 RECORD_EXT = (".tfrecord", ".tfrecords", ".record")
 
 
-def find_files(root: str) -> tuple[list[str], list[str], list[str]]:
+def find_files(root: str, with_others: bool = False):
+    """(images, arrays, TFRecords) under `root`, regular files only; with the count of other files if asked."""
     if not os.path.isdir(root):
         raise CkptkitError(f"--data {root} is not a folder: give a folder of images, .npy/.npz files or TFRecords")
-    images, arrays, records = [], [], []
+    images, arrays, records, others = [], [], [], 0
     for folder, _, names in sorted(os.walk(root)):
         for n in sorted(names):
             path = os.path.join(folder, n)
@@ -45,22 +47,32 @@ def find_files(root: str) -> tuple[list[str], list[str], list[str]]:
                 arrays.append(path)
             elif low.endswith(RECORD_EXT):
                 records.append(path)
-    return images, arrays, records
+            else:
+                others += 1
+    return (images, arrays, records, others) if with_others else (images, arrays, records)
 
 
-def _usable_images(paths: list[str]) -> list[str]:
-    """Drop files that are not decodable images, with a warning naming each."""
+def _usable_images(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """(images TensorFlow can decode, [(path, why) for the others]): unreadable files and formats
+    TensorFlow's decode_image does not know (TIFF, ...) are dropped with a warning naming each."""
     from PIL import Image
 
-    good = []
+    good, bad = [], []
     for p in paths:
         try:
             with Image.open(p) as im:
+                fmt = im.format
                 im.verify()
-            good.append(p)
         except Exception as err:  # PIL raises many types for bad files
             log.warning("skipping %s: not a readable image (%s)", p, type(err).__name__)
-    return good
+            bad.append((p, "not a readable image"))
+            continue
+        if fmt not in TF_FORMATS:
+            log.warning("skipping %s: a %s image, which TensorFlow does not decode: convert it to PNG or JPEG", p, fmt)
+            bad.append((p, f"{fmt} image"))
+            continue
+        good.append(p)
+    return good, bad
 
 
 def _open_arrays(paths: list[str], shape: tuple) -> list[tuple[str, np.ndarray]]:
@@ -197,21 +209,108 @@ def _geometry(img, geometry: str, h: int, w: int):
     return out[0]
 
 
+@dataclass
+class Samples:
+    """Batches of float32 NHWC samples, and what they came from: iterate once, then `summary()`.
+
+    Every element carries its source (an image path, "record" or "array"), so images TensorFlow cannot
+    decode for this model (CMYK JPEG or BMP into one channel, a bad zlib stream, TIFF named .jpg) are named
+    afterwards instead of being dropped silently."""
+    batches: object  # tf.data.Dataset of (sources, images)
+    count: int  # samples expected
+    has_images: bool
+    channels: int = 3
+    images: list[str] = field(default_factory=list)
+    records: int = 0  # TFRecord examples offered
+    record_files: int = 0
+    arrays: int = 0
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)  # found but unusable, with why
+    other_files: int = 0  # files of unknown type, ignored
+    used_images: set = field(default_factory=set)
+    used_records: int = 0
+    used_arrays: int = 0
+
+    def __iter__(self):
+        self.used_images, self.used_records, self.used_arrays = set(), 0, 0  # sequential mode iterates again
+        for sources, batch in self.batches:
+            for s in sources.numpy():
+                if s == b"record":
+                    self.used_records += 1
+                elif s == b"array":
+                    self.used_arrays += 1
+                else:
+                    self.used_images.add(s.decode("utf-8", "surrogateescape"))
+            yield batch
+
+    def undecodable(self) -> list[str]:
+        return [p for p in self.images if p not in self.used_images]
+
+    def summary(self) -> str:
+        """One line: what was used of what was found; warns about each image dropped while decoding."""
+        bad = self.undecodable()
+        for p in bad[:10]:
+            log.warning("skipping %s: TensorFlow cannot decode it as a %d-channel image (CMYK, an unusual "
+                        "layout or a damaged stream): convert it to an RGB or grayscale JPEG/PNG", p, self.channels)
+        if len(bad) > 10:
+            log.warning("skipped %d images TensorFlow cannot decode in all", len(bad))
+        if self.records > self.used_records:
+            log.warning("skipped %d of %d TFRecord examples: no decodable image in them",
+                        self.records - self.used_records, self.records)
+        found = len(self.images) + len(self.skipped_files) + self.record_files + self.arrays
+        parts = []
+        if self.images or self.skipped_files:
+            parts.append(f"{len(self.used_images)} of {len(self.images) + len(self.skipped_files)} image files")
+        if self.record_files:
+            parts.append(f"{self.used_records} of {self.records} TFRecord examples in {self.record_files} file(s)")
+        if self.arrays:
+            parts.append(f"{self.used_arrays} of {self.arrays} array samples")
+        text = "used " + ", ".join(parts) if found else "used nothing"
+        if self.other_files:
+            text += f" ({self.other_files} file(s) of other types ignored)"
+        return text
+
+    def to_json(self) -> dict:
+        return {"image_files": len(self.images) + len(self.skipped_files), "images_used": len(self.used_images),
+                "tfrecord_examples": self.records, "tfrecord_examples_used": self.used_records,
+                "array_samples": self.arrays, "array_samples_used": self.used_arrays,
+                "skipped": [p for p, _ in self.skipped_files] + self.undecodable()}
+
+
+def _record_counts(paths: list[str]) -> tuple[list[str], int, list[tuple[str, str]]]:
+    """TFRecord files read through once (counting examples, checking every record's CRC): damaged files
+    are skipped with a warning instead of stopping the run mid-way."""
+    _tf = tf()
+    good, count, bad = [], 0, []
+    for p in paths:
+        try:
+            n = sum(1 for _ in _tf.data.TFRecordDataset(p))
+        except _tf.errors.OpError as err:
+            why = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+            log.warning("skipping %s: damaged TFRecord file (%s)", p, why)
+            bad.append((p, "damaged TFRecord"))
+            continue
+        good.append(p)
+        count += n
+    return good, count, bad
+
+
 def dataset(root: str, shape: tuple, *, batch_size: int = 32, max_samples: Optional[int] = None,
-            preprocess: Optional[Preprocessing] = None, image_key: str = "image/encoded", seed: int = 0):
-    """(tf.data.Dataset of float32 NHWC batches, number of samples, whether images are among them).
+            preprocess: Optional[Preprocessing] = None, image_key: str = "image/encoded", seed: int = 0) -> Samples:
+    """The samples of `root` as float32 NHWC batches (see Samples), in a seeded random order.
 
     Images (files or TFRecords) need `preprocess`: how they were preprocessed in training is not
-    something to guess. Array samples holding NaN/inf are skipped with a warning."""
+    something to guess. Array samples holding NaN/inf are skipped with a warning. `max_samples`
+    takes the first samples of that order (images, then TFRecord examples, then arrays)."""
     _tf = tf()
     h, w, c = shape
-    images, arrays, records = find_files(root)
+    images, arrays, records, others = find_files(root, with_others=True)
     if (images or records) and preprocess is None:
         what = f"{len(images)} image(s)" if images else f"{len(records)} TFRecord file(s)"
         raise CkptkitError(f"--data {root} holds {what}: say how images were preprocessed in training with "
                            "--preprocess inception|vgg|unit|none (slim: inception for inception/mobilenet nets, vgg "
                            "for vgg/resnet_v1; none = raw 0-255)")
-    images = _usable_images(images)
+    images, skipped = _usable_images(images)
+    budget = max_samples if max_samples else None
 
     def decode(raw):
         img = _tf.io.decode_image(raw, channels=c, expand_animations=False)
@@ -219,31 +318,43 @@ def dataset(root: str, shape: tuple, *, batch_size: int = 32, max_samples: Optio
         img.set_shape((h, w, c))
         return preprocess.normalize(img)
 
+    def take(n: int) -> int:
+        nonlocal budget
+        if budget is None:
+            return n
+        n, budget = min(n, budget), budget - min(n, budget)
+        return n
+
     parts, count = [], 0
+    images = [images[i] for i in np.random.default_rng(seed).permutation(len(images))][:take(len(images))]
     if images:
-        ds = _tf.data.Dataset.from_tensor_slices(images).shuffle(len(images), seed=seed)
-        parts.append(ds.map(lambda p: decode(_tf.io.read_file(p)), num_parallel_calls=_tf.data.AUTOTUNE))
+        ds = _tf.data.Dataset.from_tensor_slices(images)
+        parts.append(ds.map(lambda p: (p, decode(_tf.io.read_file(p))), num_parallel_calls=_tf.data.AUTOTUNE,
+                            deterministic=True).ignore_errors())
         count += len(images)
-    if records:
-        rec = _tf.data.TFRecordDataset(records, num_parallel_reads=_tf.data.AUTOTUNE)
+    records, n_records, bad_records = _record_counts(records)
+    skipped += bad_records
+    n_records = take(n_records)
+    if records and n_records:
+        rec = _tf.data.TFRecordDataset(records, num_parallel_reads=_tf.data.AUTOTUNE).take(n_records)
         spec = {image_key: _tf.io.FixedLenFeature([], _tf.string)}
-        parts.append(rec.map(lambda r: decode(_tf.io.parse_single_example(r, spec)[image_key]),
-                             num_parallel_calls=_tf.data.AUTOTUNE).ignore_errors(log_warning=True))
-        count += sum(1 for _ in _tf.data.TFRecordDataset(records))
+        parts.append(rec.map(lambda r: (_tf.constant("record"), decode(_tf.io.parse_single_example(r, spec)[image_key])),
+                             num_parallel_calls=_tf.data.AUTOTUNE).ignore_errors())
+        count += n_records
     arrs = _open_arrays(arrays, shape)
-    if arrs:
+    n_arrays = take(sum(len(a) for _, a in arrs))
+    if arrs and n_arrays:
         if preprocess is not None and not (images or records):
             log.warning("--preprocess is ignored: .npy/.npz samples are used as they are (already preprocessed)")
-        parts.append(_array_dataset(arrs, tuple(shape), seed))
-        count += sum(len(a) for _, a in arrs)
+        parts.append(_array_dataset(arrs, tuple(shape), seed).take(n_arrays)
+                     .map(lambda x: (_tf.constant("array"), x)))
+        count += n_arrays
     if not parts or count == 0:
         raise CkptkitError(f"no usable samples in --data {root}: expected images ({', '.join(IMAGE_EXT)}), "
                            f".npy/.npz arrays of shape (N,{h},{w},{c}), or TFRecords with {image_key}")
     ds = parts[0]
     for p in parts[1:]:
         ds = ds.concatenate(p)
-    if max_samples:
-        ds = ds.take(max_samples)
-        count = min(count, max_samples)
-    ds = ds.ignore_errors(log_warning=True).batch(batch_size).prefetch(_tf.data.AUTOTUNE)
-    return ds, count, bool(images or records)
+    ds = ds.batch(batch_size).prefetch(_tf.data.AUTOTUNE)
+    return Samples(ds, count, bool(images or records), channels=c, images=images, records=n_records,
+                   record_files=len(records), arrays=n_arrays, skipped_files=skipped, other_files=others)

@@ -8,16 +8,15 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .checkpoint import ensure_parent, input_files, refuse_input_files
+from .checkpoint import input_files
 from .errors import CkptkitError, VerificationError
 from .health import check_finite, gate, statistics_issues
 from .ir import Graph
 from .passes import fold_batchnorm
+from .publish import Stage, check_outputs, ensure_parent
 from .sources import Model
 from .verify import TOLERANCE, Comparison, verification_inputs, verify
 
@@ -70,6 +69,26 @@ def _recorded_range(model: Model) -> Optional[tuple[float, float]]:
         return None
 
 
+def check_destination(fmt: str, path: str, protect=()) -> str:
+    """Validate `-o` before any work; returns it absolute (a Caffe folder keeps its trailing separator)."""
+    if fmt not in FORMATS:
+        raise CkptkitError(f"unknown format {fmt}: choose one of {', '.join(FORMATS)}")
+    as_folder = str(path).endswith(("/", os.sep)) or (fmt == "caffe" and os.path.isdir(path))
+    path = os.path.abspath(path)
+    if as_folder:
+        if fmt != "caffe":
+            raise CkptkitError(f"-o {path}/ is a folder: give a file name such as {path}/model.{ 'onnx' if fmt == 'onnx' else 'keras'}")
+        ensure_parent(os.path.join(path, "x"))  # Caffe writes OUT/NAME.prototxt and .caffemodel into it
+        return path + os.sep
+    if fmt == "caffe":
+        base = path[: -len(".prototxt")] if path.endswith(".prototxt") else path
+        base = base[: -len(".caffemodel")] if base.endswith(".caffemodel") else base
+        check_outputs([base + ".prototxt", base + ".caffemodel"], protect)
+    else:
+        check_outputs([path], protect)
+    return path
+
+
 def export(model: Model, fmt: str, path: str, *, fold: bool = True, check: bool = True,
            verify_data: Optional[str] = None, tolerance: Optional[float] = None,
            allow_bad_statistics: bool = False, **options) -> ExportResult:
@@ -77,23 +96,13 @@ def export(model: Model, fmt: str, path: str, *, fold: bool = True, check: bool 
     if fmt not in FORMATS:
         raise CkptkitError(f"unknown format {fmt}: choose one of {', '.join(FORMATS)}")
     writer = importlib.import_module(FORMATS[fmt])
-    as_folder = str(path).endswith(("/", os.sep))
-    path = os.path.abspath(path)
-    if as_folder:
-        if fmt != "caffe":
-            raise CkptkitError(f"-o {path}/ is a folder: give a file name such as {path}/model.{ 'onnx' if fmt == 'onnx' else 'keras'}")
-        ensure_parent(os.path.join(path, "x"))  # Caffe writes OUT/NAME.prototxt and .caffemodel into it
+    protected = input_files(model.checkpoint.prefix) if model.checkpoint is not None else []
+    path = check_destination(fmt, path, protected)
     graph = prepare(model, fold, allow_bad_statistics)
     final_paths = writer.destinations(path, graph) if hasattr(writer, "destinations") else [path]
-    protected = input_files(model.checkpoint.prefix) if model.checkpoint is not None else []
-    refuse_input_files(final_paths, protected)
-    for dst in final_paths:
-        ensure_parent(dst)
-        if os.path.isdir(dst):
-            raise CkptkitError(f"output {dst} is a folder: give a file name")
-    tmp = tempfile.mkdtemp(prefix=".ckptkit-", dir=os.path.dirname(final_paths[0]))
-    try:
-        staged = [os.path.join(tmp, os.path.basename(p)) for p in final_paths]
+    final_paths = check_outputs(final_paths, protected)
+    with Stage(os.path.dirname(final_paths[0]), protect=protected, what=f"the {fmt} export") as st:
+        staged = [st.path(p) for p in final_paths]
         writer.export(graph, staged[0], **options)
         comparison = None
         if check:
@@ -102,8 +111,5 @@ def export(model: Model, fmt: str, path: str, *, fold: bool = True, check: bool 
             comparison = verify(model.reference, writer.runner(staged[0], graph=graph, **options), inputs, tol)
             if not comparison.ok:
                 raise VerificationError(f"{fmt} export does not match TensorFlow: {comparison}; nothing was written")
-        for src, dst in zip(staged, final_paths):
-            os.replace(src, dst)
-        return ExportResult(final_paths, graph, comparison)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        st.publish(list(zip(staged, final_paths)))
+    return ExportResult(final_paths, graph, comparison)

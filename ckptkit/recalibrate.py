@@ -20,7 +20,8 @@ from typing import Callable, Optional
 import numpy as np
 
 from ._tf import tf
-from .checkpoint import Checkpoint, check_output_prefix, input_files, refuse_input_files, write_checkpoint
+from .checkpoint import Checkpoint, check_output_prefix, input_files, write_checkpoint
+from .publish import check_outputs, publish_file
 from .errors import CkptkitError
 from .health import statistics_issues
 from .ir import Graph, Node
@@ -174,10 +175,11 @@ class Recalibration:
     mode: str
     files: list[str] = field(default_factory=list)
     preprocessing: Optional[dict] = None  # how images were turned into inputs (None: arrays as they are)
+    data: Optional[dict] = None  # where the samples came from and how many of the files were usable
 
     def to_json(self) -> dict:
         return {"mode": self.mode, "samples": self.samples, "preprocessing": self.preprocessing,
-                "layers": self.report, "files": self.files}
+                "data": self.data, "layers": self.report, "files": self.files}
 
 
 def _accumulate(fn, batches, names: set[str], channels: dict[str, int], progress: Optional[Progress],
@@ -232,8 +234,13 @@ def estimate(graph: Graph, batches, *, mode: str = "precise", device: Optional[s
 
 def resolve_devices(device: Optional[str] = None) -> list[str]:
     """Devices to run on: `device` ("/GPU:0", or a comma-separated list), else every GPU, else the CPU."""
+    if isinstance(device, list):  # already resolved
+        return device
     _tf = tf()
     available = _tf.config.list_logical_devices()
+    if device is not None and not device.replace(",", "").strip():
+        raise CkptkitError(f"--device {device!r} names no device: give one such as /CPU:0 or /GPU:0, or leave it out "
+                           "to use every GPU (else the CPU)")
     if not device:
         gpus = [d.name for d in available if d.device_type == "GPU"]
         return gpus or ["/CPU:0"]
@@ -284,7 +291,8 @@ def _report(graph: Graph, full: dict, halves: list, order: list[str]) -> list[di
     return sorted(rows, key=drift, reverse=True)
 
 
-def write_statistics(ckpt: Checkpoint, graph: Graph, stats: dict, output: str) -> list[str]:
+def write_statistics(ckpt: Checkpoint, graph: Graph, stats: dict, output: str,
+                     extra_files: Optional[dict] = None) -> list[str]:
     """The input checkpoint with every BN's moving statistics replaced (or created); all else bit for bit."""
     new: dict[str, np.ndarray] = {}
     for name, (mean, var) in stats.items():
@@ -310,7 +318,7 @@ def write_statistics(ckpt: Checkpoint, graph: Graph, stats: dict, output: str) -
             yield name, (new.pop(name) if name in new else ckpt.get(name))
         yield from sorted(new.items())  # statistics that were missing
 
-    return write_checkpoint(output, tensors(), protect=[ckpt.prefix])
+    return write_checkpoint(output, tensors(), protect=[ckpt.prefix], extra_files=extra_files)
 
 
 def plot(report: list[dict], path: str) -> str:
@@ -328,10 +336,8 @@ def plot(report: list[dict], path: str) -> str:
     ax.legend(loc="lower right")
     ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -351,14 +357,7 @@ def _check_outputs(output: Optional[str], ckpt_prefix: str, *paths: Optional[str
     """Every output path checked before any work: nothing fails after the checkpoint is written."""
     if output is not None:
         check_output_prefix(output, ckpt_prefix)
-    refuse_input_files([os.path.abspath(p) for p in paths if p], input_files(ckpt_prefix))
-    for path in paths:
-        if path:
-            parent = os.path.dirname(os.path.abspath(path))
-            if not os.path.isdir(parent):
-                raise CkptkitError(f"folder {parent} of {path} does not exist: create it or choose another path")
-            if os.path.isdir(path):
-                raise CkptkitError(f"{path} is a folder: give a file name")
+    check_outputs([p for p in paths if p], input_files(ckpt_prefix))
 
 
 def _check_new_statistics(stats: dict) -> None:
@@ -405,34 +404,33 @@ def recalibrate(checkpoint: str, data: str, output: Optional[str] = None, *, mod
             log.info("preprocessing recorded beside %s: %s", ckpt_prefix, prep.describe())
     else:
         prep = preprocessing(preprocess, mean, std, channels, resize)
-    ds, count, has_images = dataset(data, model.input_shape[1:], batch_size=batch_size, max_samples=max_samples,
-                                    preprocess=prep, image_key=image_key, seed=seed)
-    full, halves, order, seen = estimate(model.graph, ds, mode=mode, device=device, progress=progress,
-                                         samples=count, progress_total=progress_total)
+    devices = resolve_devices(device)
+    samples = dataset(data, model.input_shape[1:], batch_size=batch_size, max_samples=max_samples,
+                      preprocess=prep, image_key=image_key, seed=seed)
+    full, halves, order, seen = estimate(model.graph, samples, mode=mode, device=devices, progress=progress,
+                                         samples=samples.count, progress_total=progress_total)
+    used = samples.summary()
     if seen == 0:
         raise CkptkitError(f"no usable samples in --data {data}: every sample was skipped (see the warnings)")
     stats = {n: (full[n].mean.astype(np.float32), full[n].variance.astype(np.float32)) for n in order}
     _check_new_statistics(stats)
     result = Recalibration(stats, _report(model.graph, full, halves, order), seen, mode,
-                           preprocessing=prep.to_json() if (prep is not None and has_images) else None)
+                           preprocessing=prep.to_json() if (prep is not None and samples.has_images) else None,
+                           data={"source": os.path.abspath(data), "used": used, **samples.to_json()})
     if output is not None:
-        result.files = write_statistics(model.checkpoint, model.graph, stats, output)
-        sidecar = os.path.abspath(output) + SIDECAR
-        if result.preprocessing:
-            _write_json(sidecar, {"preprocessing": result.preprocessing, "recalibrated_from": ckpt_prefix,
-                                  "samples": seen, "mode": mode})
-            result.files.append(sidecar)
-        elif os.path.lexists(sidecar):  # an older output's record no longer describes these statistics
-            os.remove(sidecar)
+        sidecar = os.path.abspath(output) + SIDECAR  # how these statistics were made; an older one is removed
+        record = {"preprocessing": result.preprocessing, "recalibrated_from": ckpt_prefix, "samples": seen,
+                  "mode": mode} if result.preprocessing else None
+        result.files = write_statistics(model.checkpoint, model.graph, stats, output, extra_files={
+            sidecar: json.dumps(record, indent=2).encode() if record else None})
+    protected = input_files(ckpt_prefix)
     if report_path:
-        _write_json(report_path, result.to_json())
+        publish_file(report_path, lambda p: _write_json(p, result.to_json()), protect=protected)
     if plot_path:
-        plot(result.report, plot_path)
+        publish_file(plot_path, lambda p: plot(result.report, p), protect=protected)
     return result
 
 
 def _write_json(path: str, value) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with open(path, "w") as f:
         json.dump(value, f, indent=2)
-    os.replace(tmp, path)

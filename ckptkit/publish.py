@@ -1,0 +1,200 @@
+"""How every output reaches disk: written into a private staging folder beside it, then published whole.
+
+The guarantee (stated in the README): a reader of an output set (a checkpoint's .index and .data files, a
+Caffe .prototxt and .caffemodel, one .onnx/.keras/.json/.png file) sees the old set, the new set, or none of
+it, never a mix. Publication removes the old set's *key* file first (the one a reader opens by name: .index,
+.prototxt), then the rest of the old set, places the new non-key files, and places the new key last, each
+with an atomic rename inside one folder.
+
+A process killed at any point leaves at most its staging folder `.ckptkit-HOST-PID.START-*` (removed by the
+next ckptkit run that writes into that folder, once that process is gone) and, if killed during the
+renames, new non-key files without their key (unreadable as an output, replaced by the next run).
+"""
+from __future__ import annotations
+
+import errno
+import glob
+import os
+import shutil
+import socket
+import tempfile
+import time
+from typing import Iterable, Optional, Sequence
+
+from .errors import CkptkitError
+
+STAGE = ".ckptkit-"
+_LEGACY_AGE = 3600.0  # staging folders of versions that did not record their owner: removed after an hour
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_DISK_WORDS = ("No space left on device", "Disk quota exceeded", "File too large", "errno = 28")
+
+
+def _start_time(pid: int) -> Optional[str]:
+    """The kernel's start time of `pid` (Linux), telling a live process from a later one with the same pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in "ZX" else fields[19]  # a zombie is dead; field 22 of stat is starttime
+
+
+def _owner_tag() -> str:
+    return f"{socket.gethostname().replace('-', '_')}-{os.getpid()}.{_start_time(os.getpid()) or 0}"
+
+
+def _alive(pid: int, start: str) -> bool:
+    if os.path.isdir("/proc/self"):
+        return _start_time(pid) == start
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stale(path: str) -> bool:
+    """A staging folder whose owning process is gone."""
+    rest = os.path.basename(path)[len(STAGE):]
+    parts = rest.rsplit("-", 2)
+    if len(parts) == 3 and "." in parts[1]:
+        host, owner, _ = parts
+        pid, _, start = owner.partition(".")
+        if host != socket.gethostname().replace("-", "_") or not pid.isdigit():
+            return False  # another machine's (shared file system): it may still be running
+        return not _alive(int(pid), start)
+    try:
+        return time.time() - os.lstat(path).st_mtime > _LEGACY_AGE
+    except OSError:
+        return False
+
+
+def sweep(folder: str) -> list[str]:
+    """Remove the staging folders that dead ckptkit processes left in `folder`; return them."""
+    removed = []
+    for path in glob.glob(os.path.join(glob.escape(folder), STAGE + "*")):
+        if os.path.isdir(path) and not os.path.islink(path) and _stale(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def make_stage(folder: str) -> str:
+    """A fresh staging folder in `folder` named after this process, after sweeping dead ones."""
+    sweep(folder)
+    try:
+        return tempfile.mkdtemp(prefix=f"{STAGE}{_owner_tag()}-", dir=folder)
+    except OSError as err:
+        raise CkptkitError(f"output folder {folder} is not writable ({err.strerror}): choose another -o") from None
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether `err` (OSError, h5py/onnx/TensorFlow errors) reports a full disk, quota or file-size limit."""
+    if isinstance(err, OSError) and err.errno in _DISK_ERRNOS:
+        return True
+    if type(err).__name__ == "ResourceExhaustedError":
+        return True
+    text = str(err)
+    return any(w in text for w in _DISK_WORDS)
+
+
+def ensure_parent(path: str) -> str:
+    """The output's folder, created when missing (as `-o newdir/model.ckpt` asks); refused when it cannot be
+    made or written to."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise CkptkitError(f"output folder {parent} is a file: choose another -o")
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as err:
+        raise CkptkitError(f"output folder {parent} cannot be created ({err.strerror}): choose another -o") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CkptkitError(f"output folder {parent} is not writable (read-only file system or permissions): "
+                           "choose another -o")
+    return parent
+
+
+def refuse_input_files(outputs: Iterable[str], protected: Iterable[str]) -> None:
+    """Refuse any output that *is* a protected file, compared by identity (device and inode, so through
+    symlinks, hard links and other spellings of the same folder), not by name."""
+    protected = [p for p in protected if os.path.exists(p)]
+    for out in outputs:
+        if not os.path.exists(out):
+            continue
+        for p in protected:
+            if os.path.samefile(out, p):
+                raise CkptkitError(f"output {out} is {p}, a file of the input checkpoint: choose another -o; "
+                                   "ckptkit never modifies its input")
+
+
+def check_outputs(paths: Iterable[str], protect: Iterable[str] = ()) -> list[str]:
+    """Validate output paths before any work: not a folder, not a file of the input, folder writable
+    (created when missing). Returns them absolute."""
+    paths = [os.path.abspath(os.fspath(p)) for p in paths]
+    refuse_input_files(paths, list(protect))
+    for p in paths:
+        if os.path.isdir(p):
+            raise CkptkitError(f"output {p} is a folder: give a file name")
+        ensure_parent(p)
+    return paths
+
+
+class Stage:
+    """A staging folder beside the outputs; `publish` moves what was written there into place.
+
+        with Stage(folder, protect=input_files) as st:
+            write(os.path.join(st.folder, "model.onnx"))
+            st.publish([(staged, final)])
+
+    Leaving the block without `publish` (or by an exception) removes everything staged; a full disk
+    becomes one CkptkitError line."""
+
+    def __init__(self, folder: str, *, protect: Iterable[str] = (), what: str = "the output"):
+        self.target = os.path.abspath(folder)
+        self.protect = list(protect)
+        self.what = what
+        self.folder = ""
+
+    def __enter__(self) -> "Stage":
+        ensure_parent(os.path.join(self.target, "x"))
+        self.folder = make_stage(self.target)
+        return self
+
+    def __exit__(self, kind, err, tb) -> bool:
+        shutil.rmtree(self.folder, ignore_errors=True)
+        if err is not None and not isinstance(err, CkptkitError) and is_disk_full(err):
+            raise CkptkitError(f"no space left writing {self.what} in {self.target}: free some space or choose "
+                               "another -o; nothing was written") from None
+        return False
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.folder, os.path.basename(name))
+
+    def publish(self, files: Sequence[tuple[str, str]], replaces: Iterable[str] = ()) -> list[str]:
+        """Move staged files to their final paths: files[0] is the key. `replaces` are other existing files
+        of the old set (shards of another count, an obsolete record) removed before anything is placed."""
+        finals = [os.path.abspath(f) for _, f in files]
+        if any(os.path.dirname(f) != self.target for f in finals):
+            raise ValueError("every file of one publication lives in its staging folder's parent")
+        refuse_input_files(finals + list(replaces), self.protect)  # checked again: the folder may have changed
+        for f in finals:
+            if os.path.isdir(f) and not os.path.islink(f):
+                raise CkptkitError(f"output {f} is a folder: give a file name")
+        for old in [finals[0]] + [f for f in list(replaces) + finals[1:] if f != finals[0]]:
+            if os.path.lexists(old):
+                os.remove(old)
+        for src, dst in list(files[1:]) + [files[0]]:
+            os.replace(src, dst)
+        return finals
+
+
+def publish_file(path: str, write, *, protect: Iterable[str] = (), what: Optional[str] = None) -> str:
+    """Write one file atomically: `write(staged_path)` fills it, then it replaces `path`."""
+    path = check_outputs([path], protect)[0]
+    with Stage(os.path.dirname(path), protect=protect, what=what or path) as st:
+        staged = st.path(path)
+        write(staged)
+        st.publish([(staged, path)])
+    return path
