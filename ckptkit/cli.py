@@ -68,8 +68,9 @@ def _add_export(p: argparse.ArgumentParser, fold_flag: bool = True) -> None:
 
 def _run_export(args, fmt: str, fold: bool, **options) -> int:
     from .checkpoint import input_files, resolve_prefix
-    from .export import check_destination, export
+    from .export import check_destination, check_options, export
 
+    check_options(args.tolerance, args.verify_data)
     if args.checkpoint:  # every output path is checked before the model is read
         check_destination(fmt, args.output_path, input_files(resolve_prefix(args.checkpoint)))
     model = _load(args)
@@ -159,8 +160,10 @@ def cmd_to_caffe(args) -> int:
 def cmd_recalibrate(args) -> int:
     from tqdm import tqdm
 
+    from . import validate
     from .recalibrate import recalibrate
 
+    validate.count("--top", args.top, 0)
     bars = []  # made once the data is found, so that errors come without a half-drawn bar
 
     def start(total: int) -> None:

@@ -224,7 +224,8 @@ class Samples:
     records: int = 0  # TFRecord examples offered
     record_files: int = 0
     arrays: int = 0
-    skipped_files: list[tuple[str, str]] = field(default_factory=list)  # found but unusable, with why
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)  # image files found but unusable, with why
+    damaged_records: list[str] = field(default_factory=list)  # TFRecord files that fail their checksums
     other_files: int = 0  # files of unknown type, ignored
     used_images: set = field(default_factory=set)
     used_records: int = 0
@@ -256,12 +257,13 @@ class Samples:
         if self.records > self.used_records:
             log.warning("skipped %d of %d TFRecord examples: no decodable image in them",
                         self.records - self.used_records, self.records)
-        found = len(self.images) + len(self.skipped_files) + self.record_files + self.arrays
+        found = len(self.images) + len(self.skipped_files) + self.record_files + len(self.damaged_records) + self.arrays
         parts = []
         if self.images or self.skipped_files:
             parts.append(f"{len(self.used_images)} of {len(self.images) + len(self.skipped_files)} image files")
-        if self.record_files:
-            parts.append(f"{self.used_records} of {self.records} TFRecord examples in {self.record_files} file(s)")
+        if self.record_files or self.damaged_records:
+            parts.append(f"{self.used_records} of {self.records} TFRecord examples in {self.record_files} of "
+                         f"{self.record_files + len(self.damaged_records)} TFRecord file(s)")
         if self.arrays:
             parts.append(f"{self.used_arrays} of {self.arrays} array samples")
         text = "used " + ", ".join(parts) if found else "used nothing"
@@ -273,10 +275,10 @@ class Samples:
         return {"image_files": len(self.images) + len(self.skipped_files), "images_used": len(self.used_images),
                 "tfrecord_examples": self.records, "tfrecord_examples_used": self.used_records,
                 "array_samples": self.arrays, "array_samples_used": self.used_arrays,
-                "skipped": [p for p, _ in self.skipped_files] + self.undecodable()}
+                "skipped": [p for p, _ in self.skipped_files] + self.undecodable() + self.damaged_records}
 
 
-def _record_counts(paths: list[str]) -> tuple[list[str], int, list[tuple[str, str]]]:
+def _record_counts(paths: list[str]) -> tuple[list[str], int, list[str]]:
     """TFRecord files read through once (counting examples, checking every record's CRC): damaged files
     are skipped with a warning instead of stopping the run mid-way."""
     _tf = tf()
@@ -287,7 +289,7 @@ def _record_counts(paths: list[str]) -> tuple[list[str], int, list[tuple[str, st
         except _tf.errors.OpError as err:
             why = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
             log.warning("skipping %s: damaged TFRecord file (%s)", p, why)
-            bad.append((p, "damaged TFRecord"))
+            bad.append(p)
             continue
         good.append(p)
         count += n
@@ -333,7 +335,6 @@ def dataset(root: str, shape: tuple, *, batch_size: int = 32, max_samples: Optio
                             deterministic=True).ignore_errors())
         count += len(images)
     records, n_records, bad_records = _record_counts(records)
-    skipped += bad_records
     n_records = take(n_records)
     if records and n_records:
         rec = _tf.data.TFRecordDataset(records, num_parallel_reads=_tf.data.AUTOTUNE).take(n_records)
@@ -357,4 +358,5 @@ def dataset(root: str, shape: tuple, *, batch_size: int = 32, max_samples: Optio
         ds = ds.concatenate(p)
     ds = ds.batch(batch_size).prefetch(_tf.data.AUTOTUNE)
     return Samples(ds, count, bool(images or records), channels=c, images=images, records=n_records,
-                   record_files=len(records), arrays=n_arrays, skipped_files=skipped, other_files=others)
+                   record_files=len(records), arrays=n_arrays, skipped_files=skipped, damaged_records=bad_records,
+                   other_files=others)

@@ -15,6 +15,7 @@ from .checkpoint import input_files
 from .errors import CkptkitError, VerificationError
 from .health import check_finite, gate, statistics_issues
 from .ir import Graph
+from . import validate
 from .passes import fold_batchnorm
 from .publish import Stage, check_outputs, ensure_parent
 from .sources import Model
@@ -69,6 +70,9 @@ def _recorded_range(model: Model) -> Optional[tuple[float, float]]:
         return None
 
 
+MAX_TOLERANCE = 0.1  # relative; anything looser is not a check
+
+
 def check_destination(fmt: str, path: str, protect=()) -> str:
     """Validate `-o` before any work; returns it absolute (a Caffe folder keeps its trailing separator)."""
     if fmt not in FORMATS:
@@ -89,6 +93,16 @@ def check_destination(fmt: str, path: str, protect=()) -> str:
     return path
 
 
+def check_options(tolerance: Optional[float] = None, verify_data: Optional[str] = None) -> None:
+    """Export options checked before any work."""
+    validate.positive_number("--tolerance", tolerance, "a relative error such as 1e-4")
+    if tolerance is not None and tolerance > MAX_TOLERANCE:
+        raise CkptkitError(f"--tolerance {tolerance:g} would accept a wrong model: give at most {MAX_TOLERANCE:g}, "
+                           "or --no-verify to skip the comparison")
+    if verify_data is not None and not os.path.isfile(verify_data):
+        raise CkptkitError(f"--verify-data {verify_data} does not exist: give a .npy or .npz file of NHWC samples")
+
+
 def export(model: Model, fmt: str, path: str, *, fold: bool = True, check: bool = True,
            verify_data: Optional[str] = None, tolerance: Optional[float] = None,
            allow_bad_statistics: bool = False, **options) -> ExportResult:
@@ -96,6 +110,7 @@ def export(model: Model, fmt: str, path: str, *, fold: bool = True, check: bool 
     if fmt not in FORMATS:
         raise CkptkitError(f"unknown format {fmt}: choose one of {', '.join(FORMATS)}")
     writer = importlib.import_module(FORMATS[fmt])
+    check_options(tolerance, verify_data)
     protected = input_files(model.checkpoint.prefix) if model.checkpoint is not None else []
     path = check_destination(fmt, path, protected)
     graph = prepare(model, fold, allow_bad_statistics)

@@ -13,7 +13,6 @@ slim's default, with a warning. Tensors stream one at a time.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
@@ -21,6 +20,7 @@ import numpy as np
 
 from .batchnorm import BNUnit, check_health, find_units, units_from_graph
 from .checkpoint import Checkpoint, check_output_prefix, write_checkpoint
+from . import validate
 from .errors import CkptkitError
 from .health import check_finite, gate
 
@@ -48,11 +48,8 @@ class FoldReport:
 def check_epsilon(eps: Optional[float]) -> Optional[float]:
     if eps is None:
         return None
-    eps = float(eps)
-    if not math.isfinite(eps) or eps <= 0:
-        raise CkptkitError(f"--eps {eps} is not a positive finite number: give the BatchNorm epsilon the "
-                           "network was built with (slim 0.001, resnet arg scopes 1e-5)")
-    return eps
+    return validate.positive_number("--eps", eps, "the BatchNorm epsilon the network was built with (slim 0.001, "
+                                    "resnet arg scopes 1e-5)")
 
 
 def find_fold_units(ckpt: Checkpoint, *, meta: Optional[str] = None, arch: Optional[str] = None,

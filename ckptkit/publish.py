@@ -101,19 +101,32 @@ def is_disk_full(err: BaseException) -> bool:
 
 
 def ensure_parent(path: str) -> str:
-    """The output's folder, created when missing (as `-o newdir/model.ckpt` asks); refused when it cannot be
-    made or written to."""
+    """The output's folder, checked without creating anything: it exists as a writable folder, or the
+    nearest existing folder above it is writable (it is created when the output is published)."""
     parent = os.path.dirname(os.path.abspath(path))
-    if os.path.exists(parent) and not os.path.isdir(parent):
-        raise CkptkitError(f"output folder {parent} is a file: choose another -o")
-    try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as err:
-        raise CkptkitError(f"output folder {parent} cannot be created ({err.strerror}): choose another -o") from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise CkptkitError(f"output folder {parent} is not writable (read-only file system or permissions): "
-                           "choose another -o")
+    probe = parent
+    while not os.path.lexists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise CkptkitError(f"output folder {parent} cannot be created: {probe} is a file; choose another -o")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        where = "" if probe == parent else f" ({probe} cannot be written to)"
+        raise CkptkitError(f"output folder {parent} is not writable{where}: read-only file system or "
+                           "permissions; choose another -o")
     return parent
+
+
+def _make_folders(folder: str) -> Optional[str]:
+    """Create `folder` and any missing parents; return the topmost one created (None if it existed)."""
+    top = None
+    probe = folder
+    while not os.path.lexists(probe):
+        top, probe = probe, os.path.dirname(probe)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise CkptkitError(f"output folder {folder} cannot be created ({err.strerror}): choose another -o") from None
+    return top
 
 
 def refuse_input_files(outputs: Iterable[str], protected: Iterable[str]) -> None:
@@ -156,14 +169,28 @@ class Stage:
         self.protect = list(protect)
         self.what = what
         self.folder = ""
+        self.created: Optional[str] = None
+        self.published = False
 
     def __enter__(self) -> "Stage":
         ensure_parent(os.path.join(self.target, "x"))
+        self.created = _make_folders(self.target)
+        self.published = False
         self.folder = make_stage(self.target)
         return self
 
     def __exit__(self, kind, err, tb) -> bool:
         shutil.rmtree(self.folder, ignore_errors=True)
+        if self.created and not self.published:  # folders made for an output that never came
+            folder = self.target
+            while True:
+                try:
+                    os.rmdir(folder)
+                except OSError:
+                    break
+                if folder == self.created:
+                    break
+                folder = os.path.dirname(folder)
         if err is not None and not isinstance(err, CkptkitError) and is_disk_full(err):
             raise CkptkitError(f"no space left writing {self.what} in {self.target}: free some space or choose "
                                "another -o; nothing was written") from None
@@ -187,6 +214,7 @@ class Stage:
                 os.remove(old)
         for src, dst in list(files[1:]) + [files[0]]:
             os.replace(src, dst)
+        self.published = True
         return finals
 
 

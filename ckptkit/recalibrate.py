@@ -22,6 +22,7 @@ import numpy as np
 from ._tf import tf
 from .checkpoint import Checkpoint, check_output_prefix, input_files, write_checkpoint
 from .publish import check_outputs, publish_file
+from . import validate
 from .errors import CkptkitError
 from .health import statistics_issues
 from .ir import Graph, Node
@@ -209,8 +210,7 @@ def estimate(graph: Graph, batches, *, mode: str = "precise", device: Optional[s
     bns = [n for n in graph.nodes if n.op == "BatchNorm"]
     if not bns:
         raise CkptkitError("the graph has no BatchNorm: nothing to recalibrate")
-    if mode not in ("precise", "sequential"):
-        raise CkptkitError(f"--mode {mode} is unknown: choose precise or sequential")
+    validate.choice("--mode", mode, ("precise", "sequential"))
     channels = {n.name: n.shape[-1] for n in bns}
     devices = resolve_devices(device)
     weights = weight_tensors(graph)  # once, shared by every pass
@@ -385,13 +385,10 @@ def recalibrate(checkpoint: str, data: str, output: Optional[str] = None, *, mod
 
     ckpt_prefix = Checkpoint(checkpoint).prefix
     _check_outputs(output, ckpt_prefix, report_path, plot_path)
-    if batch_size < 2:
-        raise CkptkitError(f"--batch-size {batch_size} is too small: batch statistics need at least 2 samples")
-    if max_samples is not None and max_samples < 1:
-        raise CkptkitError(f"--max-samples {max_samples} is not a positive count: give at least 1, or leave it out "
-                           "for all samples")
-    if seed < 0:
-        raise CkptkitError(f"--seed {seed} is negative: give 0 or more")
+    validate.count("--batch-size", batch_size, 2, "batch statistics need at least 2 samples")
+    validate.count("--max-samples", max_samples, 1, optional=True)
+    validate.count("--seed", seed, 0)
+    validate.choice("--mode", mode, ("precise", "sequential"))
     model = model or load(checkpoint, **load_args)
     channels = int(model.input_shape[-1])
     prep: Optional[Preprocessing] = None

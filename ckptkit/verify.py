@@ -72,7 +72,10 @@ def verification_inputs(shape: tuple, data: Optional[str] = None, batch: int = 4
         arr = arr[None]
     if tuple(arr.shape[1:]) != want:
         raise CkptkitError(f"--verify-data {data} holds samples of shape {arr.shape[1:]}, the model takes {want}")
-    return arr[:32]
+    arr = arr[:32]
+    if not np.isfinite(arr).all():
+        raise CkptkitError(f"--verify-data {data} holds NaN or inf: give finite samples")
+    return arr
 
 
 def verify(reference: Callable[[np.ndarray], np.ndarray], candidate: Callable[[np.ndarray], np.ndarray],

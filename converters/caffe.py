@@ -31,7 +31,7 @@ BN_MODES = ("fold", "keep")
 
 
 def destinations(path: str, graph: Graph) -> list[str]:
-    if os.path.isdir(path):
+    if os.path.isdir(path) or path.endswith(os.sep):
         base = os.path.join(path, _safe(graph.name))
     else:
         base = path[: -len(".prototxt")] if path.endswith(".prototxt") else path

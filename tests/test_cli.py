@@ -110,3 +110,23 @@ def test_outputs_go_into_new_folders(tmp_path):
     out = ckptkit("to-caffe", FIXTURE, "-o", str(tmp_path / "caffe") + "/", "--no-verify")
     assert out.returncode == 0, out.stderr
     assert sorted(os.listdir(tmp_path / "caffe")) == ["model.ckpt.caffemodel", "model.ckpt.prototxt"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["to-onnx", FIXTURE, "--tolerance", "nan"], "--tolerance nan is not a positive finite number"),
+    (["to-onnx", FIXTURE, "--tolerance", "-1"], "--tolerance -1.0 is not a positive finite number"),
+    (["to-onnx", FIXTURE, "--tolerance", "inf"], "--tolerance inf is not a positive finite number"),
+    (["to-onnx", FIXTURE, "--tolerance", "0.5"], "--tolerance 0.5 would accept a wrong model"),
+    (["to-onnx", FIXTURE, "--verify-data", "nope.npy"], "--verify-data nope.npy does not exist"),
+    (["fold", FIXTURE, "--eps", "nan"], "--eps nan is not a positive finite number"),
+    (["recalibrate", FIXTURE, "--data", ".", "--top", "-1"], "--top -1 is too small"),
+    (["recalibrate", FIXTURE, "--data", ".", "--batch-size", "1"], "--batch-size 1 is too small"),
+    (["recalibrate", FIXTURE, "--data", ".", "--mode", "fast"], "--mode: invalid choice: 'fast'"),
+    (["recalibrate", FIXTURE, "--data", ".", "--device", ","], "--device ',' names no device"),
+])
+def test_option_values_are_checked_before_any_work(args, message, tmp_path):
+    out = ckptkit(*args, "-o", str(tmp_path / "out" / "model.x"), cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("ckptkit: error: ") and message in last, last
+    assert "Traceback" not in out.stderr and not (tmp_path / "out").exists()

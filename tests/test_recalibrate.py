@@ -276,3 +276,61 @@ def test_slim_eval_geometry_matches_slims_recipe():
     crop = img[18:282, 25:375]  # tf.image.central_crop(0.875): start int((h - h*0.875) / 2), size h - 2*start
     want = tf1.image.resize_bilinear(crop[None], [64, 64], align_corners=False)[0].numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+# ---- issue 12: every unusable file is named, and the count says what was used --------------------------------
+def _tfrecord(path, images):
+    _tf = tf()
+    with _tf.io.TFRecordWriter(str(path)) as w:
+        for img in images:
+            raw = _tf.io.encode_png(img).numpy()
+            feature = {"image/encoded": _tf.train.Feature(bytes_list=_tf.train.BytesList(value=[raw]))}
+            w.write(_tf.train.Example(features=_tf.train.Features(feature=feature)).SerializeToString())
+
+
+def test_unusable_files_are_named_and_counted(digits, tmp_path, caplog):
+    """Files PIL opens but TensorFlow cannot decode into this 1-channel model, a TIFF named .jpg, a PNG with a
+    bad zlib stream and a truncated TFRecord: each named in a warning, never a traceback, and counted."""
+    import zlib
+
+    from PIL import Image
+
+    data = tmp_path / "data"
+    data.mkdir()
+    pixels = [np.round(digits["x_test"][i] * 255).astype(np.uint8) for i in range(20)]
+    for i, p in enumerate(pixels[:12]):
+        Image.fromarray(p[..., 0]).save(data / f"{i}.png")
+    rgb = Image.fromarray(np.repeat(pixels[0], 3, axis=-1))
+    rgb.convert("CMYK").save(data / "cmyk.jpg")
+    rgb.save(data / "colour.bmp")
+    rgb.save(data / "scan.tiff")
+    os.rename(data / "scan.tiff", data / "scan.jpg")
+    png = bytearray((data / "0.png").read_bytes())
+    at = png.find(b"IDAT")
+    size = int.from_bytes(png[at - 4:at], "big")
+    png[at + 6:at + 4 + size] = bytes(len(png[at + 6:at + 4 + size]))  # zeroed deflate data, CRC fixed
+    png[at + 4 + size:at + 8 + size] = (zlib.crc32(bytes(png[at:at + 4 + size])) & 0xFFFFFFFF).to_bytes(4, "big")
+    (data / "badzlib.png").write_bytes(bytes(png))
+    _tfrecord(data / "good.tfrecord", pixels[12:20])
+    _tfrecord(tmp_path / "whole.tfrecord", pixels[:8])
+    whole = (tmp_path / "whole.tfrecord").read_bytes()
+    (data / "cut.tfrecord").write_bytes(whole[: len(whole) - 7])
+    (data / "notes.txt").write_text("ignored")
+
+    meta = digits["paths"]["healthy"] + ".meta"
+    res = recalibrate(digits["paths"]["reset"], str(data), str(tmp_path / "f.ckpt"), meta=meta, preprocess="unit",
+                      batch_size=4, report_path=str(tmp_path / "r.json"))
+    for name in ("cmyk.jpg", "colour.bmp", "scan.jpg", "badzlib.png", "cut.tfrecord"):
+        assert any(name in r.getMessage() and r.levelname == "WARNING" for r in caplog.records), name
+    assert res.samples == 12 + 8
+    assert res.data["used"] == ("used 12 of 16 image files, 8 of 8 TFRecord examples in 1 of 2 TFRecord file(s) "
+                                "(1 file(s) of other types ignored)")
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert sorted(os.path.basename(p) for p in report["data"]["skipped"]) == \
+        ["badzlib.png", "cmyk.jpg", "colour.bmp", "cut.tfrecord", "scan.jpg"]
+
+
+def test_an_empty_device_list_is_an_error(digits, tmp_path):
+    with pytest.raises(CkptkitError, match="--device ',' names no device"):
+        recalibrate(digits["paths"]["healthy"], str(digits["root"] / "npy"), None,
+                    meta=digits["paths"]["healthy"] + ".meta", device=",")
