@@ -158,3 +158,20 @@ def test_a_read_only_file_system_is_refused_before_any_work(command, tmp_path):
             assert last.startswith("ckptkit: error: output folder") and "choose another -o" in last, last
     finally:
         subprocess.run(["umount", str(ro)])
+
+
+def test_a_checkpoint_on_a_read_only_file_system_is_read(tmp_path):
+    """Only reading the input: a checkpoint on a read-only mount folds and exports."""
+    import shutil
+
+    ro = _mount_read_only(tmp_path / "ro")
+    try:
+        subprocess.run(["mount", "-o", "remount,rw", str(ro)], check=True)
+        shutil.copytree(os.path.dirname(FIXTURE), ro / "in")
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+        for command, target in (("fold", "model.ckpt"), ("to-onnx", "model.onnx")):
+            run = subprocess.run([sys.executable, "-m", "ckptkit.cli", command, str(ro / "in"), "-o",
+                                  str(tmp_path / "out" / target)], capture_output=True, text=True)
+            assert run.returncode == 0, run.stderr
+    finally:
+        subprocess.run(["umount", str(ro)])
