@@ -134,7 +134,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(command, tmp_path):
 
 def _mount_read_only(path):
     path.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)], capture_output=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=32m", "tmpfs", str(path)], capture_output=True)
     if done.returncode != 0:
         pytest.skip("mounting a read-only file system needs CAP_SYS_ADMIN here")
     return path
