@@ -4,6 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 FIXTURE := fixtures/mobilenet_v2_tiny/model.ckpt
+DIGITS := fixtures/digits
+BROKEN := $(DIGITS)/broken
+CK     := $(VENV)/bin/ckptkit
 OUT    := out/demo
 JOBS   ?= 2
 
@@ -17,13 +20,25 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The main job on the bundled broken checkpoint (trained without running the BN update ops):
+# inspect finds it, diagnose measures it on data, recalibrate fixes it, fold and the exports verify.
+# inspect/diagnose exit 1 when they find a problem (exit 2 would be an error): `|| test $$? = 1`.
 demo: setup
-	@mkdir -p $(OUT)
-	$(VENV)/bin/ckptkit inspect $(FIXTURE)
-	$(VENV)/bin/ckptkit fold $(FIXTURE) -o $(OUT)/folded.ckpt
-	$(VENV)/bin/ckptkit to-onnx $(FIXTURE) -o $(OUT)/model.onnx
-	$(VENV)/bin/ckptkit to-keras $(FIXTURE) -o $(OUT)/model.keras
-	$(VENV)/bin/ckptkit to-caffe $(FIXTURE) -o $(OUT)/model --bn keep
+	@rm -rf $(OUT) && mkdir -p $(OUT)
+	@echo "\n== 1. inspect: what does the checkpoint say about itself?"
+	$(CK) inspect $(BROKEN) || test $$? = 1
+	@echo "\n== 2. diagnose: stored statistics against data (writes nothing)"
+	$(CK) diagnose $(BROKEN) --data $(DIGITS)/calibration --preprocess unit -q || test $$? = 1
+	$(PY) fixtures/demo_accuracy.py $(BROKEN) $(DIGITS)/test
+	@echo "\n== 3. recalibrate: recompute the statistics exactly from the data"
+	$(CK) recalibrate $(BROKEN) --data $(DIGITS)/calibration --preprocess unit -o $(OUT)/recalibrated/model.ckpt -q --top 3
+	$(PY) fixtures/demo_accuracy.py $(OUT)/recalibrated $(DIGITS)/test
+	$(CK) diagnose $(OUT)/recalibrated --data $(DIGITS)/calibration -q --top 3
+	@echo "\n== 4. fold BatchNorm and export, each verified against TensorFlow"
+	$(CK) fold $(OUT)/recalibrated -o $(OUT)/folded/model.ckpt
+	$(CK) to-onnx $(OUT)/recalibrated -o $(OUT)/model.onnx
+	$(CK) to-keras $(OUT)/recalibrated -o $(OUT)/model.keras
+	$(CK) to-caffe $(OUT)/recalibrated -o $(OUT)/model.prototxt
 
 test: setup
 	$(PY) -m pytest -n $(JOBS) tests

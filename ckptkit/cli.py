@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from typing import Optional, Sequence
 
@@ -15,6 +16,7 @@ from .errors import CkptkitError
 
 log = logging.getLogger("ckptkit")
 
+EXIT_FINDINGS = 1  # inspect/diagnose found a problem
 EXIT_ERROR = 2
 EXIT_VERIFY = 3
 
@@ -93,10 +95,11 @@ def cmd_inspect(args) -> int:
 
     info = inspect_checkpoint(args.checkpoint, meta=args.meta, arch=args.arch, arch_args=_key_values(args.arch_arg),
                               use_meta=not args.no_meta)
+    found = EXIT_FINDINGS if info["issues"] else 0
     if args.json:
         json.dump(info, sys.stdout, indent=2)
         print()
-        return 0
+        return found
     s = info["summary"]
     print(f"checkpoint {info['checkpoint']} (V{info['checkpoint_version']}): {s['tensors']} tensors, "
           f"{s['parameters']:,} values; meta graph: {info['meta_graph'] or 'none'}")
@@ -120,9 +123,12 @@ def cmd_inspect(args) -> int:
         print(f"\n{len(info['issues'])} issue(s):")
         for i in info["issues"]:
             print(f"  {i['code']}: {i['message']}")
+        print(f"why and what to run, measured on data: ckptkit diagnose {shlex.quote(args.checkpoint)} --data DIR")
     else:
-        print("\nno issues found")
-    return 0
+        print("\nno issues found" + ("; whether the statistics are stale (an EMA lagging the weights) can only be "
+                                     f"judged with data: ckptkit diagnose {shlex.quote(args.checkpoint)} --data DIR"
+                                     if units else ""))
+    return found
 
 
 def cmd_fold(args) -> int:
@@ -157,6 +163,50 @@ def cmd_to_caffe(args) -> int:
     return _run_export(args, "caffe", args.bn == "fold", relu6=args.relu6)
 
 
+def cmd_diagnose(args) -> int:
+    from tqdm import tqdm
+
+    from . import validate
+    from .diagnose import diagnose
+
+    validate.count("--top", args.top, 0)
+    bars = []
+
+    def start(total: int) -> None:
+        bars.append(tqdm(total=total, unit="samples", desc="measuring", disable=args.quiet or args.json,
+                         file=sys.stderr, unit_scale=True))
+
+    try:
+        d = diagnose(args.checkpoint, args.data, progress=lambda n: bars and bars[-1].update(n), progress_total=start,
+                     **_data_options(args))
+    finally:
+        for bar in bars:
+            bar.close()
+    if args.json:
+        json.dump(d.to_json(), sys.stdout, indent=2)
+        print()
+        return 0 if d.verdict == "healthy" else EXIT_FINDINGS
+    counts = ", ".join(f"{n} {v}" for v, n in d.counts.items() if n)
+    print(f"diagnosis: {d.verdict.upper()} ({counts} of {len(d.layers)} BatchNorm layer(s))")
+    if d.output_drift is not None:
+        agree = f", top-1 unchanged for {d.top1_agreement:.1%} of samples" if d.top1_agreement is not None else ""
+        print(f"  outputs move by {d.output_drift:.1%} when the stored statistics are replaced by the data's{agree}")
+    else:
+        print("  output drift: not measurable (statistics are missing)")
+    if d.data:
+        print(f"  data: {d.data['used']} in {d.data['source']}")
+    print(f"  {'layer':<50} {'verdict':<13} {'|dmean|/std':>11} {'|log var|':>9} {'split-half':>10}")
+    fmt = lambda v: "-" if v is None else f"{v:.3g}"  # noqa: E731
+    for row in d.layers[: args.top]:
+        print(f"  {row['layer'][-50:]:<50} {row['verdict']:<13} {fmt(row['mean_shift']):>11} "
+              f"{fmt(row['log_variance_ratio']):>9} {fmt(row['split_half_mean_diff']):>10}")
+    if len(d.layers) > args.top:
+        print(f"  ... {len(d.layers) - args.top} more (--json lists all)")
+    if d.command:
+        print(f"fix: {d.command}")
+    return 0 if d.verdict == "healthy" else EXIT_FINDINGS
+
+
 def cmd_recalibrate(args) -> int:
     from tqdm import tqdm
 
@@ -171,14 +221,9 @@ def cmd_recalibrate(args) -> int:
                          unit_scale=True))
 
     try:
-        result = recalibrate(args.checkpoint, args.data, args.output_path, batch_size=args.batch_size,
-                             max_samples=args.max_samples, preprocess=args.preprocess, mean=args.mean, std=args.std,
-                             resize=args.resize, mode=args.mode, device=args.device, seed=args.seed,
-                             image_key=args.image_key, progress=lambda n: bars and bars[-1].update(n),
-                             progress_total=start, report_path=args.report, plot_path=args.plot,
-                             meta=args.meta, arch=args.arch, frozen=args.graph, input_name=args.input,
-                             output_name=args.output, input_shape=args.input_shape,
-                             arch_args=_key_values(args.arch_arg))
+        result = recalibrate(args.checkpoint, args.data, args.output_path,
+                             progress=lambda n: bars and bars[-1].update(n), progress_total=start,
+                             report_path=args.report, plot_path=args.plot, **_data_options(args))
     finally:
         for bar in bars:
             bar.close()
@@ -208,6 +253,38 @@ def _floats(text: Optional[str]):
     except ValueError:  # argparse turns this into a one-line usage error
         raise argparse.ArgumentTypeError(f"{text} is not a comma-separated list of numbers "
                                          "(e.g. 123.68,116.78,103.94)") from None
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, metavar="DIR", help="folder of images (jpg/png/bmp), .npy/.npz NHWC "
+                                                                "arrays and/or TFRecords, searched recursively")
+    p.add_argument("--batch-size", type=int, default=32, help="samples per batch (default 32)")
+    p.add_argument("--max-samples", type=int, help="use at most this many samples (default: all)")
+    p.add_argument("--preprocess", choices=["none", "unit", "inception", "vgg"],
+                   help="how images were preprocessed in training (required for images, unless recorded beside CKPT "
+                        "by an earlier recalibration): inception = slim's inception eval (central 87.5%% crop, "
+                        "resize, [-1,1]); vgg = slim's vgg eval (smaller side to 256, central crop, RGB mean "
+                        "subtraction); unit = resize, [0,1]; none = resize, raw 0-255. Arrays are used as they are")
+    p.add_argument("--resize", choices=["stretch", "inception", "vgg"],
+                   help="override the preset's geometry: stretch to the input size, or slim's inception/vgg crop")
+    p.add_argument("--mean", type=_floats, help="per-channel mean to subtract from 0-255 images (1 or C values; "
+                                                "overrides the preset)")
+    p.add_argument("--std", type=_floats, help="per-channel divisor after --mean (1 or C non-zero values; overrides "
+                                               "the preset)")
+    p.add_argument("--mode", default="precise", choices=["precise", "sequential"],
+                   help="precise: one pass on batch statistics; sequential: layer by layer, upstream BNs in "
+                        "inference mode with their new statistics")
+    p.add_argument("--device", help="TensorFlow device(s): /GPU:0, /CPU:0, or a list such as /GPU:0,/GPU:1 to split "
+                        "each batch across them (default: every GPU, else the CPU)")
+    p.add_argument("--image-key", default="image/encoded", help="TFRecord feature holding the encoded image")
+    p.add_argument("--seed", type=int, default=0, help="shuffling seed (default 0)")
+
+
+def _data_options(args) -> dict:
+    return dict(batch_size=args.batch_size, max_samples=args.max_samples, preprocess=args.preprocess, mean=args.mean,
+                std=args.std, resize=args.resize, mode=args.mode, device=args.device, seed=args.seed,
+                image_key=args.image_key, meta=args.meta, arch=args.arch, frozen=args.graph, input_name=args.input,
+                output_name=args.output, input_shape=args.input_shape, arch_args=_key_values(args.arch_arg))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -300,33 +377,23 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Recompute every BatchNorm's moving mean and variance exactly from data and "
                                    "write a checkpoint equal to the input except those statistics.")
     _add_source(p)
-    p.add_argument("--data", required=True, metavar="DIR", help="folder of images (jpg/png/bmp), .npy/.npz NHWC "
-                                                                "arrays and/or TFRecords, searched recursively")
     p.add_argument("-o", dest="output_path", required=True, metavar="OUT", help="output checkpoint prefix")
-    p.add_argument("--batch-size", type=int, default=32, help="samples per batch (default 32)")
-    p.add_argument("--max-samples", type=int, help="use at most this many samples (default: all)")
-    p.add_argument("--preprocess", choices=["none", "unit", "inception", "vgg"],
-                   help="how images were preprocessed in training (required for images, unless recorded beside CKPT "
-                        "by an earlier recalibration): inception = slim's inception eval (central 87.5%% crop, "
-                        "resize, [-1,1]); vgg = slim's vgg eval (smaller side to 256, central crop, RGB mean "
-                        "subtraction); unit = resize, [0,1]; none = resize, raw 0-255. Arrays are used as they are")
-    p.add_argument("--resize", choices=["stretch", "inception", "vgg"],
-                   help="override the preset's geometry: stretch to the input size, or slim's inception/vgg crop")
-    p.add_argument("--mean", type=_floats, help="per-channel mean to subtract from 0-255 images (1 or C values; "
-                                                "overrides the preset)")
-    p.add_argument("--std", type=_floats, help="per-channel divisor after --mean (1 or C non-zero values; overrides "
-                                               "the preset)")
-    p.add_argument("--mode", default="precise", choices=["precise", "sequential"],
-                   help="precise: one pass on batch statistics; sequential: layer by layer, upstream BNs in "
-                        "inference mode with their new statistics")
-    p.add_argument("--device", help="TensorFlow device(s): /GPU:0, /CPU:0, or a list such as /GPU:0,/GPU:1 to split "
-                        "each batch across them (default: every GPU, else the CPU)")
-    p.add_argument("--image-key", default="image/encoded", help="TFRecord feature holding the encoded image")
-    p.add_argument("--seed", type=int, default=0, help="shuffling seed (default 0)")
+    _add_data_options(p)
     p.add_argument("--report", metavar="FILE.json", help="write the per-layer report as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="plot the per-layer drift")
     p.add_argument("--top", type=int, default=15, help="layers shown in the terminal report (default 15)")
     p.set_defaults(func=cmd_recalibrate)
+
+    p = add_parser("diagnose", help="judge stored BatchNorm statistics against data, writing nothing",
+                   description="Why is is_training=False wrong? Compares every BatchNorm's stored moving statistics "
+                               "with the data's and measures how much the outputs change, then gives a verdict "
+                               "(healthy, stale, never updated, invalid, missing) and the recalibrate command to "
+                               "run. Writes nothing. Exit 0 when healthy, 1 when a problem is found, 2 on errors.")
+    _add_source(p)
+    _add_data_options(p)
+    p.add_argument("--json", action="store_true", help="print the diagnosis as one JSON document on stdout")
+    p.add_argument("--top", type=int, default=15, help="layers shown (default 15, worst first)")
+    p.set_defaults(func=cmd_diagnose)
     return parser
 
 

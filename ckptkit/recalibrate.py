@@ -370,21 +370,19 @@ def _check_new_statistics(stats: dict) -> None:
                                "Nothing was written")
 
 
-def recalibrate(checkpoint: str, data: str, output: Optional[str] = None, *, model=None, batch_size: int = 32,
-                max_samples: Optional[int] = None, preprocess: Optional[str] = None, mean=None, std=None,
-                resize: Optional[str] = None, mode: str = "precise", device: Optional[str] = None, seed: int = 0,
-                image_key: str = "image/encoded", progress: Optional[Progress] = None,
-                progress_total: Optional[Callable[[int], None]] = None, report_path: Optional[str] = None,
-                plot_path: Optional[str] = None, **load_args) -> Recalibration:
-    """Recompute the moving statistics of `checkpoint` from `data`; write `output` if given.
-
-    `model` is a loaded Model (else `ckptkit.load(checkpoint, **load_args)`). Images need `preprocess`
-    (a preset of ckptkit.data.PRESETS) unless an earlier recalibration recorded one beside the checkpoint."""
+def measure(checkpoint: str, data: str, *, model=None, batch_size: int = 32, max_samples: Optional[int] = None,
+            preprocess: Optional[str] = None, mean=None, std=None, resize: Optional[str] = None,
+            mode: str = "precise", device: Optional[str] = None, seed: int = 0, image_key: str = "image/encoded",
+            progress: Optional[Progress] = None, progress_total: Optional[Callable[[int], None]] = None,
+            before_work: Optional[Callable[[], None]] = None, **load_args):
+    """(model, samples, Recalibration): the statistics of `data` per BN, nothing written. `before_work` runs
+    once the options are checked, before the model is loaded (output checks)."""
     from .data import Preprocessing, dataset, preprocessing
     from .sources import load
 
     ckpt_prefix = Checkpoint(checkpoint).prefix
-    _check_outputs(output, ckpt_prefix, report_path, plot_path)
+    if before_work:
+        before_work()
     validate.count("--batch-size", batch_size, 2, "batch statistics need at least 2 samples")
     validate.count("--max-samples", max_samples, 1, optional=True)
     validate.count("--seed", seed, 0)
@@ -414,18 +412,41 @@ def recalibrate(checkpoint: str, data: str, output: Optional[str] = None, *, mod
     result = Recalibration(stats, _report(model.graph, full, halves, order), seen, mode,
                            preprocessing=prep.to_json() if (prep is not None and samples.has_images) else None,
                            data={"source": os.path.abspath(data), "used": used, **samples.to_json()})
+    return model, samples, result
+
+
+def recalibrate(checkpoint: str, data: str, output: Optional[str] = None, *, model=None,
+                report_path: Optional[str] = None, plot_path: Optional[str] = None, **options) -> Recalibration:
+    """Recompute the moving statistics of `checkpoint` from `data`; write `output` if given.
+
+    `model` is a loaded Model (else `ckptkit.load(checkpoint, **load_args)`); `options` are those of
+    `measure` (batch_size, max_samples, preprocess, mean, std, resize, mode, device, seed, image_key,
+    progress, progress_total) and of `ckptkit.load`. Images need `preprocess` (a preset of
+    ckptkit.data.PRESETS) unless an earlier recalibration recorded one beside the checkpoint. The graph's
+    `.meta` (unchanged by recalibration) is written beside the output, so the next command finds it."""
+    ckpt_prefix = Checkpoint(checkpoint).prefix
+    model, _, result = measure(checkpoint, data, model=model, before_work=lambda: _check_outputs(
+        output, ckpt_prefix, report_path, plot_path), **options)
     if output is not None:
         sidecar = os.path.abspath(output) + SIDECAR  # how these statistics were made; an older one is removed
-        record = {"preprocessing": result.preprocessing, "recalibrated_from": ckpt_prefix, "samples": seen,
-                  "mode": mode} if result.preprocessing else None
-        result.files = write_statistics(model.checkpoint, model.graph, stats, output, extra_files={
-            sidecar: json.dumps(record, indent=2).encode() if record else None})
+        record = {"preprocessing": result.preprocessing, "recalibrated_from": ckpt_prefix,
+                  "samples": result.samples, "mode": result.mode} if result.preprocessing else None
+        meta = options.get("meta") or (None if options.get("arch") or options.get("frozen")
+                                       else model.checkpoint.meta_path)
+        result.files = write_statistics(model.checkpoint, model.graph, result.statistics, output, extra_files={
+            sidecar: json.dumps(record, indent=2).encode() if record else None,
+            os.path.abspath(output) + ".meta": _read_bytes(meta) if meta else None})
     protected = input_files(ckpt_prefix)
     if report_path:
         publish_file(report_path, lambda p: _write_json(p, result.to_json()), protect=protected)
     if plot_path:
         publish_file(plot_path, lambda p: plot(result.report, p), protect=protected)
     return result
+
+
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def _write_json(path: str, value) -> None:

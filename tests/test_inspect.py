@@ -34,9 +34,10 @@ def test_issue_codes(store):
 
 
 def test_cli_json_is_stable(store):
-    out = subprocess.run([sys.executable, "-m", "ckptkit.cli", "inspect", "--json", store("mobilenet_v2", stats="negative")],
-                         capture_output=True, text=True, check=True).stdout
-    info = json.loads(out)
+    run = subprocess.run([sys.executable, "-m", "ckptkit.cli", "inspect", "--json", store("mobilenet_v2", stats="negative")],
+                         capture_output=True, text=True)
+    assert run.returncode == 1, run.stderr  # documented: issues found
+    info = json.loads(run.stdout)
     assert info["format_version"] == 1
     assert {"checkpoint", "tensors", "batchnorm", "issues", "summary"} <= set(info)
     bad = [i for i in info["issues"] if i["code"] == "invalid_variance"]
@@ -47,6 +48,7 @@ def test_cli_table(store):
     out = subprocess.run([sys.executable, "-m", "ckptkit.cli", "inspect", FIXTURE], capture_output=True, text=True,
                          check=True).stdout
     assert "13 BatchNorm unit(s), 13 foldable" in out and "no issues found" in out
+    assert "can only be judged with data: ckptkit diagnose" in out
 
 
 def test_missing_statistics_show_as_absent_with_a_graph(store):

@@ -1,0 +1,129 @@
+"""Why is inference mode wrong? Stored moving statistics against the data's, per BN and at the output.
+
+Nothing is written. Per BN layer: how far the stored mean/variance are from the data's (in the data's
+standard deviations, and as a log variance ratio), next to the split-half noise of that estimate; at the
+output: how much the model's outputs change when the stored statistics are replaced by the data's.
+A verdict (healthy / stale / never updated / invalid / missing) and the `recalibrate` command to run.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shlex
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+import numpy as np
+
+from ._tf import tf
+from .errors import CkptkitError
+from .tf_exec import inference_bn, run_graph, weight_tensors
+
+VERDICTS = ("healthy", "stale", "never updated", "invalid", "missing")  # from good to worst
+STALE_MEAN_SHIFT = 0.25  # max |stored mean - data mean| / data std of a channel
+STALE_LOG_VAR = math.log(1.5)  # max |log(stored var / data var)|
+STALE_OUTPUT = 0.05  # relative change of the outputs
+DRIFT_SAMPLES = 256
+
+
+@dataclass
+class Diagnosis:
+    verdict: str
+    layers: list[dict]  # per BN: the recalibration report row plus its verdict
+    output_drift: Optional[float]  # mean over samples of |y_stored - y_data| / |y_data|
+    top1_agreement: Optional[float]  # share of samples whose arg-max is unchanged (vector outputs)
+    samples: int
+    command: Optional[str]  # the recalibrate command that fixes it
+    data: Optional[dict] = None
+    preprocessing: Optional[dict] = None
+    counts: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"format_version": 1, "verdict": self.verdict, "output_drift": self.output_drift,
+                "top1_agreement": self.top1_agreement, "samples": self.samples, "command": self.command,
+                "counts": self.counts, "data": self.data, "preprocessing": self.preprocessing, "layers": self.layers}
+
+
+def _layer_verdict(row: dict) -> str:
+    flags = set(row["flags"])
+    if "was_missing" in flags:
+        return "missing"
+    if "invalid" in flags:
+        return "invalid"
+    if "never_updated" in flags:
+        return "never updated"
+    noise = 3 * (row["split_half_mean_diff"] or 0.0)
+    if (row["mean_shift"] or 0.0) > max(STALE_MEAN_SHIFT, noise) or (row["log_variance_ratio"] or 0.0) > STALE_LOG_VAR:
+        return "stale"
+    return "healthy"
+
+
+def _output_drift(graph, statistics: dict, batches, limit: int = DRIFT_SAMPLES):
+    """Outputs with the stored statistics vs with the data's, on the first `limit` samples."""
+    if any(graph[n].params.get("mean") is None or graph[n].params.get("variance") is None for n in statistics):
+        return None, None
+    _tf = tf()
+    weights = weight_tensors(graph)
+    with_data = {n: replace(graph[n], params={**graph[n].params, "mean": m, "variance": v})
+                 for n, (m, v) in statistics.items()}
+    stored = _tf.function(lambda x: run_graph(graph, x, params=weights), autograph=False, reduce_retracing=True)
+    data = _tf.function(lambda x: run_graph(graph, x, params=weights,
+                                            bn_hook=lambda node, t: inference_bn(with_data.get(node.name, node), t)),
+                        autograph=False, reduce_retracing=True)
+    drifts, agree, seen = [], [], 0
+    for batch in batches:
+        a, b = stored(batch).numpy(), data(batch).numpy()
+        a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
+        drifts.extend(np.linalg.norm(a - b, axis=1) / np.maximum(np.linalg.norm(b, axis=1), 1e-12))
+        if a.shape[1] > 1:
+            agree.extend(a.argmax(1) == b.argmax(1))
+        seen += len(a)
+        if seen >= limit:
+            break
+    if not drifts:
+        return None, None
+    finite = np.isfinite(drifts)
+    drift = float(np.mean(drifts)) if finite.all() else math.inf
+    return drift, (float(np.mean(agree)) if agree else None)
+
+
+def recalibrate_command(checkpoint: str, data: str, preprocessing: Optional[dict], topology: dict) -> str:
+    """The `ckptkit recalibrate` command line for the same checkpoint, data and topology options."""
+    from .checkpoint import resolve_prefix
+
+    if os.path.isdir(checkpoint):  # runs/x/ -> runs/x-recalibrated/model.ckpt
+        out = os.path.join(checkpoint.rstrip("/") + "-recalibrated", os.path.basename(resolve_prefix(checkpoint)))
+    else:
+        out = checkpoint + "-recalibrated"
+    words = ["ckptkit", "recalibrate", checkpoint, "--data", data]
+    for flag, key in (("--meta", "meta"), ("--arch", "arch"), ("--graph", "frozen"), ("--input", "input_name"),
+                      ("--output", "output_name"), ("--input-shape", "input_shape")):
+        if topology.get(key):
+            words += [flag, str(topology[key])]
+    for k, v in (topology.get("arch_args") or {}).items():
+        words += ["--arch-arg", f"{k}={v}"]
+    if preprocessing:
+        words += ["--preprocess", preprocessing["preset"]]
+    return " ".join(shlex.quote(w) for w in words + ["-o", out])
+
+
+def diagnose(checkpoint: str, data: str, *, model=None, **options) -> Diagnosis:
+    """Judge the stored BatchNorm statistics of `checkpoint` against `data` (options as for
+    `ckptkit.recalibrate.measure`); nothing is written."""
+    from .recalibrate import measure
+
+    topology = {k: options.get(k) for k in ("meta", "arch", "frozen", "input_name", "output_name", "input_shape",
+                                            "arch_args")}
+    model, samples, result = measure(checkpoint, data, model=model, **options)
+    layers = [{**row, "verdict": _layer_verdict(row)} for row in result.report]
+    counts = {v: sum(1 for r in layers if r["verdict"] == v) for v in VERDICTS}
+    drift, agreement = _output_drift(model.graph, result.statistics, samples)
+    verdict = max((r["verdict"] for r in layers), key=VERDICTS.index, default="healthy")
+    if verdict == "healthy" and drift is not None and drift > STALE_OUTPUT:
+        verdict = "stale"  # small shifts in many layers add up at the output
+    if not layers:
+        raise CkptkitError("the graph has no BatchNorm: nothing to diagnose")
+    command = None if verdict == "healthy" else recalibrate_command(
+        checkpoint, data, result.preprocessing, topology)
+    return Diagnosis(verdict, layers, drift, agreement, result.samples, command, result.data,
+                     result.preprocessing, counts)

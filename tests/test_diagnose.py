@@ -1,0 +1,84 @@
+"""diagnose: stored statistics judged against data, nothing written, the fix printed and working."""
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ckptkit.checkpoint import Checkpoint, write_checkpoint
+from ckptkit.diagnose import diagnose
+from ckptkit.recalibrate import recalibrate
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DIGITS = os.path.join(HERE, "..", "fixtures", "digits")
+BROKEN = os.path.join(DIGITS, "broken")
+CALIBRATION = os.path.join(DIGITS, "calibration")
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "ckptkit.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def healthy(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("healthy") / "model.ckpt")
+    recalibrate(BROKEN, CALIBRATION, out, preprocess="unit")
+    return out
+
+
+def _shifted(healthy, folder, shift):
+    """The healthy checkpoint with every moving mean moved by `shift` of the channel's std (a lagging EMA)."""
+    ckpt = Checkpoint(healthy)
+
+    def tensors():
+        for name in ckpt.names:
+            value = ckpt.get(name)
+            if name.endswith("moving_mean"):
+                value = value + shift * np.sqrt(ckpt.get(name[: -len("mean")] + "variance"))
+            yield name, value
+
+    folder.mkdir()
+    prefix = str(folder / "model.ckpt")
+    write_checkpoint(prefix, tensors())
+    os.symlink(healthy + ".meta", prefix + ".meta")
+    return prefix
+
+
+def test_never_updated_statistics_are_diagnosed_with_the_fix(tmp_path):
+    run = cli("diagnose", BROKEN, "--data", CALIBRATION, "--preprocess", "unit", "--json")
+    assert run.returncode == 1, run.stderr
+    d = json.loads(run.stdout)  # stdout is one JSON document
+    assert d["verdict"] == "never updated" and d["counts"]["never updated"] == 3
+    assert d["output_drift"] > 0.5 and d["top1_agreement"] < 0.5
+    assert d["samples"] == 500 and d["preprocessing"]["preset"] == "unit"
+    words = shlex.split(d["command"])
+    assert words[:2] == ["ckptkit", "recalibrate"] and "--preprocess" in words
+    assert not os.listdir(tmp_path), "diagnose wrote something"
+    out = tmp_path / "fixed" / "model.ckpt"
+    words[words.index("-o") + 1] = str(out)
+    fix = subprocess.run([sys.executable, "-m", "ckptkit.cli", *words[1:]], capture_output=True, text=True)
+    assert fix.returncode == 0, fix.stderr
+    again = diagnose(str(out), CALIBRATION)  # preprocessing recorded beside it; topology from the .meta beside it
+    assert again.verdict == "healthy" and again.output_drift < 1e-4 and again.command is None
+
+
+def test_stale_statistics_are_told_from_noise(healthy, tmp_path):
+    assert diagnose(healthy, CALIBRATION).verdict == "healthy"
+    slightly = diagnose(_shifted(healthy, tmp_path / "a", 0.02), CALIBRATION, preprocess="unit")
+    assert slightly.verdict == "healthy"
+    stale = diagnose(_shifted(healthy, tmp_path / "b", 1.0), CALIBRATION, preprocess="unit")
+    assert stale.verdict == "stale" and stale.counts["stale"] == 3 and stale.output_drift > 0.05
+    assert all(r["mean_shift"] > 0.9 for r in stale.layers)
+
+
+def test_text_report_and_exit_codes(healthy):
+    run = cli("diagnose", healthy, "--data", CALIBRATION, "-q")
+    assert run.returncode == 0, run.stderr
+    assert "diagnosis: HEALTHY" in run.stdout and "fix:" not in run.stdout
+    run = cli("diagnose", BROKEN, "--data", CALIBRATION, "--preprocess", "unit", "-q")
+    assert run.returncode == 1 and "diagnosis: NEVER UPDATED" in run.stdout and "fix: ckptkit recalibrate" in run.stdout
+    run = cli("diagnose", BROKEN, "--data", CALIBRATION)
+    assert run.returncode == 2 and "--preprocess" in run.stderr.strip().splitlines()[-1]
