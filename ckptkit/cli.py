@@ -43,8 +43,11 @@ def _add_source(p: argparse.ArgumentParser, ckpt_optional: bool = False) -> None
     g.add_argument("--arch-arg", metavar="KEY=VALUE", action="append",
                    help="extra argument of the --arch network function, e.g. output_stride=16 (repeatable)")
     g.add_argument("--graph", metavar="FROZEN.pb", help="a frozen GraphDef (CKPT then optional)")
-    g.add_argument("--input", metavar="NAME", help="input op or tensor (detected when unambiguous)")
-    g.add_argument("--output", metavar="NAME", help="output op or tensor (detected when unambiguous; --arch: logits)")
+    g.add_argument("--inputs", "--input", dest="input", metavar="NAME",
+                   help="input op or tensor, as tf2onnx spells it (default: detected when unambiguous)")
+    g.add_argument("--outputs", "--output", dest="output", metavar="NAME",
+                   help="output op or tensor, as tf2onnx spells it (default: detected when unambiguous; "
+                        "--arch: the logits)")
     g.add_argument("--input-shape", metavar="H,W,C", help="input size; the batch stays dynamic "
                                                          "(--arch: the network's standard size)")
 
@@ -56,9 +59,10 @@ def _load(args):
                 output_name=args.output, input_shape=args.input_shape, arch_args=_key_values(args.arch_arg))
 
 
-def _add_export(p: argparse.ArgumentParser, fold_flag: bool = True) -> None:
-    if fold_flag:
-        p.add_argument("--no-fold", action="store_true", help="keep BatchNorm as its own layer instead of folding it")
+def _add_export(p: argparse.ArgumentParser, keep_help: str = "keep BatchNorm as its own layer") -> None:
+    p.add_argument("--bn", choices=["fold", "keep"], default="fold",
+                   help=f"fold BatchNorm into the preceding conv/fc layer, or {keep_help} (default: fold)")
+    p.add_argument("--no-fold", dest="bn", action="store_const", const="keep", help=argparse.SUPPRESS)  # old spelling
     p.add_argument("--allow-bad-statistics", action="store_true",
                    help="export even when BatchNorm statistics were never updated or are invalid (a warning is "
                         "printed; the model will not match a healthy one). Missing statistics are always refused")
@@ -152,11 +156,11 @@ def cmd_to_onnx(args) -> int:
     from converters.onnx import check_opset
 
     check_opset(args.opset)  # before any work
-    return _run_export(args, "onnx", not args.no_fold, opset=args.opset, nchw=args.nchw)
+    return _run_export(args, "onnx", args.bn == "fold", opset=args.opset, nchw=args.nchw)
 
 
 def cmd_to_keras(args) -> int:
-    return _run_export(args, "keras", not args.no_fold)
+    return _run_export(args, "keras", args.bn == "fold")
 
 
 def cmd_to_caffe(args) -> int:
@@ -287,6 +291,17 @@ def _data_options(args) -> dict:
                 output_name=args.output, input_shape=args.input_shape, arch_args=_key_values(args.arch_arg))
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Every option's default in --help, unless its text already states it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.option_strings and "default" not in text and "%(default)" not in text
+                and action.default not in (None, False, argparse.SUPPRESS)):
+            text += " (default: %(default)s)"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors in ckptkit's one-line form (`ckptkit: error: ...`), exit 2."""
 
@@ -308,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors and results")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    add_parser = lambda *a, **kw: sub.add_parser(*a, parents=[common], **kw)  # noqa: E731
+    add_parser = lambda *a, **kw: sub.add_parser(*a, parents=[common], formatter_class=_Formatter, **kw)  # noqa: E731
 
     p = add_parser("inspect", help="list BatchNorm units and their problems",
                        description="List the BatchNorm units of a checkpoint and their issues: "
@@ -327,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write a checkpoint in slim's no-BN naming (scaled weights, biases) that the "
                                    "same network built with normalizer_fn=None restores.")
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint prefix, one of its files, or its folder")
-    p.add_argument("-o", "--output", dest="output_path", required=True, metavar="OUT", help="output checkpoint prefix")
+    p.add_argument("-o", dest="output_path", required=True, metavar="OUT", help="output checkpoint prefix")
     p.add_argument("--meta", metavar="PATH", help="graph to read epsilon from (default: the .meta beside CKPT)")
     p.add_argument("--arch", metavar="NAME", help="tf_slim.nets network to read epsilon from")
     p.add_argument("--arch-arg", metavar="KEY=VALUE", action="append", help="extra --arch argument (repeatable)")
@@ -365,12 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source(p, ckpt_optional=True)
     p.add_argument("-o", dest="output_path", required=True, metavar="OUT",
                    help="writes OUT.prototxt and OUT.caffemodel (or OUT/NAME.* when OUT is a folder)")
-    p.add_argument("--bn", choices=["fold", "keep"], default="fold",
-                   help="fold BatchNorm into Convolution/InnerProduct (default), or keep BatchNorm+Scale layers")
     p.add_argument("--relu6", choices=["portable", "relu6", "clip"], default="portable",
-                   help="portable: relu(x) - relu(relu(x) - 6), runs in BVLC Caffe and OpenCV (default); "
-                        "relu6: OpenCV's ReLU6 layer; clip: newer BVLC Clip layer")
-    _add_export(p, fold_flag=False)
+                   help="portable: relu(x) - relu(relu(x) - 6), loads in every Caffe and in OpenCV (default); "
+                        "relu6: OpenCV's ReLU6 layer (not in BVLC Caffe); clip: the Clip layer of recent BVLC "
+                        "Caffe, which OpenCV 4.x and most Caffe builds cannot load (so it cannot be verified here: "
+                        "needs --no-verify)")
+    _add_export(p, keep_help="keep Caffe BatchNorm+Scale layers")
     p.set_defaults(func=cmd_to_caffe)
 
     p = add_parser("recalibrate", help="recompute BatchNorm moving statistics from data",

@@ -55,6 +55,10 @@ class Graph:
     inputs: list[str]
     outputs: list[str]
     name: str = "model"
+    # the TensorFlow tensor names of the inputs and outputs, by position ("input:0", "logits/BiasAdd:0"):
+    # the exports name their inputs and outputs after them, as tf2onnx does
+    input_names: list[str] = field(default_factory=list)
+    output_names: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._index = {n.name: n for n in self.nodes}
@@ -68,7 +72,8 @@ class Graph:
     def copy(self) -> "Graph":
         nodes = [Node(n.name, n.op, list(n.inputs), n.shape, copy.deepcopy(n.attrs), dict(n.params), dict(n.sources))
                  for n in self.nodes]
-        return Graph(nodes, list(self.inputs), list(self.outputs), self.name)
+        return Graph(nodes, list(self.inputs), list(self.outputs), self.name, list(self.input_names),
+                     list(self.output_names))
 
     def consumers(self) -> dict[str, list[str]]:
         users: dict[str, list[str]] = {n.name: [] for n in self.nodes}
@@ -90,7 +95,8 @@ class Graph:
 
         for n in nodes:
             n.inputs = [follow(i) for i in n.inputs]
-        return Graph(nodes, list(self.inputs), [follow(o) for o in self.outputs], self.name)
+        return Graph(nodes, list(self.inputs), [follow(o) for o in self.outputs], self.name, list(self.input_names),
+                     list(self.output_names))
 
     def count(self, op: str) -> int:
         return sum(1 for n in self.nodes if n.op == op)

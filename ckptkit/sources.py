@@ -389,11 +389,28 @@ def _inference_reference(mgd, meta: str, ckpt: Checkpoint, old_in, out_name: str
     return LazyReference(make, "the training graph's own ops in inference mode")
 
 
+_GENERIC = {"model", "ckpt", "checkpoint", "checkpoints", "train", "training", "logs", "output", "outputs", "export",
+            "frozen", "graph", "frozen_graph", "frozen_inference_graph", "tmp"}
+
+
+def model_name(output: str, path: str) -> str:
+    """A name for the model (Caffe's net name, file names in a folder): the network's top scope
+    (`resnet_v1_50/logits/BiasAdd:0` -> resnet_v1_50), else the folder or file it came from."""
+    parts = output.split(":")[0].split("/")
+    if len(parts) >= 3 and parts[0].lower() not in _GENERIC:
+        return parts[0]
+    path = os.path.abspath(path)
+    for candidate in (os.path.basename(os.path.dirname(path)), os.path.basename(path).split(".")[0]):
+        if candidate and candidate.lower() not in _GENERIC:
+            return candidate
+    return "model"
+
+
 def from_meta(ckpt: Checkpoint, meta: str, input_name=None, output_name=None, input_shape=None,
               weights: bool = True) -> Model:
     mgd, g, x, old_in = _meta_graphs(ckpt, meta, input_name, input_shape)
     out = _pick_output(g, x, output_name, meta)
-    graph = import_graph(g, x, out, ValueSource(ckpt, weights), os.path.basename(ckpt.prefix))
+    graph = import_graph(g, x, out, ValueSource(ckpt, weights), model_name(out.name, ckpt.prefix))
     reference = _inference_reference(mgd, meta, ckpt, old_in, out.name, graph.input_shape[1:], graph)
     return Model(graph, ckpt, reference, f"--meta {meta}")
 
@@ -432,7 +449,7 @@ def _frozen_graphs(path: str, input_name=None, input_shape=None):
 def from_frozen(path: str, ckpt: Optional[Checkpoint], input_name=None, output_name=None, input_shape=None) -> Model:
     g, x = _frozen_graphs(path, input_name, input_shape)
     out = _pick_output(g, x, output_name, path)
-    graph = import_graph(g, x, out, ValueSource(ckpt), os.path.splitext(os.path.basename(path))[0])
+    graph = import_graph(g, x, out, ValueSource(ckpt), model_name(out.name, path))
     return Model(graph, ckpt, _session_reference(g, x, out, ckpt), f"--graph {path}")
 
 

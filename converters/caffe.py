@@ -323,8 +323,8 @@ def runner(path: str, graph: Optional[Graph] = None, **_):
     try:
         import cv2
     except ImportError:
-        raise CkptkitError("verifying Caffe output needs OpenCV 4.x: pip install 'opencv-python-headless<5', "
-                           "or pass --no-verify") from None
+        raise CkptkitError("verifying Caffe output needs OpenCV 4.x: pip install 'ckptkit[caffe]' (or "
+                           "'opencv-python-headless<5'), or pass --no-verify") from None
     if not hasattr(cv2, "dnn") or not hasattr(cv2.dnn, "readNetFromCaffe"):
         raise CkptkitError(f"OpenCV {cv2.__version__} has no Caffe importer (OpenCV 5 dropped it): "
                            "pip install 'opencv-python-headless<5', or pass --no-verify")

@@ -66,8 +66,9 @@ def build(graph: Graph, opset: int = DEFAULT_OPSET, nchw: bool = False):
     inp = graph[graph.inputs[0]]
     h, w, c = inp.shape[1:]
     in_shape = ["N", c, h, w] if nchw else ["N", h, w, c]
-    b.name("input")
-    names[inp.name] = "input" if nchw else b.op("Transpose", ["input"], "input_nchw", perm=NHWC_TO_NCHW)
+    in_name = graph.input_names[0] if graph.input_names else "input"  # TF's tensor name, as tf2onnx keeps it
+    b.name(in_name)
+    names[inp.name] = in_name if nchw else b.op("Transpose", [in_name], "input_nchw", perm=NHWC_TO_NCHW)
 
     def to_nhwc(node: Node) -> str:
         x = names[node.name]
@@ -79,9 +80,10 @@ def build(graph: Graph, opset: int = DEFAULT_OPSET, nchw: bool = False):
         names[node.name] = _write(b, graph, node, [names[i] for i in node.inputs], to_nhwc)
 
     outputs = []
-    for o in graph.outputs:
+    for k, o in enumerate(graph.outputs):
         node = graph[o]
         x = names[o]
+        tf_name = graph.output_names[k] if k < len(graph.output_names) else None
         if len(node.shape) == 4 and not nchw:
             x = b.op("Transpose", [x], f"{o}/output", perm=NCHW_TO_NHWC)
             shape = ["N"] + list(node.shape[1:])
@@ -89,8 +91,10 @@ def build(graph: Graph, opset: int = DEFAULT_OPSET, nchw: bool = False):
             shape = ["N", node.shape[3], node.shape[1], node.shape[2]]
         else:
             shape = ["N"] + list(node.shape[1:])
+        if tf_name and tf_name != x:
+            x = b.op("Identity", [x], tf_name)
         outputs.append(helper.make_tensor_value_info(x, TensorProto.FLOAT, shape))
-    g = helper.make_graph(b.nodes, graph.name, [helper.make_tensor_value_info("input", TensorProto.FLOAT, in_shape)],
+    g = helper.make_graph(b.nodes, graph.name, [helper.make_tensor_value_info(in_name, TensorProto.FLOAT, in_shape)],
                           outputs, b.inits)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name="ckptkit")
     model.ir_version = IR_VERSION
@@ -195,12 +199,12 @@ def runner(path: str, *, nchw: bool = False, **_):
         first = str(err).strip().splitlines()[0][-200:] if str(err).strip() else type(err).__name__
         raise CkptkitError(f"onnxruntime {ort.__version__} cannot load the written model ({first}): try a lower "
                            "--opset, or pass --no-verify") from None
-    out_name = sess.get_outputs()[0].name
+    in_name, out_name = sess.get_inputs()[0].name, sess.get_outputs()[0].name
     out_rank = len(sess.get_outputs()[0].shape)
 
     def run(x: np.ndarray) -> np.ndarray:
         feed = x.transpose(0, 3, 1, 2) if nchw else x
-        y = sess.run([out_name], {"input": np.ascontiguousarray(feed, np.float32)})[0]
+        y = sess.run([out_name], {in_name: np.ascontiguousarray(feed, np.float32)})[0]
         return y.transpose(0, 2, 3, 1) if (nchw and out_rank == 4) else y
 
     return run

@@ -35,7 +35,7 @@ def test_output_folder_uses_graph_name(tmp_path):
     from conftest import FIXTURE
 
     result = export(load(FIXTURE), "caffe", str(tmp_path))
-    assert [os.path.basename(f) for f in result.files] == ["model.ckpt.prototxt", "model.ckpt.caffemodel"]
+    assert [os.path.basename(f) for f in result.files] == ["mobilenet_v2_tiny.prototxt", "mobilenet_v2_tiny.caffemodel"]
 
 
 def small_net(x):

@@ -109,7 +109,7 @@ def test_outputs_go_into_new_folders(tmp_path):
     assert (tmp_path / "new" / "deeper" / "f.ckpt.index").exists()
     out = ckptkit("to-caffe", FIXTURE, "-o", str(tmp_path / "caffe") + "/", "--no-verify")
     assert out.returncode == 0, out.stderr
-    assert sorted(os.listdir(tmp_path / "caffe")) == ["model.ckpt.caffemodel", "model.ckpt.prototxt"]
+    assert sorted(os.listdir(tmp_path / "caffe")) == ["mobilenet_v2_tiny.caffemodel", "mobilenet_v2_tiny.prototxt"]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,4 +1,6 @@
 """ONNX export: onnxruntime reproduces TF's own inference output (built independently of ckptkit)."""
+import os
+
 import numpy as np
 import onnx
 import pytest
@@ -6,7 +8,7 @@ import pytest
 from ckptkit import CkptkitError, testing as T
 from ckptkit.export import export
 from ckptkit.sources import load
-from conftest import ARCH, NETS, rel_error
+from conftest import ARCH, FIXTURE, NETS, rel_error
 from converters.onnx import runner
 
 ALL = list(NETS)
@@ -64,3 +66,20 @@ def test_verification_failure_writes_nothing(store, tmp_path):
     with pytest.raises(VerificationError, match="does not match TensorFlow"):
         export(model, "onnx", str(tmp_path / "m.onnx"))
     assert not list(tmp_path.iterdir())
+
+
+def test_inputs_and_outputs_keep_the_tensorflow_names(tmp_path):
+    """As tf2onnx does: the ONNX input/output are the TF tensors asked for (a BiasAdd stays a BiasAdd)."""
+    import onnx
+
+    from ckptkit.sources import load
+
+    digits = os.path.join(os.path.dirname(FIXTURE), "..", "digits", "broken")
+    for output, want in ((None, "logits/BiasAdd:0"), ("logits/BiasAdd", "logits/BiasAdd:0"),
+                         ("fc1/Relu:0", "fc1/Relu:0")):
+        model = load(digits, output_name=output)
+        path = str(tmp_path / "m.onnx")
+        export(model, "onnx", path, allow_bad_statistics=True)
+        g = onnx.load(path).graph
+        assert [i.name for i in g.input] == ["input:0"] and [o.name for o in g.output] == [want]
+        assert g.name == "broken"

@@ -277,4 +277,6 @@ def import_graph(graph, input_tensor, output_tensor, values: ValueSource, name: 
 
     tf()  # make sure TF is imported and quiet
     walker = Walker(graph, input_tensor, values)
-    return cleanup(walker.run(output_tensor, name))
+    ir = cleanup(walker.run(output_tensor, name))
+    ir.input_names, ir.output_names = [input_tensor.name], [output_tensor.name]
+    return ir
