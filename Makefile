@@ -33,12 +33,9 @@ demo: setup
 	@echo "\n== 3. recalibrate: recompute the statistics exactly from the data"
 	$(CK) recalibrate $(BROKEN) --data $(DIGITS)/calibration --preprocess unit -o $(OUT)/recalibrated/model.ckpt -q --top 3
 	$(PY) fixtures/demo_accuracy.py $(OUT)/recalibrated $(DIGITS)/test
-	$(CK) diagnose $(OUT)/recalibrated --data $(DIGITS)/calibration -q --top 3
 	@echo "\n== 4. fold BatchNorm and export, each verified against TensorFlow"
 	$(CK) fold $(OUT)/recalibrated -o $(OUT)/folded/model.ckpt
-	$(CK) to-onnx $(OUT)/recalibrated -o $(OUT)/model.onnx
-	$(CK) to-keras $(OUT)/recalibrated -o $(OUT)/model.keras
-	$(CK) to-caffe $(OUT)/recalibrated -o $(OUT)/model.prototxt
+	$(CK) export $(OUT)/recalibrated --to onnx,keras,caffe -o $(OUT)/exported
 
 test: setup
 	$(PY) -m pytest -n $(JOBS) tests

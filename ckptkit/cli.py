@@ -163,6 +163,28 @@ def cmd_to_keras(args) -> int:
     return _run_export(args, "keras", args.bn == "fold")
 
 
+def cmd_export(args) -> int:
+    from .checkpoint import input_files, resolve_prefix
+    from .export import check_destination, check_formats, check_options, export_many
+
+    formats = [f.strip() for f in args.to.split(",") if f.strip()]
+    check_formats(formats)
+    check_options(args.tolerance, args.verify_data)
+    if args.checkpoint:
+        check_destination("caffe", args.output_path.rstrip("/") + "/", input_files(resolve_prefix(args.checkpoint)))
+    model = _load(args)
+    results = export_many(model, formats, args.output_path, fold=args.bn == "fold", check=not args.no_verify,
+                          verify_data=args.verify_data, tolerance=args.tolerance,
+                          allow_bad_statistics=args.allow_bad_statistics, opset=args.opset, nchw=args.nchw,
+                          relu6=args.relu6)
+    for fmt, result in zip(formats, results):
+        for f in result.files:
+            print(f"wrote {f}")
+        if result.comparison is not None:
+            print(f"  {fmt} verified against TensorFlow: {result.comparison}")
+    return 0
+
+
 def cmd_to_caffe(args) -> int:
     return _run_export(args, "caffe", args.bn == "fold", relu6=args.relu6)
 
@@ -387,6 +409,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "needs --no-verify)")
     _add_export(p, keep_help="keep Caffe BatchNorm+Scale layers")
     p.set_defaults(func=cmd_to_caffe)
+
+    p = add_parser("export", help="export to several formats in one call (one import, one TF reference run)",
+                   description="Export to several formats at once into one folder (NAME.onnx, NAME.keras, "
+                               "NAME.prototxt + NAME.caffemodel), each verified against the same TensorFlow run.")
+    _add_source(p, ckpt_optional=True)
+    p.add_argument("--to", default="onnx,keras,caffe", metavar="FORMATS",
+                   help="comma-separated formats from onnx, keras, caffe")
+    p.add_argument("-o", dest="output_path", required=True, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (at least 13)")
+    p.add_argument("--nchw", action="store_true", help="ONNX: NCHW input and 4-D outputs")
+    p.add_argument("--relu6", choices=["portable", "relu6", "clip"], default="portable",
+                   help="Caffe ReLU6 spelling (see to-caffe --help)")
+    _add_export(p)
+    p.set_defaults(func=cmd_export)
 
     p = add_parser("recalibrate", help="recompute BatchNorm moving statistics from data",
                        description="Recompute every BatchNorm's moving mean and variance exactly from data and "

@@ -128,3 +128,29 @@ def export(model: Model, fmt: str, path: str, *, fold: bool = True, check: bool 
                 raise VerificationError(f"{fmt} export does not match TensorFlow: {comparison}; nothing was written")
         st.publish(list(zip(staged, final_paths)))
     return ExportResult(final_paths, graph, comparison)
+
+
+EXTENSIONS = {"onnx": ".onnx", "keras": ".keras", "caffe": ".prototxt"}
+
+
+def check_formats(formats: list[str]) -> None:
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise CkptkitError(f"--to {','.join(formats)} names no known format: choose from {', '.join(FORMATS)}")
+    if len(set(formats)) != len(formats):
+        raise CkptkitError(f"--to {','.join(formats)} names a format twice: list each once")
+
+
+def export_many(model: Model, formats: list[str], folder: str, **options) -> list[ExportResult]:
+    """Export `model` to each of `formats` as FOLDER/NAME.<ext>, from one import and one TF reference run
+    (each output published whole on its own; the first failure stops and is raised)."""
+    check_formats(formats)
+    from .sources import model_name
+
+    name = model.graph.name or model_name("", folder)
+    per_format = {"onnx": ("opset", "nchw"), "caffe": ("relu6",)}
+    results = []
+    for fmt in formats:
+        own = {k: v for k, v in options.items() if k not in ("opset", "nchw", "relu6") or k in per_format.get(fmt, ())}
+        results.append(export(model, fmt, os.path.join(folder, name + EXTENSIONS[fmt]), **own))
+    return results

@@ -29,11 +29,17 @@ class LazyReference:
 
     def __init__(self, make: Callable[[], Callable[[np.ndarray], np.ndarray]], kind: str):
         self._make, self._fn, self.kind = make, None, kind
+        self._last: Optional[tuple[bytes, np.ndarray]] = None  # several exports verify on the same inputs
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        key = np.ascontiguousarray(x).tobytes() + str(x.shape).encode()
+        if self._last is not None and self._last[0] == key:
+            return self._last[1].copy()
         if self._fn is None:
             self._fn = self._make()
-        return self._fn(x)
+        y = self._fn(x)
+        self._last = (key, np.array(y))
+        return y
 
 
 @dataclass

@@ -130,3 +130,27 @@ def test_option_values_are_checked_before_any_work(args, message, tmp_path):
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("ckptkit: error: ") and message in last, last
     assert "Traceback" not in out.stderr and not (tmp_path / "out").exists()
+
+
+def test_export_to_several_formats_runs_tensorflow_once(tmp_path):
+    from ckptkit.export import export_many
+    from ckptkit.sources import load
+
+    model = load(FIXTURE)
+    runs = []
+    make = model.reference._make
+
+    def counting():
+        fn = make()
+        return lambda x: runs.append(len(x)) or fn(x)
+
+    model.reference._make = counting
+    results = export_many(model, ["onnx", "keras", "caffe"], str(tmp_path / "out"))
+    assert all(r.comparison.ok for r in results) and len(runs) == 1
+    assert sorted(os.listdir(tmp_path / "out")) == ["mobilenet_v2_tiny.caffemodel", "mobilenet_v2_tiny.keras",
+                                                    "mobilenet_v2_tiny.onnx", "mobilenet_v2_tiny.prototxt"]
+    out = ckptkit("export", FIXTURE, "--to", "onnx,caffe", "-o", str(tmp_path / "cli"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("verified against TensorFlow") == 2
+    out = ckptkit("export", FIXTURE, "--to", "onnx,tflite", "-o", str(tmp_path / "bad"))
+    assert out.returncode == 2 and "--to onnx,tflite names no known format" in out.stderr
