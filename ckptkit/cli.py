@@ -98,7 +98,7 @@ def cmd_inspect(args) -> int:
     from .inspect import inspect_checkpoint
 
     info = inspect_checkpoint(args.checkpoint, meta=args.meta, arch=args.arch, arch_args=_key_values(args.arch_arg),
-                              use_meta=not args.no_meta)
+                              use_meta=not args.no_meta, graph=args.graph)
     found = EXIT_FINDINGS if info["issues"] else 0
     if args.json:
         json.dump(info, sys.stdout, indent=2)
@@ -110,6 +110,16 @@ def cmd_inspect(args) -> int:
     if args.tensors:
         for t in info["tensors"]:
             print(f"  {t['name']:<70} {str(tuple(t['shape'])):<20} {t['dtype']}")
+    if info.get("graph"):
+        io = info["graph"]
+        print(f"\ngraph {io['graph']}:")
+        for t in io["inputs"]:
+            print(f"  input   {t['name']:<50} {t['shape']}")
+        for t in io["outputs"]:
+            print(f"  output  {t['name']:<50} {t['shape']}  ({t['role']})")
+        print("  (pass --inputs/--outputs NAME to the exports to choose)")
+    elif args.graph:
+        print("\ngraph: none beside the checkpoint (--arch networks take `input` and give their logits)")
     units = info["batchnorm"]
     how = "by slim naming" if info["units_from"] == "variable names" else f"(from the {info['units_from']})"
     print(f"\n{len(units)} BatchNorm unit(s), {s['foldable']} foldable {how}")
@@ -353,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint prefix, one of its files, or its folder")
     p.add_argument("--json", action="store_true", help="machine-readable output (format in README)")
     p.add_argument("--tensors", action="store_true", help="also list every tensor")
+    p.add_argument("--graph", action="store_true", help="also list the graph's candidate inputs and outputs "
+                                                        "(logits and last computed tensors) with shapes")
     p.add_argument("--meta", metavar="PATH", help="graph to find BatchNorms in (default: the .meta beside CKPT)")
     p.add_argument("--arch", metavar="NAME", help="tf_slim.nets network to find BatchNorms in")
     p.add_argument("--arch-arg", metavar="KEY=VALUE", action="append", help="extra --arch argument (repeatable)")

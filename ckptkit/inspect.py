@@ -13,7 +13,7 @@ JSON_VERSION = 1
 
 
 def inspect_checkpoint(path: str, *, meta: Optional[str] = None, arch: Optional[str] = None,
-                       arch_args: Optional[dict] = None, use_meta: bool = True) -> dict:
+                       arch_args: Optional[dict] = None, use_meta: bool = True, graph: bool = False) -> dict:
     """A JSON-ready description; its layout is documented in README.md (stable, versioned).
 
     BatchNorm units come from the graph when there is one (the `.meta` beside the checkpoint, `meta`
@@ -24,8 +24,14 @@ def inspect_checkpoint(path: str, *, meta: Optional[str] = None, arch: Optional[
     for unit in units:
         for issue in check_health(ckpt, unit):
             issues.append({"code": issue.code, "scope": unit.scope, "message": issue.message})
+    io = None
+    if graph and not arch and use_meta and (meta or ckpt.meta_path):
+        from .sources import graph_io
+
+        io = graph_io(ckpt.prefix, meta)
     return {
         "format_version": JSON_VERSION,
+        "graph": io,
         "checkpoint": ckpt.prefix,
         "checkpoint_version": ckpt.version,
         "meta_graph": ckpt.meta_path,

@@ -299,9 +299,32 @@ def _pick_output(graph, x, output_name: Optional[str], what: str):
         return _tensor(graph, output_name, "output")
     cands = _candidate_outputs(graph, x)
     if len(cands) != 1:
-        names = ", ".join(t.op.name for t in cands) or "none"
-        raise CkptkitError(f"cannot tell the output of {what} (candidates: {names}): pass --output NAME")
+        logits, sinks = _output_candidates(graph, x)
+        names = "; ".join(f"{kind}: {', '.join(t.op.name for t in ts)}" for kind, ts in
+                          (("read by the loss (logits)", logits), ("last computed", sinks)) if ts) or "none found"
+        raise CkptkitError(f"cannot tell the output of {what} ({names}): pass --outputs NAME "
+                           "(`ckptkit inspect --graph` lists them with shapes)")
     return cands[0]
+
+
+def graph_io(checkpoint: str, meta: Optional[str] = None) -> dict:
+    """Candidate inputs and outputs of the graph beside a checkpoint (or `meta`), with shapes, no weights read:
+    {"inputs": [{name, shape}], "outputs": [{name, shape, role: logits|sink}]}."""
+    ckpt = Checkpoint(checkpoint)
+    meta = meta or ckpt.meta_path
+    if meta is None:
+        raise CkptkitError(f"no graph for {ckpt.prefix}: no .meta beside it (pass --meta PATH)")
+    probe, _ = _import_meta(_read_meta(meta), meta)
+    shape = lambda t: t.shape.as_list() if t.shape.rank is not None else None  # noqa: E731
+    inputs, outputs = [], []
+    for t in _candidate_inputs(probe):
+        inputs.append({"name": t.name, "shape": shape(t) if t.shape.rank == 4 else [None, *(_queue_shape(t) or [])]})
+        logits, sinks = _output_candidates(probe, t)
+        for role, ts in (("logits", logits), ("sink", sinks)):
+            for o in ts:
+                if all(o.name != seen["name"] for seen in outputs):
+                    outputs.append({"name": o.name, "shape": shape(o), "role": role, "input": t.name})
+    return {"graph": meta, "inputs": inputs, "outputs": outputs}
 
 
 def strip_recorded_shapes(graph_def) -> None:

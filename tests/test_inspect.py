@@ -56,3 +56,36 @@ def test_missing_statistics_show_as_absent_with_a_graph(store):
     assert info["units_from"].startswith("graph")
     assert all(u["moving_mean"] is None and u["moving_variance"] is None for u in info["batchnorm"])
     assert all(u["epsilon"] is not None and u["follows"] for u in info["batchnorm"])
+
+
+def test_graph_lists_inputs_and_outputs_and_the_ambiguity_names_the_logits(tmp_path):
+    """A training graph with two heads read by the loss: `inspect --graph` lists both with shapes, and an
+    export without --outputs names them in its one-line error."""
+    from ckptkit._tf import tf, tf1
+    from ckptkit.compat import slim
+
+    _tf = tf()
+    g = _tf.Graph()
+    with g.as_default():
+        x = tf1.placeholder(_tf.float32, [None, 8, 8, 3], name="images")
+        labels = tf1.placeholder(_tf.int64, [None], name="labels")
+        s = slim()
+        net = s.conv2d(x, 4, 3, normalizer_fn=s.batch_norm, scope="conv")
+        net = s.flatten(net)
+        main = s.fully_connected(net, 5, activation_fn=None, scope="main")
+        aux = s.fully_connected(net, 5, activation_fn=None, scope="aux")
+        loss = tf1.losses.sparse_softmax_cross_entropy(labels, main) + tf1.losses.sparse_softmax_cross_entropy(labels, aux)
+        tf1.train.GradientDescentOptimizer(0.1).minimize(loss)
+        with tf1.Session() as sess:
+            sess.run(tf1.global_variables_initializer())
+            prefix = tf1.train.Saver().save(sess, str(tmp_path / "two" / "model.ckpt"))
+    run = subprocess.run([sys.executable, "-m", "ckptkit.cli", "inspect", "--graph", "--json", prefix],
+                         capture_output=True, text=True)
+    io = json.loads(run.stdout)["graph"]
+    assert [(t["name"], t["shape"]) for t in io["inputs"]] == [("images:0", [None, 8, 8, 3])]
+    logits = {t["name"]: t["shape"] for t in io["outputs"] if t["role"] == "logits"}
+    assert logits == {"main/BiasAdd:0": [None, 5], "aux/BiasAdd:0": [None, 5]}
+    run = subprocess.run([sys.executable, "-m", "ckptkit.cli", "to-onnx", prefix, "-o", str(tmp_path / "m.onnx")],
+                         capture_output=True, text=True)
+    last = run.stderr.strip().splitlines()[-1]
+    assert run.returncode == 2 and "logits" in last and "main/BiasAdd" in last and "aux/BiasAdd" in last, last
