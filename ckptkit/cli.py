@@ -70,6 +70,8 @@ def _add_export(p: argparse.ArgumentParser, keep_help: str = "keep BatchNorm as 
     p.add_argument("--verify-data", metavar="FILE.npy", help="NHWC samples (.npy/.npz) to verify on (default: random)")
     p.add_argument("--tolerance", type=float, metavar="REL", help="largest relative error accepted "
                                                                   "(default 1e-4; Caffe 1e-3)")
+    p.add_argument("--json", action="store_true", help="print the result (files, verification) as one JSON "
+                                                       "document on stdout")
 
 
 def _run_export(args, fmt: str, fold: bool, **options) -> int:
@@ -84,6 +86,8 @@ def _run_export(args, fmt: str, fold: bool, **options) -> int:
     result = export(model, fmt, args.output_path, fold=fold, check=not args.no_verify,
                     verify_data=args.verify_data, tolerance=args.tolerance,
                     allow_bad_statistics=args.allow_bad_statistics, **options)
+    if args.json:
+        return _emit(result.to_json())
     kept = result.graph.count("BatchNorm")
     if fold and kept:
         log.info("%d BatchNorm layer(s) follow no foldable layer and were kept", kept)
@@ -101,9 +105,7 @@ def cmd_inspect(args) -> int:
                               use_meta=not args.no_meta, graph=args.graph)
     found = EXIT_FINDINGS if info["issues"] else 0
     if args.json:
-        json.dump(info, sys.stdout, indent=2)
-        print()
-        return found
+        return _emit(info, found)
     s = info["summary"]
     print(f"checkpoint {info['checkpoint']} (V{info['checkpoint_version']}): {s['tensors']} tensors, "
           f"{s['parameters']:,} values; meta graph: {info['meta_graph'] or 'none'}")
@@ -151,15 +153,21 @@ def cmd_fold(args) -> int:
     report = fold_checkpoint(args.checkpoint, args.output_path, eps=args.eps, meta=args.meta, arch=args.arch,
                              arch_args=_key_values(args.arch_arg), use_meta=not args.no_meta,
                              allow_bad_statistics=args.allow_bad_statistics)
+    if args.json:
+        return _emit({"format_version": 1, **report.to_json()})
     print(f"folded {len(report.folded)} BatchNorm unit(s) (epsilon from {report.epsilon_source})")
     for scope, why in report.kept.items():
         print(f"kept {scope}: {why}")
     for f in report.files:
         print(f"wrote {f}")
-    if args.json:
-        json.dump(report.to_json(), sys.stdout, indent=2)
-        print()
     return 0
+
+
+def _emit(doc: dict, code: int = 0) -> int:
+    """--json: one JSON document on stdout and nothing else there."""
+    json.dump(doc, sys.stdout, indent=2)
+    print()
+    return code
 
 
 def cmd_to_onnx(args) -> int:
@@ -187,6 +195,8 @@ def cmd_export(args) -> int:
                           verify_data=args.verify_data, tolerance=args.tolerance,
                           allow_bad_statistics=args.allow_bad_statistics, opset=args.opset, nchw=args.nchw,
                           relu6=args.relu6)
+    if args.json:
+        return _emit({"format_version": 1, "exports": [r.to_json() for r in results]})
     for fmt, result in zip(formats, results):
         for f in result.files:
             print(f"wrote {f}")
@@ -219,9 +229,7 @@ def cmd_diagnose(args) -> int:
         for bar in bars:
             bar.close()
     if args.json:
-        json.dump(d.to_json(), sys.stdout, indent=2)
-        print()
-        return 0 if d.verdict == "healthy" else EXIT_FINDINGS
+        return _emit(d.to_json(), 0 if d.verdict == "healthy" else EXIT_FINDINGS)
     counts = ", ".join(f"{n} {v}" for v, n in d.counts.items() if n)
     print(f"diagnosis: {d.verdict.upper()} ({counts} of {len(d.layers)} BatchNorm layer(s))")
     if d.output_drift is not None:
@@ -263,6 +271,8 @@ def cmd_recalibrate(args) -> int:
     finally:
         for bar in bars:
             bar.close()
+    if args.json:
+        return _emit(result.to_json())
     print(f"recalibrated {len(result.statistics)} BatchNorm layer(s) from {result.samples} samples ({result.mode} mode)")
     if result.data:
         print(f"  data: {result.data['used']} in {result.data['source']}")
@@ -386,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "warning); refused together with a graph, which gives each BN's own")
     p.add_argument("--allow-bad-statistics", action="store_true",
                    help="fold even when statistics were never updated or are invalid (with a warning)")
-    p.add_argument("--json", action="store_true", help="also print the fold report as JSON")
+    p.add_argument("--json", action="store_true", help="print the fold report as one JSON document on stdout")
     p.set_defaults(func=cmd_fold)
 
     p = add_parser("to-onnx", help="export to ONNX, verified with onnxruntime",
@@ -443,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", dest="output_path", required=True, metavar="OUT", help="output checkpoint prefix")
     _add_data_options(p)
     p.add_argument("--report", metavar="FILE.json", help="write the per-layer report as JSON")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON document on stdout")
     p.add_argument("--plot", metavar="FILE.png", help="plot the per-layer drift")
     p.add_argument("--top", type=int, default=15, help="layers shown in the terminal report (default 15)")
     p.set_defaults(func=cmd_recalibrate)

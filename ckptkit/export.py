@@ -32,6 +32,13 @@ class ExportResult:
     graph: Graph
     comparison: Optional[Comparison] = None
     notes: list[str] = field(default_factory=list)
+    format: str = ""
+
+    def to_json(self) -> dict:
+        return {"format_version": 1, "format": self.format, "files": self.files,
+                "verification": self.comparison.to_json() if self.comparison is not None else None,
+                "batchnorm_kept": self.graph.count("BatchNorm"), "model": self.graph.name,
+                "inputs": self.graph.input_names, "outputs": self.graph.output_names}
 
 
 def check_model_statistics(model: Model, allow_bad: bool = False) -> None:
@@ -127,7 +134,7 @@ def export(model: Model, fmt: str, path: str, *, fold: bool = True, check: bool 
             if not comparison.ok:
                 raise VerificationError(f"{fmt} export does not match TensorFlow: {comparison}; nothing was written")
         st.publish(list(zip(staged, final_paths)))
-    return ExportResult(final_paths, graph, comparison)
+    return ExportResult(final_paths, graph, comparison, format=fmt)
 
 
 EXTENSIONS = {"onnx": ".onnx", "keras": ".keras", "caffe": ".prototxt"}

@@ -178,9 +178,11 @@ class Recalibration:
     preprocessing: Optional[dict] = None  # how images were turned into inputs (None: arrays as they are)
     data: Optional[dict] = None  # where the samples came from and how many of the files were usable
 
+    checkpoint: str = ""
+
     def to_json(self) -> dict:
-        return {"mode": self.mode, "samples": self.samples, "preprocessing": self.preprocessing,
-                "data": self.data, "layers": self.report, "files": self.files}
+        return {"format_version": 1, "checkpoint": self.checkpoint, "mode": self.mode, "samples": self.samples,
+                "preprocessing": self.preprocessing, "data": self.data, "layers": self.report, "files": self.files}
 
 
 def _accumulate(fn, batches, names: set[str], channels: dict[str, int], progress: Optional[Progress],
@@ -411,7 +413,8 @@ def measure(checkpoint: str, data: str, *, model=None, batch_size: int = 32, max
     _check_new_statistics(stats)
     result = Recalibration(stats, _report(model.graph, full, halves, order), seen, mode,
                            preprocessing=prep.to_json() if (prep is not None and samples.has_images) else None,
-                           data={"source": os.path.abspath(data), "used": used, **samples.to_json()})
+                           data={"source": os.path.abspath(data), "used": used, **samples.to_json()},
+                           checkpoint=ckpt_prefix)
     return model, samples, result
 
 

@@ -1,4 +1,5 @@
 """The command line: thin commands, one-line errors, non-zero exits, no tracebacks."""
+import json
 import os
 import subprocess
 import sys
@@ -154,3 +155,25 @@ def test_export_to_several_formats_runs_tensorflow_once(tmp_path):
     assert out.stdout.count("verified against TensorFlow") == 2
     out = ckptkit("export", FIXTURE, "--to", "onnx,tflite", "-o", str(tmp_path / "bad"))
     assert out.returncode == 2 and "--to onnx,tflite names no known format" in out.stderr
+
+
+DIGITS = os.path.join(os.path.dirname(FIXTURE), "..", "digits")
+
+
+@pytest.mark.parametrize("args, code, keys", [
+    (["inspect", FIXTURE], 0, {"format_version", "batchnorm", "issues"}),
+    (["inspect", os.path.join(DIGITS, "broken")], 1, {"format_version", "batchnorm", "issues"}),
+    (["fold", FIXTURE, "-o", "OUT/f.ckpt"], 0, {"format_version", "folded", "files"}),
+    (["to-onnx", FIXTURE, "-o", "OUT/m.onnx"], 0, {"format_version", "files", "verification"}),
+    (["to-caffe", FIXTURE, "-o", "OUT/m"], 0, {"format_version", "files", "verification"}),
+    (["export", FIXTURE, "--to", "onnx,keras", "-o", "OUT"], 0, {"format_version", "exports"}),
+    (["recalibrate", os.path.join(DIGITS, "broken"), "--data", os.path.join(DIGITS, "calibration"), "--preprocess",
+      "unit", "-o", "OUT/r.ckpt"], 0, {"format_version", "checkpoint", "data", "samples", "preprocessing", "layers"}),
+    (["diagnose", os.path.join(DIGITS, "broken"), "--data", os.path.join(DIGITS, "calibration"), "--preprocess",
+      "unit"], 1, {"format_version", "verdict", "command", "layers"}),
+])
+def test_json_is_one_document_on_stdout(args, code, keys, tmp_path):
+    out = ckptkit(*[a.replace("OUT", str(tmp_path)) for a in args], "--json")
+    assert out.returncode == code, out.stderr
+    doc = json.loads(out.stdout)  # fails on anything else printed there
+    assert keys <= set(doc), sorted(doc)
