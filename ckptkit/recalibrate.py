@@ -268,7 +268,7 @@ _FLAGS = {"missing_statistics": "was_missing", "never_updated": "never_updated",
 
 def _report(graph: Graph, full: dict, halves: list, order: list[str]) -> list[dict]:
     rows = []
-    for name in order:
+    for position, name in enumerate(order):
         node = graph[name]
         eps = node.attrs["epsilon"]
         new_m, new_v = full[name].mean, full[name].variance
@@ -287,7 +287,8 @@ def _report(graph: Graph, full: dict, halves: list, order: list[str]) -> list[di
             stability = float(np.max(np.abs(a.mean - b.mean) / std))
         rows.append({"layer": name, "variables": {k: node.sources.get(k) for k in ("mean", "variance")},
                      "channels": int(new_m.size), "samples": int(full[name].n), "mean_shift": mean_shift,
-                     "log_variance_ratio": var_ratio, "split_half_mean_diff": stability, "flags": flags})
+                     "log_variance_ratio": var_ratio, "split_half_mean_diff": stability, "flags": flags,
+                     "order": position})
     drift = lambda r: (r["mean_shift"] if r["mean_shift"] is not None else math.inf) + (  # noqa: E731
         r["log_variance_ratio"] if r["log_variance_ratio"] is not None else math.inf)
     return sorted(rows, key=drift, reverse=True)
@@ -323,24 +324,59 @@ def write_statistics(ckpt: Checkpoint, graph: Graph, stats: dict, output: str,
     return write_checkpoint(output, tensors(), protect=[ckpt.prefix], extra_files=extra_files)
 
 
-def plot(report: list[dict], path: str) -> str:
+STABLE_SPLIT_HALF = 0.05  # split-half mean difference (in stds) above which more samples are needed
+
+
+def plot(result: "Recalibration", path: str) -> str:
+    """Write `figure(result)` as a PNG at `path`."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(result)
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+def figure(result: "Recalibration"):
+    """A figure for a bug report: per BN layer in network order, how far the stored statistics were from
+    the data's (mean and variance), and how stable the new ones are (split-half, with the 0.05 line)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in report if r["mean_shift"] is not None]
-    fig, ax = plt.subplots(figsize=(10, max(3, 0.22 * len(rows) + 1)))
-    names = [r["layer"] for r in rows][::-1]
-    ax.barh(names, [r["mean_shift"] for r in rows][::-1], label="max |Δmean| / std")
-    ax.barh(names, [r["log_variance_ratio"] or 0 for r in rows][::-1], alpha=0.6, label="max |log var ratio|")
-    ax.set_xlabel("drift of the moving statistics")
-    ax.legend(loc="lower right")
-    ax.tick_params(axis="y", labelsize=7)
+    rows = sorted(result.report, key=lambda r: r.get("order", 0))
+    n = len(rows)
+    names = [r["layer"] for r in rows]
+    fig, axes = plt.subplots(1, 3, sharey=True, figsize=(14, max(3.5, 0.24 * n + 1.6)))
+    y = np.arange(n)
+    panels = (("mean_shift", "stored vs data mean\nmax |Δmean| / std", "tab:blue"),
+              ("log_variance_ratio", "stored vs data variance\nmax |log(var_stored / var_data)|", "tab:orange"),
+              ("split_half_mean_diff", "stability of the new mean\nsplit-half max |Δmean| / std", "tab:green"))
+    for ax, (key, title, colour) in zip(axes, panels):
+        values = [r[key] for r in rows]
+        ax.barh(y, [v if v is not None else 0.0 for v in values], color=colour, height=0.7)
+        for i, (v, r) in enumerate(zip(values, rows)):
+            if v is None:  # missing (or unusable) stored statistics: nothing to compare, said in words
+                ax.text(0, i, "  missing" if "was_missing" in r["flags"] else "  n/a", va="center", fontsize=7,
+                        color="tab:red")
+            elif r["flags"] and key != "split_half_mean_diff":
+                ax.text(v, i, "  " + ",".join(r["flags"]), va="center", fontsize=6, color="tab:red")
+        ax.set_title(title, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+        top = max([v for v in values if v is not None] + [STABLE_SPLIT_HALF if key == "split_half_mean_diff" else 0.1])
+        ax.set_xlim(0, top * 1.35)  # room for the flags written after the bars
+    axes[2].axvline(STABLE_SPLIT_HALF, color="tab:red", linestyle="--", linewidth=1,
+                    label=f"{STABLE_SPLIT_HALF}: above it, use more samples")
+    axes[2].legend(loc="lower right", fontsize=7)
+    axes[0].set_yticks(y, [name[-48:] for name in names], fontsize=7 if n < 60 else 5)
+    axes[0].invert_yaxis()  # network order, input at the top
+    prep = result.preprocessing
+    how = f"--preprocess {prep['preset']}" if prep else ".npy/.npz samples as they are"
+    fig.suptitle(f"BatchNorm statistics of {result.checkpoint or 'the checkpoint'}\n{n} layers, "
+                 f"{result.samples} samples ({result.mode} mode), {how}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100, format="png")
-    plt.close(fig)
-    return path
+    return fig
 
 
 SIDECAR = ".ckptkit.json"  # beside a checkpoint ckptkit wrote: how its statistics were made
@@ -443,7 +479,7 @@ def recalibrate(checkpoint: str, data: str, output: Optional[str] = None, *, mod
     if report_path:
         publish_file(report_path, lambda p: _write_json(p, result.to_json()), protect=protected)
     if plot_path:
-        publish_file(plot_path, lambda p: plot(result.report, p), protect=protected)
+        publish_file(plot_path, lambda p: plot(result, p), protect=protected)
     return result
 
 

@@ -334,3 +334,21 @@ def test_an_empty_device_list_is_an_error(digits, tmp_path):
     with pytest.raises(CkptkitError, match="--device ',' names no device"):
         recalibrate(digits["paths"]["healthy"], str(digits["root"] / "npy"), None,
                     meta=digits["paths"]["healthy"] + ".meta", device=",")
+
+
+def test_the_plot_shows_every_layer_in_network_order(digits, tmp_path):
+    """Missing statistics are said in words (not an empty frame); names in network order; the 0.05 line."""
+    import matplotlib.pyplot as plt
+
+    from ckptkit.recalibrate import figure
+
+    meta = digits["paths"]["healthy"] + ".meta"
+    res = recalibrate(digits["paths"]["missing"], str(digits["root"] / "npy"), None, meta=meta, batch_size=64)
+    fig = figure(res)
+    mean_axis, _, split_axis = fig.axes
+    assert [t.get_text() for t in mean_axis.get_yticklabels()] == ["conv1/BatchNorm", "conv2/BatchNorm",
+                                                                   "fc1/BatchNorm"]
+    assert sum(t.get_text().strip() == "missing" for t in mean_axis.texts) == 3
+    assert any(abs(line.get_xdata()[0] - 0.05) < 1e-12 for line in split_axis.lines)
+    assert "1400 samples" in fig._suptitle.get_text() and "model.ckpt" in fig._suptitle.get_text()
+    plt.close(fig)
