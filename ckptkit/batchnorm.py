@@ -147,6 +147,7 @@ def units_from_graph(ckpt: Checkpoint, graph) -> list[BNUnit]:
     statistics and tf.layers BNs included). A unit with no foldable layer says why in `kept_because`."""
     users = graph.consumers()
     units: list[BNUnit] = []
+    position: dict[str, int] = {}
     for node in graph:
         if node.op != "BatchNorm":
             continue
@@ -160,6 +161,7 @@ def units_from_graph(ckpt: Checkpoint, graph) -> list[BNUnit]:
         unit.layer, unit.kept_because = _graph_layer(ckpt, graph[node.inputs[0]], users, node)
         unit.extras = _extras(ckpt, unit.variables)
         units.append(unit)
+        position.setdefault(scope, len(position))  # network order: the IR is topological
     # One layer normalised by two BNs, or one BN's variables on two layers: folding would be ambiguous.
     by_layer: dict[str, list[BNUnit]] = {}
     by_scope: dict[str, list[BNUnit]] = {}
@@ -176,7 +178,7 @@ def units_from_graph(ckpt: Checkpoint, graph) -> list[BNUnit]:
     merged: dict[str, BNUnit] = {}
     for u in units:  # a BN reached twice (shared weights) is one unit
         merged.setdefault(u.scope, u)
-    return sorted(merged.values(), key=lambda u: u.scope)
+    return sorted(merged.values(), key=lambda u: (position.get(u.scope, len(position)), u.scope))
 
 
 def _graph_layer(ckpt: Checkpoint, prev, users: dict, bn) -> tuple[Optional[Layer], str]:

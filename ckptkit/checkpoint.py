@@ -13,7 +13,7 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -202,12 +202,14 @@ def check_output_prefix(out: str, *inputs: str) -> str:
 
 def write_checkpoint(out_prefix: str, tensors: Iterable[tuple[str, np.ndarray]], *,
                      chunk_bytes: int = 128 << 20, protect: Iterable[str] = (),
-                     extra_files: Optional[dict[str, Optional[bytes]]] = None) -> list[str]:
+                     extra_files: Optional[dict[str, Optional[bytes]]] = None,
+                     before_publish: Optional[Callable[[str], dict[str, Optional[bytes]]]] = None) -> list[str]:
     """Write (name, array) pairs as one V2 checkpoint at `out_prefix`, whole or not at all.
 
     Tensors are consumed as they come and saved in chunks of about `chunk_bytes`; TensorFlow's
     MergeV2Checkpoints joins the chunks in a staging folder, and the files are published together with
     `extra_files` (path -> content, or None to remove an older one), the .index last (see publish.py).
+    `before_publish(staged_prefix)` may add extra files made from the staged checkpoint.
     """
     out_prefix = check_output_prefix(out_prefix, *protect)
     protected = [f for inp in protect if inp for f in input_files(inp)]
@@ -244,10 +246,13 @@ def write_checkpoint(out_prefix: str, tensors: Iterable[tuple[str, np.ndarray]],
         merged = os.path.join(st.folder, "merged")
         with _tf.device("/cpu:0"):
             _tf.raw_ops.MergeV2Checkpoints(checkpoint_prefixes=shards, destination_prefix=merged, delete_old_dirs=False)
+        extra_files = dict(extra_files or {})
+        if before_publish is not None:
+            extra_files.update(before_publish(merged))
         files = [(merged + ".index", out_prefix + ".index")]  # the key: published last
         files += [(src, out_prefix + src[len(merged):]) for src in sorted(glob.glob(merged + ".data-*"))]
         obsolete = glob.glob(glob.escape(out_prefix) + ".data-?????-of-?????")
-        for i, (path, content) in enumerate(sorted((extra_files or {}).items())):
+        for i, (path, content) in enumerate(sorted(extra_files.items())):
             if content is None:
                 obsolete.append(path)
             else:

@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 
 from . import __version__
 from .errors import CkptkitError
+from .ir import shorten
 
 log = logging.getLogger("ckptkit")
 
@@ -209,6 +210,11 @@ def cmd_to_caffe(args) -> int:
     return _run_export(args, "caffe", args.bn == "fold", relu6=args.relu6)
 
 
+def _pass_label(what: str, args) -> str:
+    """The progress bar's label: sequential mode reads the data once per BN level (the total counts them all)."""
+    return f"{what} (one pass per BatchNorm level)" if args.mode == "sequential" else what
+
+
 def cmd_diagnose(args) -> int:
     from tqdm import tqdm
 
@@ -219,7 +225,8 @@ def cmd_diagnose(args) -> int:
     bars = []
 
     def start(total: int) -> None:
-        bars.append(tqdm(total=total, unit="samples", desc="measuring", disable=args.quiet or args.json,
+        bars.append(tqdm(total=total, unit="samples", desc=_pass_label("measuring", args),
+                         disable=args.quiet or args.json,
                          file=sys.stderr, unit_scale=True))
 
     try:
@@ -242,7 +249,7 @@ def cmd_diagnose(args) -> int:
     print(f"  {'layer':<50} {'verdict':<13} {'|dmean|/std':>11} {'|log var|':>9} {'split-half':>10}")
     fmt = lambda v: "-" if v is None else f"{v:.3g}"  # noqa: E731
     for row in d.layers[: args.top]:
-        print(f"  {row['layer'][-50:]:<50} {row['verdict']:<13} {fmt(row['mean_shift']):>11} "
+        print(f"  {shorten(row['layer'], 50):<50} {row['verdict']:<13} {fmt(row['mean_shift']):>11} "
               f"{fmt(row['log_variance_ratio']):>9} {fmt(row['split_half_mean_diff']):>10}")
     if len(d.layers) > args.top:
         print(f"  ... {len(d.layers) - args.top} more (--json lists all)")
@@ -261,7 +268,8 @@ def cmd_recalibrate(args) -> int:
     bars = []  # made once the data is found, so that errors come without a half-drawn bar
 
     def start(total: int) -> None:
-        bars.append(tqdm(total=total, unit="samples", desc="recalibrating", disable=args.quiet, file=sys.stderr,
+        bars.append(tqdm(total=total, unit="samples", desc=_pass_label("recalibrating", args), disable=args.quiet,
+                         file=sys.stderr,
                          unit_scale=True))
 
     try:
@@ -282,7 +290,7 @@ def cmd_recalibrate(args) -> int:
     print(f"  {'layer':<56} {'|dmean|/std':>11} {'|log var|':>9} {'split-half':>10}  flags")
     fmt = lambda v: "-" if v is None else f"{v:.3g}"  # noqa: E731
     for row in result.report[: args.top]:
-        print(f"  {row['layer'][-56:]:<56} {fmt(row['mean_shift']):>11} {fmt(row['log_variance_ratio']):>9} "
+        print(f"  {shorten(row['layer'], 56):<56} {fmt(row['mean_shift']):>11} {fmt(row['log_variance_ratio']):>9} "
               f"{fmt(row['split_half_mean_diff']):>10}  {' '.join(row['flags'])}")
     if len(result.report) > args.top:
         print(f"  ... {len(result.report) - args.top} more (see --report)")

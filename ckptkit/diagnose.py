@@ -108,8 +108,20 @@ def recalibrate_command(checkpoint: str, data: str, preprocessing: Optional[dict
 
 
 def diagnose(checkpoint: str, data: str, *, model=None, **options) -> Diagnosis:
-    """Judge the stored BatchNorm statistics of `checkpoint` against `data` (options as for
-    `ckptkit.recalibrate.measure`); nothing is written."""
+    """Judge the stored BatchNorm statistics of `checkpoint` against `data`; nothing is written.
+
+    Args:
+        checkpoint: prefix, file or folder.  data: as for `recalibrate`.
+        model: a loaded Model (else loaded from the checkpoint and the load options).
+        options: `ckptkit.recalibrate.measure`'s (preprocess, batch_size, max_samples, ...) and
+            `ckptkit.load`'s (meta, arch, ...).
+    Returns:
+        Diagnosis: `.verdict` (healthy, stale, never updated, invalid, missing), `.layers` (per BN: drift,
+        split-half noise, verdict), `.output_drift`, `.top1_agreement`, `.command` (the fix).
+    Example:
+        >>> ckptkit.diagnose("fixtures/digits/broken", "fixtures/digits/calibration", preprocess="unit").verdict
+        'never updated'
+    """
     from .recalibrate import measure
 
     topology = {k: options.get(k) for k in ("meta", "arch", "frozen", "input_name", "output_name", "input_shape",

@@ -113,7 +113,26 @@ def check_options(tolerance: Optional[float] = None, verify_data: Optional[str] 
 def export(model: Model, fmt: str, path: str, *, fold: bool = True, check: bool = True,
            verify_data: Optional[str] = None, tolerance: Optional[float] = None,
            allow_bad_statistics: bool = False, **options) -> ExportResult:
-    """Write `model` as `fmt` (onnx, keras, caffe) at `path`, verified against TF unless check=False."""
+    """Write `model` as `fmt` at `path`, verified against TensorFlow, published whole or not at all.
+
+    Args:
+        model: from `ckptkit.load`.  fmt: "onnx", "keras" or "caffe".
+        path: the output file (Caffe: OUT or OUT.prototxt gives OUT.prototxt + OUT.caffemodel; a path
+            ending in "/" is a folder: FOLDER/NAME.*).
+        fold: fold BatchNorm into the layers before it (False keeps BN layers).
+        check: run the written file in the target's runtime and compare with TensorFlow (default).
+        verify_data: .npy/.npz NHWC samples to compare on (default: seeded random inputs).
+        tolerance: largest relative error (default 1e-4, Caffe 1e-3).
+        allow_bad_statistics: export never-updated/invalid statistics, with a warning.
+        options: writer options (onnx: opset, nchw; caffe: relu6).
+    Returns:
+        ExportResult: `.files` written, `.comparison` (max errors, ok), `.graph` written.
+    Raises:
+        VerificationError when the runtime disagrees with TensorFlow (nothing is written).
+    Example:
+        >>> ckptkit.export(ckptkit.load("fixtures/mobilenet_v2_tiny"), "onnx", "out/m.onnx").comparison.ok
+        True
+    """
     if fmt not in FORMATS:
         raise CkptkitError(f"unknown format {fmt}: choose one of {', '.join(FORMATS)}")
     writer = importlib.import_module(FORMATS[fmt])
@@ -150,7 +169,17 @@ def check_formats(formats: list[str]) -> None:
 
 def export_many(model: Model, formats: list[str], folder: str, **options) -> list[ExportResult]:
     """Export `model` to each of `formats` as FOLDER/NAME.<ext>, from one import and one TF reference run
-    (each output published whole on its own; the first failure stops and is raised)."""
+    (each output published whole on its own; the first failure stops and is raised).
+
+    Args:
+        model: from `ckptkit.load`.  formats: e.g. ["onnx", "keras", "caffe"].  folder: the output folder.
+        options: as for `export` (fold, check, tolerance, opset, nchw, relu6, ...), each writer taking its own.
+    Returns:
+        list[ExportResult], one per format.
+    Example:
+        >>> [r.format for r in ckptkit.export_many(model, ["onnx", "caffe"], "out/")]
+        ['onnx', 'caffe']
+    """
     check_formats(formats)
     from .sources import model_name
 

@@ -38,10 +38,12 @@ class FoldReport:
     units_from: str = ""  # "graph PATH" | "--arch NAME" | "builder" | "variable names"
     files: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # slots/averages of folded tensors
+    graph: Optional[str] = None  # the BN-free .meta written beside the output, if any
 
     def to_json(self) -> dict:
         return {"output": self.output, "folded": self.folded, "kept": self.kept, "epsilon": self.epsilon,
                 "epsilon_source": self.epsilon_source, "units_from": self.units_from, "files": self.files,
+                "graph": self.graph,
                 "dropped": self.dropped}
 
 
@@ -119,11 +121,24 @@ def _scaled(weights: np.ndarray, unit: BNUnit, s: np.ndarray) -> np.ndarray:
 def fold_checkpoint(checkpoint: str, output: str, *, eps: Optional[float] = None, meta: Optional[str] = None,
                     arch: Optional[str] = None, arch_args: Optional[dict] = None, use_meta: bool = True,
                     builder=None, input_shape=None, input_name: Optional[str] = None,
-                    allow_bad_statistics: bool = False) -> FoldReport:
+                    allow_bad_statistics: bool = False, write_graph: bool = True) -> FoldReport:
     """Fold every BN unit that directly follows a conv/depthwise/fully connected layer; write `output`.
 
     Refuses (CkptkitError, nothing written) missing statistics, never-updated or invalid ones (unless
-    `allow_bad_statistics`), an epsilon given twice (`eps` with a graph), and non-finite results."""
+    `allow_bad_statistics`), an epsilon given twice (`eps` with a graph), and non-finite results.
+
+    Args:
+        checkpoint: the input (never modified).  output: the output checkpoint prefix.
+        eps: BatchNorm epsilon when there is no graph (refused with one: the graph gives each BN's own).
+        meta / arch (+ arch_args) / builder (+ input_shape, input_name): the graph (default: the `.meta`
+            beside the checkpoint); use_meta=False pairs units with layers by slim's names.
+        write_graph: also write the BN-free graph as OUTPUT.meta (verified by TensorFlow first).
+    Returns:
+        FoldReport: folded and kept units (with why), epsilon per unit and its source, files, graph.
+    Example:
+        >>> ckptkit.fold_checkpoint("fixtures/mobilenet_v2_tiny", "out/folded/model.ckpt").folded[:1]
+        ['Conv/BatchNorm']
+    """
     ckpt = Checkpoint(checkpoint)
     out = check_output_prefix(output, ckpt.prefix)
     eps = check_epsilon(eps)
@@ -185,5 +200,35 @@ def fold_checkpoint(checkpoint: str, output: str, *, eps: Optional[float] = None
             yield name, _scaled(weights, unit, s)
             yield bias_name, t.astype(weights.dtype)
 
-    report.files = write_checkpoint(out, tensors(), protect=[ckpt.prefix])
+    graph_writer = _graph_writer(ckpt, fold_units, report, meta=meta, arch=arch, arch_args=arch_args,
+                                 builder=builder, input_shape=input_shape, input_name=input_name) \
+        if from_graph and write_graph else None
+
+    def graph_file(staged: str) -> dict:
+        content = graph_writer(staged) if graph_writer else None
+        report.graph = out + ".meta" if content else None
+        return {out + ".meta": content}  # None removes an older output's graph, which no longer fits
+
+    report.files = write_checkpoint(out, tensors(), protect=[ckpt.prefix], before_publish=graph_file)
     return report
+
+
+def _graph_writer(ckpt: Checkpoint, fold_units: dict, report: FoldReport, **topology):
+    """The BN-free graph maker (fold_graph.folded_meta) for this fold, or None when the graph cannot be
+    loaded with one output (several heads: the next command then needs --meta/--arch)."""
+    from .batchnorm import _parent
+    from .fold_graph import folded_meta
+    from .sources import load
+
+    try:
+        model = load(ckpt.prefix, weights=False, **topology)
+    except CkptkitError as err:
+        log.warning("no graph written beside the folded checkpoint (%s)", str(err)[:200])
+        return None
+    scopes = set(report.folded)
+    folded = {n.name for n in model.graph.nodes if n.op == "BatchNorm" and
+              (next((_parent(v) for v in n.sources.values() if v), None) or n.name) in scopes}
+    bias_names = {w: u.layer.biases or u.layer.scope + "/biases" for w, u in fold_units.items()}
+    dtypes = {name: t.dtype for name, t in ckpt.tensors.items()}
+    dtypes.update({b: ckpt.tensors[w].dtype for w, b in bias_names.items() if w in ckpt.tensors})
+    return folded_meta(model.graph, model.reference, folded, bias_names, dtypes)

@@ -14,10 +14,20 @@ JSON_VERSION = 1
 
 def inspect_checkpoint(path: str, *, meta: Optional[str] = None, arch: Optional[str] = None,
                        arch_args: Optional[dict] = None, use_meta: bool = True, graph: bool = False) -> dict:
-    """A JSON-ready description; its layout is documented in README.md (stable, versioned).
+    """A JSON-ready description of a checkpoint and its BatchNorm units (layout in README, versioned).
 
-    BatchNorm units come from the graph when there is one (the `.meta` beside the checkpoint, `meta`
-    or `arch`), through the importer the exports use; else from slim's variable names."""
+    Args:
+        path: checkpoint prefix, one of its files, or its folder.
+        meta / arch (+ arch_args): the graph to find BatchNorms in (default: the `.meta` beside it);
+            use_meta=False finds them by slim's variable names instead.
+        graph: also list the graph's candidate inputs and outputs with shapes (`info["graph"]`).
+    Returns:
+        dict: format_version, checkpoint, tensors, batchnorm (units, epsilon, the layer each follows,
+        issues), issues, summary.
+    Example:
+        >>> [i["code"] for i in ckptkit.inspect_checkpoint("fixtures/digits/broken")["issues"]][:1]
+        ['never_updated']
+    """
     ckpt = Checkpoint(path)
     units, units_from = find_fold_units(ckpt, meta=meta, arch=arch, arch_args=arch_args, use_meta=use_meta)
     issues = []

@@ -153,3 +153,8 @@ def bn_affine(node: Node) -> tuple[np.ndarray, np.ndarray]:
     if p.get("beta") is not None:
         t = t + p["beta"].astype(np.float64)
     return s, t
+
+
+def shorten(name: str, width: int) -> str:
+    """`name` in at most `width` characters: the start elided with an ellipsis (the end says most)."""
+    return name if len(name) <= width else "…" + name[-(width - 1):]

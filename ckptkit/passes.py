@@ -160,5 +160,13 @@ def fold_batchnorm(graph: Graph) -> Graph:
 
     A BatchNorm that follows anything else (e.g. ResNet v2's pre-activation BN after
     an Add) stays a BatchNorm node; statistics missing or invalid raise CkptkitError.
+
+    Args:
+        graph: ckptkit's IR (`model.graph`); not modified.
+    Returns:
+        Graph: a copy with the foldable BatchNorms absorbed (weights scaled, biases shifted, float64 math).
+    Example:
+        >>> ckptkit.fold(ckptkit.load("fixtures/mobilenet_v2_tiny").graph).count("BatchNorm")
+        0
     """
     return absorb_into_layers(graph, lambda n: n.op == "BatchNorm")

@@ -25,7 +25,7 @@ from .publish import check_outputs, publish_file
 from . import validate
 from .errors import CkptkitError
 from .health import statistics_issues
-from .ir import Graph, Node
+from .ir import Graph, Node, shorten
 from .tf_exec import inference_bn, run_graph, weight_tensors
 
 log = logging.getLogger("ckptkit")
@@ -369,7 +369,7 @@ def figure(result: "Recalibration"):
     axes[2].axvline(STABLE_SPLIT_HALF, color="tab:red", linestyle="--", linewidth=1,
                     label=f"{STABLE_SPLIT_HALF}: above it, use more samples")
     axes[2].legend(loc="lower right", fontsize=7)
-    axes[0].set_yticks(y, [name[-48:] for name in names], fontsize=7 if n < 60 else 5)
+    axes[0].set_yticks(y, [shorten(name, 48) for name in names], fontsize=7 if n < 60 else 5)
     axes[0].invert_yaxis()  # network order, input at the top
     prep = result.preprocessing
     how = f"--preprocess {prep['preset']}" if prep else ".npy/.npz samples as they are"
@@ -458,11 +458,25 @@ def recalibrate(checkpoint: str, data: str, output: Optional[str] = None, *, mod
                 report_path: Optional[str] = None, plot_path: Optional[str] = None, **options) -> Recalibration:
     """Recompute the moving statistics of `checkpoint` from `data`; write `output` if given.
 
-    `model` is a loaded Model (else `ckptkit.load(checkpoint, **load_args)`); `options` are those of
-    `measure` (batch_size, max_samples, preprocess, mean, std, resize, mode, device, seed, image_key,
-    progress, progress_total) and of `ckptkit.load`. Images need `preprocess` (a preset of
-    ckptkit.data.PRESETS) unless an earlier recalibration recorded one beside the checkpoint. The graph's
-    `.meta` (unchanged by recalibration) is written beside the output, so the next command finds it."""
+    Images need `preprocess` (a preset of ckptkit.data.PRESETS) unless an earlier recalibration recorded
+    one beside the checkpoint. The graph's `.meta` (unchanged by recalibration) is written beside the
+    output, so the next command finds it.
+
+    Args:
+        checkpoint: the input (never modified).  data: folder of images, .npy/.npz arrays, TFRecords.
+        output: the output checkpoint prefix (None: measure only).
+        model: a loaded Model (else `ckptkit.load(checkpoint, **load options)`).
+        report_path, plot_path: also write the per-layer report (JSON) and its figure (PNG).
+        options: `measure`'s (batch_size, max_samples, preprocess, mean, std, resize, mode, device,
+            seed, image_key, progress, progress_total) and `ckptkit.load`'s (meta, arch, ...).
+    Returns:
+        Recalibration: `.statistics` {BN: (mean, variance)}, `.report` per layer, `.samples`, `.files`.
+    Example:
+        >>> r = ckptkit.recalibrate("fixtures/digits/broken", "fixtures/digits/calibration",
+        ...                         "out/fixed/model.ckpt", preprocess="unit")
+        >>> r.samples
+        500
+    """
     ckpt_prefix = Checkpoint(checkpoint).prefix
     model, _, result = measure(checkpoint, data, model=model, before_work=lambda: _check_outputs(
         output, ckpt_prefix, report_path, plot_path), **options)

@@ -35,9 +35,16 @@ class LazyReference:
         key = np.ascontiguousarray(x).tobytes() + str(x.shape).encode()
         if self._last is not None and self._last[0] == key:
             return self._last[1].copy()
-        if self._fn is None:
-            self._fn = self._make()
-        y = self._fn(x)
+        try:
+            if self._fn is None:
+                self._fn = self._make()
+            y = self._fn(x)
+        except CkptkitError:
+            raise
+        except Exception as err:  # TensorFlow running the user's graph: any of its many error types
+            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            raise CkptkitError(f"TensorFlow cannot run the graph to make the reference output ({first}): the "
+                               "graph file is damaged or needs another TensorFlow; re-export it, or use --arch") from None
         self._last = (key, np.array(y))
         return y
 
@@ -139,8 +146,12 @@ def _tensor(graph, name: str, what: str):
 
 
 def _build(builder: Builder, input_shape: Sequence[int]):
+    import warnings
+
     g = tf().Graph()
-    with g.as_default():
+    with g.as_default(), warnings.catch_warnings():
+        # tf_slim on TF 2.21 warns that `layer.apply` and tf.layers are deprecated at every layer: noise here
+        warnings.filterwarnings("ignore", message=r".*(`layer.apply`|`tf.layers.*`) is deprecated", category=UserWarning)
         x = _placeholder(input_shape)
         out = builder(x)
     if not hasattr(out, "op") or getattr(out, "graph", None) is not g:
@@ -552,9 +563,20 @@ def load(checkpoint: Optional[str] = None, *, meta: Optional[str] = None, arch: 
          weights: bool = True) -> Model:
     """Load a checkpoint with its topology into a Model (IR + TF reference).
 
-    Exactly one topology source is used: `builder`, `arch`, `frozen`, `meta`, or else the
-    `.meta` beside the checkpoint. `weights=False` reads no tensor values (zero placeholders
-    stand in): enough for the topology, shapes and attributes such as BN epsilons."""
+    Args:
+        checkpoint: prefix (`model.ckpt-1234`), one of its files, or its folder (optional with `frozen`).
+        meta / arch / frozen / builder: the topology, exactly one (default: the `.meta` beside the
+            checkpoint). `builder` maps an NHWC input tensor to the output tensor (needs `input_shape`).
+        input_name, output_name: graph tensors (default: detected when unambiguous).
+        input_shape: (H, W, C) or "H,W,C"; arch_args: extra keyword arguments of the `arch` network.
+        weights: False reads no tensor values (zeros stand in): enough for topology and epsilons.
+    Returns:
+        Model: `.graph` (ckptkit's IR), `.reference(x)` (TensorFlow's inference output), `.checkpoint`.
+    Example:
+        >>> model = ckptkit.load("fixtures/digits/broken")
+        >>> model.reference(np.zeros((1, 8, 8, 1), np.float32)).shape
+        (1, 10)
+    """
     given = [k for k, v in (("--arch", arch), ("--graph", frozen), ("--meta", meta), ("builder", builder)) if v]
     if len(given) > 1:
         raise CkptkitError(f"give one topology source, not {' and '.join(given)}")
@@ -575,7 +597,11 @@ def load(checkpoint: Optional[str] = None, *, meta: Optional[str] = None, arch: 
         return from_builder(ckpt, builder, shape, weights=weights)
     if arch:
         return from_arch(ckpt, arch, input_shape, arch_args, weights)
+    beside = meta is None
     meta = meta or ckpt.meta_path
     if meta is None:
         raise CkptkitError(f"no topology for {ckpt.prefix}: no .meta beside it; pass --arch NAME, --meta PATH or --graph frozen.pb")
-    return from_meta(ckpt, meta, input_name, output_name, input_shape, weights)
+    model = from_meta(ckpt, meta, input_name, output_name, input_shape, weights)
+    if beside:
+        model.source = f"the graph beside the checkpoint ({meta})"
+    return model

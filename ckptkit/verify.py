@@ -80,7 +80,18 @@ def verification_inputs(shape: tuple, data: Optional[str] = None, batch: int = 4
 
 def verify(reference: Callable[[np.ndarray], np.ndarray], candidate: Callable[[np.ndarray], np.ndarray],
            inputs: np.ndarray, tolerance: float = TOLERANCE) -> Comparison:
-    """Run both on the same inputs and compare; one output per input sample is part of being right."""
+    """Run both on the same inputs and compare; one output per input sample is part of being right.
+
+    Args:
+        reference: NHWC batch -> output (TensorFlow, e.g. `model.reference`).
+        candidate: NHWC batch -> output (e.g. `converters.onnx.runner(path)`).
+        inputs: the NHWC batch.  tolerance: largest relative error accepted.
+    Returns:
+        Comparison: max_abs, max_rel, tolerance, samples; `.ok`.
+    Example:
+        >>> verify(model.reference, converters.onnx.runner("m.onnx"), x).ok
+        True
+    """
     ref = np.asarray(reference(inputs))
     if ref.ndim == 0 or ref.shape[0] != inputs.shape[0]:
         raise CkptkitError(f"TensorFlow's reference gives {ref.shape[0] if ref.ndim else 0} outputs for "

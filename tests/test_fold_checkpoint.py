@@ -90,3 +90,34 @@ def test_topology_only_load_reads_no_tensor(store, monkeypatch):
     conv = graph["resnet_v1_50/conv1/Conv2D"]
     assert conv.params["weights"].shape == (7, 7, 3, 64) and not conv.params["weights"].any()
     assert graph.count("BatchNorm") > 0
+
+
+@pytest.mark.parametrize("name", ["variants", "handwritten", "mobilenet_v2"])
+def test_fold_writes_a_bn_free_graph_the_next_command_uses(store, reference, tmp_path, name):
+    """The .meta beside the folded checkpoint: TensorFlow restores the folded checkpoint into it and gives
+    the original network's inference output; `load` (what to-onnx uses) finds it without --meta."""
+    import subprocess
+    import sys
+
+    from ckptkit.sources import load
+
+    prefix = store(name)
+    shape = NETS[name][1]
+    out = str(tmp_path / "folded" / "model.ckpt")
+    report = fold_checkpoint(prefix, out)
+    assert report.graph == out + ".meta" and out + ".meta" in report.files
+    model = load(out)
+    assert model.graph.count("BatchNorm") == 0 and "model.ckpt.meta" in model.source
+    x = T.random_input(shape, batch=2)
+    assert rel_error(reference(name, prefix, x), model.reference(x)) < 1e-4
+    run = subprocess.run([sys.executable, "-m", "ckptkit.cli", "to-onnx", out, "-o", str(tmp_path / "m.onnx")],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+
+
+def test_fold_without_a_graph_writes_no_graph_and_removes_an_old_one(store, tmp_path):
+    prefix = store("mobilenet_v2")
+    out = tmp_path / "model.ckpt"
+    (tmp_path / "model.ckpt.meta").write_bytes(b"an older output's graph")
+    report = fold_checkpoint(prefix, str(out), use_meta=False)
+    assert report.graph is None and not (tmp_path / "model.ckpt.meta").exists()

@@ -1,19 +1,48 @@
-"""Every ```python block of the README runs as it is, from a copy of the repository's layout."""
+"""Every ```python block and every ```sh command of the README runs as it is, from the repository layout."""
 import os
 import re
+import shlex
 import subprocess
 import sys
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+FINDINGS = ("inspect", "diagnose")  # documented: exit 1 when they find a problem
+
+
+def _blocks(kind):
+    return re.findall(rf"```{kind}\n(.*?)```", open(os.path.join(ROOT, "README.md")).read(), re.S)
+
+
+def _workspace(tmp_path):
+    os.symlink(os.path.join(ROOT, "fixtures"), tmp_path / "fixtures")
+    bin_dir = os.path.dirname(sys.executable)
+    return {**os.environ, "PYTHONPATH": ROOT, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
 
 
 def test_readme_python_blocks_run(tmp_path):
-    text = open(os.path.join(ROOT, "README.md")).read()
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    blocks = _blocks("python")
     assert blocks, "the README has no python example"
-    os.symlink(os.path.join(ROOT, "fixtures"), tmp_path / "fixtures")
+    env = _workspace(tmp_path)
     for i, code in enumerate(blocks):
-        run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                             env={**os.environ, "PYTHONPATH": ROOT})
+        run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env)
         assert run.returncode == 0, f"README python block {i + 1}:\n{run.stderr[-3000:]}"
     assert (tmp_path / "out" / "lib" / "from_builder.onnx").exists()
+
+
+def test_readme_commands_run(tmp_path):
+    blocks = _blocks("sh")
+    assert blocks, "the README has no command walkthrough"
+    env = _workspace(tmp_path)
+    for block in blocks:
+        for line in block.splitlines():
+            command = line.split("#")[0].strip()
+            if not command:
+                continue
+            words = shlex.split(command)
+            assert words[0] == "ckptkit", command
+            run = subprocess.run([sys.executable, "-m", "ckptkit.cli", *words[1:]], cwd=tmp_path,
+                                 capture_output=True, text=True, env=env)
+            allowed = (0, 1) if words[1] in FINDINGS else (0,)
+            assert run.returncode in allowed, f"{command}\n{run.stderr[-3000:]}"
+            assert "Traceback" not in run.stderr, command
+    assert (tmp_path / "models" / "fixed.onnx").exists() and (tmp_path / "folded.onnx").exists()

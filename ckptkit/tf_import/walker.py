@@ -158,7 +158,12 @@ class Walker:
             fdef = self._function_def(fname)
             outer = list(op.inputs[1:])
             shapes = [t.shape for t in outer]
-            fg = function_def_to_graph(fdef, input_shapes=shapes)
+            try:
+                fg = function_def_to_graph(fdef, input_shapes=shapes)
+            except (RuntimeError, KeyError, ValueError, TypeError) as err:  # a damaged or foreign function
+                first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+                raise CkptkitError(f"function {fname} of the graph's tf.cond {op.name} cannot be read ({first}): "
+                                   "the graph file is damaged or needs another TensorFlow; re-export it") from None
             for inner, out in zip(fg.inputs, outer):
                 self._alias[self._key(inner)] = out
             self._func_cache[key] = fg
