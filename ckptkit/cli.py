@@ -210,6 +210,19 @@ def cmd_to_caffe(args) -> int:
     return _run_export(args, "caffe", args.bn == "fold", relu6=args.relu6)
 
 
+def _layer_table(rows: list[dict], top: int, more: str, verdict: bool = False) -> None:
+    """Per-BN drift rows (worst first) as a terminal table of at most `top` rows."""
+    fmt = lambda v: "-" if v is None else f"{v:.3g}"  # noqa: E731
+    first = f"{'verdict':<13} " if verdict else ""
+    print(f"  {'layer':<50} {first}{'|dmean|/std':>11} {'|log var|':>9} {'split-half':>10}  flags")
+    for row in rows[:top]:
+        first = f"{row['verdict']:<13} " if verdict else ""
+        print(f"  {shorten(row['layer'], 50):<50} {first}{fmt(row['mean_shift']):>11} "
+              f"{fmt(row['log_variance_ratio']):>9} {fmt(row['split_half_mean_diff']):>10}  {' '.join(row['flags'])}")
+    if len(rows) > top:
+        print(f"  ... {len(rows) - top} more ({more})")
+
+
 def _pass_label(what: str, args) -> str:
     """The progress bar's label: sequential mode reads the data once per BN level (the total counts them all)."""
     return f"{what} (one pass per BatchNorm level)" if args.mode == "sequential" else what
@@ -246,13 +259,7 @@ def cmd_diagnose(args) -> int:
         print("  output drift: not measurable (statistics are missing)")
     if d.data:
         print(f"  data: {d.data['used']} in {d.data['source']}")
-    print(f"  {'layer':<50} {'verdict':<13} {'|dmean|/std':>11} {'|log var|':>9} {'split-half':>10}")
-    fmt = lambda v: "-" if v is None else f"{v:.3g}"  # noqa: E731
-    for row in d.layers[: args.top]:
-        print(f"  {shorten(row['layer'], 50):<50} {row['verdict']:<13} {fmt(row['mean_shift']):>11} "
-              f"{fmt(row['log_variance_ratio']):>9} {fmt(row['split_half_mean_diff']):>10}")
-    if len(d.layers) > args.top:
-        print(f"  ... {len(d.layers) - args.top} more (--json lists all)")
+    _layer_table(d.layers, args.top, "--json lists all", verdict=True)
     if d.command:
         print(f"fix: {d.command}")
     return 0 if d.verdict == "healthy" else EXIT_FINDINGS
@@ -287,13 +294,7 @@ def cmd_recalibrate(args) -> int:
     prep = result.preprocessing
     print("  inputs: " + (f"images, --preprocess {prep['preset']} (resize {prep['geometry']}, (x - {prep['mean']}) / "
                           f"{prep['std']})" if prep else ".npy/.npz samples as they are"))
-    print(f"  {'layer':<56} {'|dmean|/std':>11} {'|log var|':>9} {'split-half':>10}  flags")
-    fmt = lambda v: "-" if v is None else f"{v:.3g}"  # noqa: E731
-    for row in result.report[: args.top]:
-        print(f"  {shorten(row['layer'], 56):<56} {fmt(row['mean_shift']):>11} {fmt(row['log_variance_ratio']):>9} "
-              f"{fmt(row['split_half_mean_diff']):>10}  {' '.join(row['flags'])}")
-    if len(result.report) > args.top:
-        print(f"  ... {len(result.report) - args.top} more (see --report)")
+    _layer_table(result.report, args.top, "see --report")
     for f in result.files + [p for p in (args.report, args.plot) if p]:
         print(f"wrote {f}")
     return 0

@@ -251,3 +251,28 @@ def handwritten_bn_net(inputs, is_training=False, batch_norm=True):
     w = tf1.get_variable("logits/weights", [12, 10], initializer=tf1.glorot_uniform_initializer())
     b = tf1.get_variable("logits/biases", [10], initializer=tf1.zeros_initializer())
     return _tf.nn.bias_add(_tf.matmul(net, w), b, name="logits/BiasAdd")
+
+
+def digits_net(inputs, is_training=False, decay: float = 0.9):
+    """The small slim CNN of the digits examples (8x8x1 inputs, 10 classes): conv, strided conv, fc, logits,
+    each conv/fc with slim BatchNorm (scale=True)."""
+    s = slim()
+    with s.arg_scope([s.conv2d, s.fully_connected], normalizer_fn=s.batch_norm), \
+            s.arg_scope([s.batch_norm], is_training=is_training, decay=decay, scale=True):
+        net = s.conv2d(inputs, 16, 3, scope="conv1")
+        net = s.conv2d(net, 32, 3, stride=2, scope="conv2")
+        net = s.flatten(net)
+        net = s.fully_connected(net, 32, scope="fc1")
+        return s.fully_connected(net, 10, activation_fn=None, normalizer_fn=None, scope="logits")
+
+
+def digits_data() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 digits as float32 NHWC in [0, 1] and int64 labels, in a fixed shuffled order
+    (the first 1400 for training, the rest held out)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[..., None]
+    y = d.target.astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(x))
+    return x[order], y[order]

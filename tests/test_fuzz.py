@@ -7,7 +7,6 @@ import shutil
 import signal
 
 import numpy as np
-import pytest
 
 from ckptkit import cli
 from conftest import FIXTURE

@@ -8,32 +8,15 @@ import pytest
 from ckptkit import CkptkitError
 from ckptkit._tf import tf, tf1
 from ckptkit.checkpoint import Checkpoint
-from ckptkit.compat import slim
+from ckptkit import testing as T
 from ckptkit.recalibrate import Moments, recalibrate
 from ckptkit.sources import load
 
 
-def digits_net(inputs, is_training=False):
-    s = slim()
-    with s.arg_scope([s.conv2d, s.fully_connected], normalizer_fn=s.batch_norm), \
-            s.arg_scope([s.batch_norm], is_training=is_training, decay=0.9, scale=True):
-        net = s.conv2d(inputs, 16, 3, scope="conv1")
-        net = s.conv2d(net, 32, 3, stride=2, scope="conv2")
-        net = s.flatten(net)
-        net = s.fully_connected(net, 32, scope="fc1")
-        return s.fully_connected(net, 10, activation_fn=None, normalizer_fn=None, scope="logits")
-
-
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    from sklearn.datasets import load_digits
-
     root = tmp_path_factory.mktemp("digits")
-    d = load_digits()
-    x = (d.images / 16.0).astype(np.float32)[..., None]
-    y = d.target.astype(np.int64)
-    order = np.random.default_rng(0).permutation(len(x))
-    x, y = x[order], y[order]
+    x, y = T.digits_data()
     train, test = slice(0, 1400), slice(1400, None)
     paths = {}
     _tf = tf()
@@ -43,7 +26,7 @@ def digits(tmp_path_factory):
         inp = tf1.placeholder(_tf.float32, [None, 8, 8, 1], name="input")
         lab = tf1.placeholder(_tf.int64, [None], name="labels")
         is_training = tf1.placeholder_with_default(True, [], name="is_training")
-        logits = digits_net(inp, is_training)
+        logits = T.digits_net(inp, is_training)
         loss = tf1.losses.sparse_softmax_cross_entropy(lab, logits)
         with _tf.control_dependencies(tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)):
             step = tf1.train.AdamOptimizer(0.01).minimize(loss)
