@@ -335,3 +335,20 @@ def test_the_plot_shows_every_layer_in_network_order(digits, tmp_path):
     assert any(abs(line.get_xdata()[0] - 0.05) < 1e-12 for line in split_axis.lines)
     assert "1400 samples" in fig._suptitle.get_text() and "model.ckpt" in fig._suptitle.get_text()
     plt.close(fig)
+
+
+@pytest.mark.parametrize("case, verdict", [("missing", "missing"), ("reset", "never updated"), ("stale", "stale"),
+                                           ("healthy", "healthy")])
+def test_diagnose_tells_each_case(digits, case, verdict):
+    """The four checkpoints of the digits net (statistics missing, never updated, from step 5 of 300, right)."""
+    from ckptkit.diagnose import diagnose
+
+    meta = digits["paths"]["healthy"] + ".meta"
+    d = diagnose(digits["paths"][case], str(digits["root"] / "npy"), meta=meta, batch_size=64)
+    assert d.verdict == verdict, [(r["layer"], r["verdict"], r["mean_shift"]) for r in d.layers]
+    if case == "missing":
+        assert d.output_drift is None
+    if case == "healthy":
+        assert d.command is None and d.output_drift < 0.05
+    else:
+        assert "--meta" in d.command and d.command.startswith("ckptkit recalibrate")
