@@ -85,7 +85,7 @@ def test_ambiguous_output_lists_candidates(tmp_path):
         with tf1.Session() as sess:
             sess.run(tf1.global_variables_initializer())
             prefix = tf1.train.Saver().save(sess, str(tmp_path / "m.ckpt"))
-    with pytest.raises(CkptkitError, match=r"candidates: a, b\): pass --output NAME"):
+    with pytest.raises(CkptkitError, match=r"last computed: a, b\): pass --outputs NAME"):
         load(prefix)
     assert load(prefix, output_name="b").graph.count("Relu6") == 1
 
