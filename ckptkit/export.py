@@ -91,12 +91,9 @@ def check_destination(fmt: str, path: str, protect=()) -> str:
             raise CkptkitError(f"-o {path}/ is a folder: give a file name such as {path}/model.{ 'onnx' if fmt == 'onnx' else 'keras'}")
         ensure_parent(os.path.join(path, "x"))  # Caffe writes OUT/NAME.prototxt and .caffemodel into it
         return path + os.sep
-    if fmt == "caffe":
-        base = path[: -len(".prototxt")] if path.endswith(".prototxt") else path
-        base = base[: -len(".caffemodel")] if base.endswith(".caffemodel") else base
-        check_outputs([base + ".prototxt", base + ".caffemodel"], protect)
-    else:
-        check_outputs([path], protect)
+    writer = importlib.import_module(FORMATS[fmt])
+    # a file path names its outputs without the graph (only a folder needs the model's name)
+    check_outputs(writer.destinations(path, None) if hasattr(writer, "destinations") else [path], protect)
     return path
 
 
@@ -184,9 +181,10 @@ def export_many(model: Model, formats: list[str], folder: str, **options) -> lis
     from .sources import model_name
 
     name = model.graph.name or model_name("", folder)
-    per_format = {"onnx": ("opset", "nchw"), "caffe": ("relu6",)}
+    per_format = {"onnx": ("opset", "nchw"), "caffe": ("relu6",)}  # options only that writer takes
+    writer_only = {k for keys in per_format.values() for k in keys}
     results = []
     for fmt in formats:
-        own = {k: v for k, v in options.items() if k not in ("opset", "nchw", "relu6") or k in per_format.get(fmt, ())}
+        own = {k: v for k, v in options.items() if k not in writer_only or k in per_format.get(fmt, ())}
         results.append(export(model, fmt, os.path.join(folder, name + EXTENSIONS[fmt]), **own))
     return results

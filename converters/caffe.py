@@ -30,7 +30,8 @@ RELU6_MODES = ("portable", "relu6", "clip")
 BN_MODES = ("fold", "keep")
 
 
-def destinations(path: str, graph: Graph) -> list[str]:
+def destinations(path: str, graph: Optional[Graph]) -> list[str]:
+    """OUT.prototxt and OUT.caffemodel; a folder (which needs the graph for its name) gives FOLDER/NAME.*."""
     if os.path.isdir(path) or path.endswith(os.sep):
         base = os.path.join(path, _safe(graph.name))
     else:
