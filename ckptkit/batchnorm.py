@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 
+from . import ops
 from .checkpoint import Checkpoint
 from .health import Issue, statistics_issues
 
@@ -27,10 +28,17 @@ _BN_NAME = re.compile(r"(batchnorm|batch_norm|batch_normalization|(^|[/_])bn\w*$
 class Layer:
     """The layer a BN unit follows, by slim naming."""
 
-    kind: str  # conv | depthwise | pointwise | dense
+    kind: str  # conv | depthwise | pointwise | dense | conv_transpose
     weights: str
     biases: Optional[str]
     transposed: bool = False  # dense weights stored [out, in] (MatMul transpose_b)
+
+    @property
+    def layout(self) -> str:
+        """The stored kernel's layout (ckptkit.layout)."""
+        if self.kind == "dense":
+            return "OI" if self.transposed else "IO"
+        return {"depthwise": "HWCM", "conv_transpose": "HWOI"}.get(self.kind, "HWIO")
 
     @property
     def scope(self) -> str:
@@ -157,7 +165,7 @@ def units_from_graph(ckpt: Checkpoint, graph) -> list[BNUnit]:
         present = lambda k: src.get(k) if src.get(k) in ckpt else None  # noqa: E731  (absent: missing)
         unit = BNUnit(scope=scope, gamma=src.get("gamma"), beta=src.get("beta"), moving_mean=present("mean"),
                       moving_variance=present("variance"), channels=int(node.shape[-1]),
-                      epsilon=float(node.attrs["epsilon"]), found_by="graph")
+                      epsilon=float(node.attrs.epsilon), found_by="graph")
         unit.layer, unit.kept_because = _graph_layer(ckpt, graph[node.inputs[0]], users, node)
         unit.extras = _extras(ckpt, unit.variables)
         units.append(unit)
@@ -182,7 +190,9 @@ def units_from_graph(ckpt: Checkpoint, graph) -> list[BNUnit]:
 
 
 def _graph_layer(ckpt: Checkpoint, prev, users: dict, bn) -> tuple[Optional[Layer], str]:
-    if prev.op not in ("Conv", "DepthwiseConv", "Dense"):
+    from .passes import absorbs
+
+    if not absorbs(prev):
         return None, f"follows {prev.op} {prev.name}, not a conv/depthwise/fully connected layer"
     if users[prev.name] != [bn.name]:
         others = [u for u in users[prev.name] if u != bn.name]
@@ -195,10 +205,10 @@ def _graph_layer(ckpt: Checkpoint, prev, users: dict, bn) -> tuple[Optional[Laye
         return None, f"the bias of {prev.name} is not a single checkpoint variable"
     stored = tuple(ckpt.tensors[weights].shape)
     ir_shape = tuple(prev.params["weights"].shape)
-    transposed = bool(prev.attrs.get("weights_transposed"))
+    transposed = bool(getattr(prev.attrs, "weights_transposed", False))
     if (stored[::-1] if transposed else stored) != ir_shape:
         return None, f"the graph reshapes {weights} {stored} before using it"
-    kind = {"Conv": "conv", "DepthwiseConv": "depthwise", "Dense": "dense"}[prev.op]
+    kind = {"HWIO": "conv", "HWCM": "depthwise", "IO": "dense", "HWOI": "conv_transpose"}[ops.get(prev.op).layout]
     if kind == "conv" and weights.endswith("pointwise_weights"):
         kind = "pointwise"
     return Layer(kind, weights, biases, transposed), ""

@@ -5,7 +5,6 @@ and only then renamed into place, so a failed export leaves nothing behind.
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -19,11 +18,18 @@ from . import validate
 from .passes import fold_batchnorm
 from .publish import Stage, check_outputs, ensure_parent
 from .sources import Model
-from .verify import TOLERANCE, Comparison, verification_inputs, verify
+from .verify import Comparison, verification_inputs, verify
 
 log = logging.getLogger("ckptkit")
 
-FORMATS = {"onnx": "converters.onnx", "keras": "converters.keras", "caffe": "converters.caffe"}
+FORMATS = ("onnx", "keras", "caffe")
+
+
+def writer_for(fmt: str):
+    """The converters.base.Writer of a format."""
+    from converters import base
+
+    return base.get(fmt)
 
 
 @dataclass
@@ -91,9 +97,8 @@ def check_destination(fmt: str, path: str, protect=()) -> str:
             raise CkptkitError(f"-o {path}/ is a folder: give a file name such as {path}/model.{ 'onnx' if fmt == 'onnx' else 'keras'}")
         ensure_parent(os.path.join(path, "x"))  # Caffe writes OUT/NAME.prototxt and .caffemodel into it
         return path + os.sep
-    writer = importlib.import_module(FORMATS[fmt])
     # a file path names its outputs without the graph (only a folder needs the model's name)
-    check_outputs(writer.destinations(path, None) if hasattr(writer, "destinations") else [path], protect)
+    check_outputs(writer_for(fmt).destinations(path, None), protect)
     return path
 
 
@@ -132,21 +137,27 @@ def export(model: Model, fmt: str, path: str, *, fold: bool = True, check: bool 
     """
     if fmt not in FORMATS:
         raise CkptkitError(f"unknown format {fmt}: choose one of {', '.join(FORMATS)}")
-    writer = importlib.import_module(FORMATS[fmt])
+    from converters import base
+
+    unknown = set(options) - {k for names in base.option_names().values() for k in names}
+    if unknown:
+        raise TypeError(f"export() got unknown writer option(s) {', '.join(sorted(unknown))}")
+    writer = writer_for(fmt)
+    opts = writer.make_options(options)
     check_options(tolerance, verify_data)
     protected = input_files(model.checkpoint.prefix) if model.checkpoint is not None else []
     path = check_destination(fmt, path, protected)
     graph = prepare(model, fold, allow_bad_statistics)
-    final_paths = writer.destinations(path, graph) if hasattr(writer, "destinations") else [path]
-    final_paths = check_outputs(final_paths, protected)
+    writer.require(graph)  # every node the target cannot express, named at once, before anything is written
+    final_paths = check_outputs(writer.destinations(path, graph), protected)
     with Stage(os.path.dirname(final_paths[0]), protect=protected, what=f"the {fmt} export") as st:
         staged = [st.path(p) for p in final_paths]
-        writer.export(graph, staged[0], **options)
+        writer.write(graph, staged[0], opts)
         comparison = None
         if check:
-            tol = tolerance if tolerance is not None else getattr(writer, "TOLERANCE", TOLERANCE)
+            tol = tolerance if tolerance is not None else writer.tolerance
             inputs = verification_inputs(graph.input_shape, verify_data, value_range=_recorded_range(model))
-            comparison = verify(model.reference, writer.runner(staged[0], graph=graph, **options), inputs, tol)
+            comparison = verify(model.reference, writer.runner(staged[0], graph, opts), inputs, tol)
             if not comparison.ok:
                 raise VerificationError(f"{fmt} export does not match TensorFlow: {comparison}; nothing was written")
         st.publish(list(zip(staged, final_paths)))
@@ -181,8 +192,12 @@ def export_many(model: Model, formats: list[str], folder: str, **options) -> lis
     from .sources import model_name
 
     name = model.graph.name or model_name("", folder)
-    per_format = {"onnx": ("opset", "nchw"), "caffe": ("relu6",)}  # options only that writer takes
+    from converters import base
+
+    per_format = base.option_names()  # options only that writer takes
     writer_only = {k for keys in per_format.values() for k in keys}
+    for fmt in formats:  # every format's refusals before the first file is written (BatchNorm: all can)
+        writer_for(fmt).require(model.graph)
     results = []
     for fmt in formats:
         own = {k: v for k, v in options.items() if k not in writer_only or k in per_format.get(fmt, ())}

@@ -23,6 +23,7 @@ from .checkpoint import Checkpoint, check_output_prefix, write_checkpoint
 from . import validate
 from .errors import CkptkitError
 from .health import check_finite, gate
+from .layout import scale_outputs_inplace
 
 log = logging.getLogger("ckptkit")
 SLIM_EPSILON = 1e-3
@@ -107,15 +108,7 @@ def _fold_params(ckpt: Checkpoint, unit: BNUnit, eps: float) -> tuple[np.ndarray
 
 def _scaled(weights: np.ndarray, unit: BNUnit, s: np.ndarray) -> np.ndarray:
     """Weights times the per-output-channel scale, in place (the scale itself is float64-exact)."""
-    w = weights if weights.flags.writeable else weights.copy()
-    kind = unit.layer.kind
-    if kind == "depthwise":  # [kh,kw,C,M]: output channel c*M + m
-        s = s.reshape(w.shape[2], w.shape[3])
-    elif kind == "dense" and unit.layer.transposed:  # [out, in]
-        s = s.reshape(-1, 1)
-    # else conv/pointwise HWIO and dense [in,out]: the last axis
-    np.multiply(w, s.astype(w.dtype), out=w)
-    return w
+    return scale_outputs_inplace(weights, unit.layer.layout, s)
 
 
 def fold_checkpoint(checkpoint: str, output: str, *, eps: Optional[float] = None, meta: Optional[str] = None,

@@ -16,19 +16,18 @@ import numpy as np
 from ._tf import tf, tf1
 from .errors import CkptkitError
 from .ir import Graph, Node, same_pads
-from .passes import absorb_into_layers
+from .passes import absorb_into_layers, absorbs
 from .checkpoint import Checkpoint
 from .tf_exec import apply_node
 from .tf_import.walker import ValueSource, import_graph
 from .verify import TOLERANCE, compare
 
 log = logging.getLogger("ckptkit")
-LAYERS = ("Conv", "DepthwiseConv", "Dense")
 
 
 def _bn(node: Node, x, p: dict):
     _tf = tf()
-    s = _tf.math.rsqrt(p["variance"] + node.attrs["epsilon"])
+    s = _tf.math.rsqrt(p["variance"] + node.attrs.epsilon)
     if p.get("gamma") is not None:
         s = s * p["gamma"]
     y = (x - p["mean"]) * s
@@ -37,10 +36,10 @@ def _bn(node: Node, x, p: dict):
 
 def _padding(node: Node, in_shape) -> str | None:
     """"VALID" or "SAME" when the node's explicit pads are exactly that, else None."""
-    t, b, l, r = node.attrs["pads"]
+    t, b, l, r = node.attrs.pads
     if not any((t, b, l, r)):
         return "VALID"
-    k, s = node.attrs["kernel"], node.attrs["strides"]
+    k, s = node.attrs.kernel, node.attrs.strides
     if (same_pads(in_shape[1], k[0], s[0]) + same_pads(in_shape[2], k[1], s[1])) == (t, b, l, r):
         return "SAME"
     return None
@@ -53,7 +52,7 @@ def _pool(node: Node, x, in_shape):
     padding = _padding(node, in_shape)
     if padding is None:
         return None
-    k, s = node.attrs["kernel"], node.attrs["strides"]
+    k, s = node.attrs.kernel, node.attrs.strides
     pool = _tf.nn.max_pool2d if node.op == "MaxPool" else _tf.nn.avg_pool2d
     return pool(x, k, s, padding)
 
@@ -86,9 +85,9 @@ def build(graph: Graph, folded: set[str], bias_names: dict[str, str], dtypes: di
                     continue
                 source = node.sources.get(key)
                 weights = node.sources.get("weights") or node.sources.get("folded")  # folded: same name, scaled
-                if node.op in LAYERS and key == "weights":
+                if absorbs(node) and key == "weights":
                     source = weights
-                if node.op in LAYERS and key == "bias" and weights in bias_names:
+                if absorbs(node) and key == "bias" and weights in bias_names:
                     source = bias_names[weights]
                 if not source:
                     raise CkptkitError(f"{node.name} has a {key} the checkpoint does not hold")

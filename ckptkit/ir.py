@@ -4,20 +4,9 @@ Semantics are TensorFlow's: NHWC activations, HWIO conv kernels, [kh,kw,C,M]
 depthwise kernels, [in,out] dense weights. Each node has one output, named by
 the node; `shape` is its static shape with the batch dimension as None.
 
-Ops and their attrs/params:
-  Input                                  (graph input; shape)
-  Conv          weights[kh,kw,ci,co] bias?   strides, dilations, pads(t,b,l,r)
-  DepthwiseConv weights[kh,kw,c,m]  bias?    strides, dilations, pads(t,b,l,r)
-  Dense         weights[in,out] bias?
-  BatchNorm     gamma? beta? mean? variance? epsilon     (moving statistics; any may be absent)
-  Affine        scale? shift?         y = x*scale + shift along the last axis
-  Relu, Relu6, Softmax, Identity
-  Add           two inputs, same shape
-  Concat        axis
-  MaxPool/AvgPool  kernel, strides, pads(t,b,l,r); padded cells never count (TF semantics)
-  Mean          axes, keepdims
-  Pad           pads [[b0,a0],...] per NHWC axis, constant 0
-  Reshape       shape (with -1 for the batch)
+The op set is open: each op lives in a module of `ckptkit/ops/` that declares its typed
+attributes (`node.attrs` is that op's dataclass), its TensorFlow executor, its weight layout and
+how each target writes it. `python -m ckptkit.ops` lists them.
 """
 from __future__ import annotations
 
@@ -29,24 +18,21 @@ import numpy as np
 
 from .errors import CkptkitError
 
-OPS = frozenset({"Input", "Conv", "DepthwiseConv", "Dense", "BatchNorm", "Affine", "Relu", "Relu6", "Softmax",
-                 "Identity", "Add", "Concat", "MaxPool", "AvgPool", "Mean", "Pad", "Reshape"})
-
-
 @dataclass
 class Node:
     name: str
     op: str
     inputs: list[str]
     shape: tuple
-    attrs: dict[str, Any] = field(default_factory=dict)
+    attrs: Any = None  # the op's attribute dataclass (a dict of its fields is converted)
     params: dict[str, Optional[np.ndarray]] = field(default_factory=dict)
     # checkpoint variable each parameter came from (BatchNorm: gamma/beta/mean/variance)
     sources: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.op not in OPS:
-            raise ValueError(f"unknown IR op {self.op}")
+        from . import ops
+
+        self.attrs = ops.get(self.op).make_attrs(self.attrs)
 
 
 @dataclass
@@ -142,7 +128,7 @@ def bn_affine(node: Node) -> tuple[np.ndarray, np.ndarray]:
     missing = [k for k in ("mean", "variance") if p.get(k) is None]
     if missing:
         raise CkptkitError(f"moving_{missing[0]} of {node.name} is missing: run ckptkit recalibrate --data DIR first")
-    var = p["variance"].astype(np.float64) + node.attrs["epsilon"]
+    var = p["variance"].astype(np.float64) + node.attrs.epsilon
     if (~np.isfinite(var) | (var <= 0)).any():  # health.gate reports the cause first; this is the last guard
         raise CkptkitError(f"moving_variance of {node.name} plus epsilon is not positive and finite: "
                            "run ckptkit recalibrate --data DIR first")

@@ -1,8 +1,9 @@
 """IR -> IR passes: clean-up after import, and BatchNorm folding.
 
 Folding and bias/constant absorption are the same mechanism: a per-channel
-affine y = x*s + t right after a Conv, DepthwiseConv or Dense that feeds only
-it is absorbed as W' = W*s (per output channel), b' = b*s + t.
+affine y = x*s + t right after a layer with a kernel (an op declaring a weight
+layout: Conv, DepthwiseConv, ConvTranspose, Dense) that feeds only it is absorbed
+as W' = W*s along the layout's output-channel axis, b' = b*s + t.
 """
 from __future__ import annotations
 
@@ -10,9 +11,14 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from . import ops
 from .ir import Graph, Node, bn_affine
+from .layout import out_channels, scale_outputs
 
-ABSORBERS = ("Conv", "DepthwiseConv", "Dense")
+
+def absorbs(node: Node) -> bool:
+    """True for layers a following per-channel affine can be folded into."""
+    return ops.get(node.op).layout is not None
 
 
 def _affine_of(node: Node) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
@@ -34,13 +40,10 @@ def absorb(layer: Node, scale: Optional[np.ndarray], shift: Optional[np.ndarray]
         layer.sources["bias"] = shift_source  # the layer's bias is that variable, as it is
     else:
         layer.sources.pop("bias", None)  # a merged bias is no checkpoint tensor any more
-    channels = w.shape[2] * w.shape[3] if layer.op == "DepthwiseConv" else w.shape[-1]
-    b = np.zeros(channels) if b is None else b.astype(np.float64)
+    layout = ops.get(layer.op).layout
+    b = np.zeros(out_channels(w.shape, layout)) if b is None else b.astype(np.float64)
     if scale is not None:
-        if layer.op == "DepthwiseConv":  # [kh,kw,C,M]: output channel c*M + m
-            w = w * scale.reshape(w.shape[2], w.shape[3])
-        else:  # HWIO conv and [in,out] dense: last axis is the output channel
-            w = w * scale
+        w = scale_outputs(w, layout, scale)
         b = b * scale
     if shift is not None:
         b = b + shift
@@ -61,7 +64,7 @@ def absorb_into_layers(graph: Graph, wanted: Callable[[Node], bool]) -> Graph:
     for node in graph.nodes:
         if wanted(node):
             src = by_name[rename.get(node.inputs[0], node.inputs[0])]
-            if src.op in ABSORBERS and len(users[src.name]) == 1:
+            if absorbs(src) and len(users[src.name]) == 1:
                 scale, shift = _affine_of(node)
                 absorb(src, scale, shift, node.sources.get("shift") if scale is None else None)
                 rename[node.name] = src.name
@@ -96,10 +99,11 @@ def merge_affines(graph: Graph) -> Graph:
 
 
 def drop_identities(graph: Graph) -> Graph:
+    """Reshapes that keep the shape go (TF's Identity ops never reach the IR)."""
     keep, rename = [], {}
     for node in graph.nodes:
         is_noop_reshape = node.op == "Reshape" and graph[node.inputs[0]].shape == node.shape
-        if node.op == "Identity" or is_noop_reshape:
+        if is_noop_reshape:
             rename[node.name] = node.inputs[0]
         else:
             keep.append(node)

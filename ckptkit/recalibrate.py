@@ -102,7 +102,7 @@ def _stats_fn(graph: Graph, measure: set[str], fixed: dict[str, tuple[np.ndarray
             beta = p["beta"] if p.get("beta") is not None else np.zeros(c, np.float32)
             y, mean, var, *_ = _tf.raw_ops.FusedBatchNormV3(
                 x=x, scale=gamma, offset=beta, mean=_tf.constant([], _tf.float32),
-                variance=_tf.constant([], _tf.float32), epsilon=max(node.attrs["epsilon"], _CUDNN_MIN_EPS),
+                variance=_tf.constant([], _tf.float32), epsilon=max(node.attrs.epsilon, _CUDNN_MIN_EPS),
                 exponential_avg_factor=1.0, data_format="NHWC", is_training=True)
             if node.name in measure:
                 shape = _tf.shape(x)
@@ -115,7 +115,7 @@ def _stats_fn(graph: Graph, measure: set[str], fixed: dict[str, tuple[np.ndarray
         if node.name in measure:
             collected[node.name] = (n, mean, m2)
         var = m2 / n
-        y = (x - mean) * _tf.math.rsqrt(var + node.attrs["epsilon"])
+        y = (x - mean) * _tf.math.rsqrt(var + node.attrs.epsilon)
         if p.get("gamma") is not None:
             y = y * p["gamma"]
         return y if p.get("beta") is None else y + p["beta"]
@@ -270,7 +270,7 @@ def _report(graph: Graph, full: dict, halves: list, order: list[str]) -> list[di
     rows = []
     for position, name in enumerate(order):
         node = graph[name]
-        eps = node.attrs["epsilon"]
+        eps = node.attrs.epsilon
         new_m, new_v = full[name].mean, full[name].variance
         old_m, old_v = node.params.get("mean"), node.params.get("variance")
         flags = sorted({_FLAGS[i.code] for i in statistics_issues(name, old_m, old_v)})

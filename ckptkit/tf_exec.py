@@ -6,10 +6,12 @@ statistics and collects them.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
 
+from . import ops
 from ._tf import tf
 from .errors import CkptkitError
 from .ir import Graph, Node, bn_affine
@@ -18,23 +20,12 @@ from .ir import Graph, Node, bn_affine
 BNHook = Callable[[Node, object], object]
 
 
-def _pad4(x, pads, value=0.0):
+def pad4(x, pads, value=0.0):
+    """x (NHWC) padded by (top, bottom, left, right)."""
     t, b, l, r = pads
     if not any(pads):
         return x
     return tf().pad(x, [[0, 0], [t, b], [l, r], [0, 0]], constant_values=value)
-
-
-def _pool(node: Node, x):
-    _tf = tf()
-    k, s, pads = node.attrs["kernel"], node.attrs["strides"], node.attrs["pads"]
-    if node.op == "MaxPool":
-        return _tf.nn.max_pool2d(_pad4(x, pads, -np.inf), k, s, "VALID")
-    # Padded cells do not count: divide the sum by the number of real cells in each window.
-    summed = _tf.nn.avg_pool2d(_pad4(x, pads), k, s, "VALID") * float(k[0] * k[1])
-    ones = _tf.ones_like(x[:1, :, :, :1])
-    count = _tf.nn.avg_pool2d(_pad4(ones, pads), k, s, "VALID") * float(k[0] * k[1])
-    return summed / count
 
 
 def inference_bn(node: Node, x):
@@ -42,49 +33,19 @@ def inference_bn(node: Node, x):
     return x * scale.astype(np.float32) + shift.astype(np.float32)
 
 
+@dataclass
+class ExecContext:
+    """What an op's executor may need besides its node: how BatchNorm runs (inference, or recalibration's
+    batch statistics)."""
+    bn_hook: BNHook = inference_bn
+
+
 def apply_node(node: Node, args: list, bn_hook: BNHook, params: Optional[dict] = None):
     """One IR node with TF ops; `params` (default node.params) may hold tensors made ahead of tracing."""
-    _tf = tf()
-    op, a, p = node.op, node.attrs, node.params if params is None else params
-    x = args[0] if args else None
-    if op in ("Conv", "DepthwiseConv"):
-        x = _pad4(x, a["pads"])
-        w = p["weights"]
-        if op == "Conv":
-            y = _tf.nn.conv2d(x, w, (1,) + tuple(a["strides"]) + (1,), "VALID", dilations=a["dilations"])
-        else:
-            y = _tf.nn.depthwise_conv2d(x, w, (1,) + tuple(a["strides"]) + (1,), "VALID", dilations=a["dilations"])
-        return y if p.get("bias") is None else _tf.nn.bias_add(y, p["bias"])
-    if op == "Dense":
-        y = _tf.matmul(x, p["weights"])
-        return y if p.get("bias") is None else y + p["bias"]
-    if op == "BatchNorm":
-        return bn_hook(node, x)
-    if op == "Affine":
-        if p.get("scale") is not None:
-            x = x * p["scale"]
-        return x if p.get("shift") is None else x + p["shift"]
-    if op == "Relu":
-        return _tf.nn.relu(x)
-    if op == "Relu6":
-        return _tf.nn.relu6(x)
-    if op == "Softmax":
-        return _tf.nn.softmax(x)
-    if op == "Identity":
-        return x
-    if op == "Add":
-        return args[0] + args[1]
-    if op == "Concat":
-        return _tf.concat(args, a["axis"])
-    if op in ("MaxPool", "AvgPool"):
-        return _pool(node, x)
-    if op == "Mean":
-        return _tf.reduce_mean(x, list(a["axes"]), keepdims=a["keepdims"])
-    if op == "Pad":
-        return _tf.pad(x, a["pads"])
-    if op == "Reshape":
-        return _tf.reshape(x, a["shape"])
-    raise CkptkitError(f"IR op {op} of node {node.name} cannot be run: this is a bug in ckptkit")
+    op = ops.get(node.op)
+    if op.run is None:
+        raise CkptkitError(f"IR op {node.op} of node {node.name} cannot be run: this is a bug in ckptkit")
+    return op.run(ExecContext(bn_hook), node, args, node.params if params is None else params)
 
 
 def weight_tensors(graph: Graph) -> dict[str, dict]:
@@ -95,7 +56,7 @@ def weight_tensors(graph: Graph) -> dict[str, dict]:
     _tf = tf()
     out = {}
     for node in graph.nodes:
-        if node.op in ("Conv", "DepthwiseConv", "Dense"):
+        if ops.get(node.op).layout is not None:
             out[node.name] = {k: (None if v is None else _tf.constant(v)) for k, v in node.params.items()}
     return out
 

@@ -17,13 +17,17 @@ exact mappings used here:
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
 from ckptkit.errors import CkptkitError
-from ckptkit.ir import Graph, Node, UniqueNames, bn_affine
+from ckptkit.ir import Graph, UniqueNames
+
+from .base import Writer, write_node
 
 TOLERANCE = 1e-3  # OpenCV's float kernels differ slightly from TF's
 RELU6_MODES = ("portable", "relu6", "clip")
@@ -72,64 +76,21 @@ class _Net:
         return name
 
 
-def _caffe_pool_out(size: int, k: int, s: int, p: int) -> int:
-    out = -(-(size + 2 * p - k) // s) + 1
-    if p > 0 and (out - 1) * s >= size + p:  # last window would start inside the padding
-        out -= 1
-    return out
+class Builder:
+    """What an op's Caffe writer gets: `layer(...)` adds a layer (and its blobs), `pb` is caffe_pb2,
+    `flat_from` records 2-D tensors flattened from (H, W, C) (Caffe flattens C, H, W)."""
 
-
-def _ave_ratio(size: int, k: int, s: int, p: int, offset: int, tf_pad: int, out: int) -> np.ndarray:
-    """Per TF output position along one axis: Caffe's divisor / TF's count of real cells.
-    Caffe output i + offset covers the same cells as TF output i."""
-    ratio = np.empty(out)
-    for i in range(out):
-        start = (i + offset) * s - p
-        caffe = min(start + k, size + p) - max(start, -p)
-        tf_start = i * s - tf_pad
-        real = min(tf_start + k, size) - max(tf_start, 0)
-        ratio[i] = caffe / real
-    return ratio
-
-
-def _pool_axis(size: int, k: int, s: int, top: int, bottom: int, out: int) -> tuple[int, int, int]:
-    """(Caffe pad, crop offset, Caffe output size) whose windows are TF's, for one axis.
-
-    Caffe pads symmetrically and rounds up; TF's SAME pads the odd cell after. Either
-    Caffe with the top pad gives TF's windows (maybe one extra at the end, cropped), or
-    for stride 1 the bottom pad gives them shifted by one (cropped at the start)."""
-    for pad, offset in ((top, 0), (bottom, bottom - top)):
-        if offset and s != 1:
-            continue
-        got = _caffe_pool_out(size, k, s, pad)
-        if got - offset >= out:
-            return pad, offset, got
-    raise CkptkitError(f"pooling {k}/{s} with pads ({top},{bottom}) on {size} has no exact Caffe form")
-
-
-def _even_out(weights: np.ndarray, axis: int, before: int, after: int, dilation: int, name: str):
-    diff = after - before
-    if diff == 0:
-        return weights, before
-    if diff % dilation:
-        raise CkptkitError(f"{name}: pads ({before},{after}) with dilation {dilation} have no exact Caffe form")
-    shape = list(weights.shape)
-    shape[axis] = abs(diff) // dilation
-    zeros = np.zeros(shape, weights.dtype)
-    parts = [zeros, weights] if diff > 0 else [weights, zeros]
-    return np.concatenate(parts, axis=axis), max(before, after)
-
-
-class _Writer:
     def __init__(self, graph: Graph, relu6: str):
-        if relu6 not in RELU6_MODES:
-            raise CkptkitError(f"--relu6 {relu6} is unknown: choose one of {', '.join(RELU6_MODES)}")
         self.g = graph
         self.relu6 = relu6
         self.n = _Net(_safe(graph.name))
         self.pb = self.n.pb
         self.top: dict[str, str] = {}
-        self.flat_from: dict[str, tuple] = {}  # 2-D tensors flattened from (H, W, C) in Caffe's C,H,W order
+        self.flat_from: dict[str, tuple] = {}
+
+    def layer(self, name: str, type_: str, bottoms: list[str], blobs: Optional[list[np.ndarray]] = None,
+              **params) -> str:
+        return self.n.layer(name, type_, bottoms, blobs, **params)
 
     def write(self):
         inp = self.g[self.g.inputs[0]]
@@ -140,145 +101,24 @@ class _Writer:
         self.top[inp.name] = "input"
         for node in self.g.nodes:
             if node.op != "Input":
-                self.top[node.name] = self.node(node, [self.top[i] for i in node.inputs])
+                self.top[node.name] = write_node(self, "caffe", node, [self.top[i] for i in node.inputs])
         for o in self.g.outputs:
             if o in self.flat_from and self.flat_from[o][:2] != (1, 1):
                 raise CkptkitError(f"output {o} is a spatial flatten, whose order Caffe cannot reproduce")
         return self.n
 
-    # ---- helpers -------------------------------------------------------------------------
-    def _conv(self, node: Node, bottom: str, weights: np.ndarray, bias: Optional[np.ndarray], group: int) -> str:
-        """weights OIHW; pads from node.attrs (TF semantics), mapped to Caffe's symmetric pads."""
-        t, b, l, r = node.attrs["pads"]
-        dh, dw = node.attrs["dilations"]
-        # Caffe pads symmetrically. With pads (before, after) unequal, pad max(before, after)
-        # on both sides and add |after - before| / dilation zero rows to the kernel on the side
-        # that must not see the extra padding (first rows when after > before, last otherwise).
-        weights, t = _even_out(weights, 2, t, b, dh, node.name)
-        weights, l = _even_out(weights, 3, l, r, dw, node.name)
-        kh, kw = weights.shape[2:]
-        sh, sw = node.attrs["strides"]
-        param = self.pb.ConvolutionParameter(num_output=weights.shape[0], bias_term=bias is not None, pad_h=t, pad_w=l,
-                                             kernel_h=kh, kernel_w=kw, stride_h=sh, stride_w=sw, group=group)
-        if (dh, dw) != (1, 1):
-            if dh != dw:
-                raise CkptkitError(f"{node.name}: dilation {dh}x{dw} must be equal in both axes for Caffe")
-            param.dilation.append(dh)
-        blobs = [weights] + ([bias] if bias is not None else [])
-        return self.n.layer(node.name, "Convolution", [bottom], blobs, convolution_param=param)
-
-    def _scale(self, name: str, bottom: str, scale: np.ndarray, shift: Optional[np.ndarray], axis: int = 1) -> str:
+    def scale(self, name: str, bottom: str, scale: np.ndarray, shift: Optional[np.ndarray], axis: int = 1) -> str:
+        """A Scale layer: bottom * scale (+ shift), scale spanning `scale.ndim` axes from `axis`."""
         param = self.pb.ScaleParameter(axis=axis, num_axes=scale.ndim, bias_term=shift is not None)
         blobs = [scale] + ([shift] if shift is not None else [])
-        return self.n.layer(name, "Scale", [bottom], blobs, scale_param=param)
+        return self.layer(name, "Scale", [bottom], blobs, scale_param=param)
 
-    def _relu6(self, name: str, bottom: str, channels: int) -> str:
-        if self.relu6 == "relu6":
-            return self.n.layer(name, "ReLU6", [bottom])
-        if self.relu6 == "clip":
-            return self.n.layer(name, "Clip", [bottom], clip_param=self.pb.ClipParameter(min=0.0, max=6.0))
-        r = self.n.layer(name + "/relu", "ReLU", [bottom])
-        shifted = self._scale(name + "/minus6", r, np.ones(channels, np.float32), np.full(channels, -6.0, np.float32))
-        excess = self.n.layer(name + "/excess", "ReLU", [shifted])
-        param = self.pb.EltwiseParameter(operation=self.pb.EltwiseParameter.SUM, coeff=[1.0, -1.0])
-        return self.n.layer(name, "Eltwise", [r, excess], eltwise_param=param)
-
-    # ---- one IR node ---------------------------------------------------------------------
-    def node(self, node: Node, bottoms: list[str]) -> str:
-        op, a, p, name = node.op, node.attrs, node.params, node.name
-        rank = len(node.shape)
-        if op == "Conv":
-            return self._conv(node, bottoms[0], p["weights"].transpose(3, 2, 0, 1), p.get("bias"), 1)  # HWIO -> OIHW
-        if op == "DepthwiseConv":  # [kh,kw,C,M] -> [C*M,1,kh,kw], output channel c*M + m
-            kh, kw, c, m = p["weights"].shape
-            w = p["weights"].transpose(2, 3, 0, 1).reshape(c * m, 1, kh, kw)
-            return self._conv(node, bottoms[0], w, p.get("bias"), c)
-        if op == "Dense":
-            w = p["weights"]
-            src = node.inputs[0]
-            if src in self.flat_from:  # rows in TF's H,W,C order -> Caffe's C,H,W order
-                h, wd, c = self.flat_from[src]
-                w = w.reshape(h, wd, c, -1).transpose(2, 0, 1, 3).reshape(h * wd * c, -1)
-            param = self.pb.InnerProductParameter(num_output=w.shape[1], bias_term=p.get("bias") is not None)
-            blobs = [w.T.copy()] + ([p["bias"]] if p.get("bias") is not None else [])
-            return self.n.layer(name, "InnerProduct", bottoms, blobs, inner_product_param=param)
-        if op == "BatchNorm":
-            ch = node.shape[-1]
-            bn_affine(node)  # refuses missing/invalid statistics
-            param = self.pb.BatchNormParameter(use_global_stats=True, eps=float(a["epsilon"]))
-            # blobs: mean * f, variance * f, f  (f = 1)
-            blobs = [p["mean"], p["variance"], np.ones(1, np.float32)]
-            bn = self.n.layer(name, "BatchNorm", bottoms, blobs, batch_norm_param=param)
-            gamma = p["gamma"] if p.get("gamma") is not None else np.ones(ch, np.float32)
-            return self._scale(name + "/scale", bn, gamma, p.get("beta"))
-        if op == "Affine":
-            ch = node.shape[-1]
-            scale = p["scale"] if p.get("scale") is not None else np.ones(ch, np.float32)
-            return self._scale(name, bottoms[0], scale, p.get("shift"))
-        if op == "Relu":
-            return self.n.layer(name, "ReLU", bottoms)
-        if op == "Relu6":
-            return self._relu6(name, bottoms[0], node.shape[-1])
-        if op == "Softmax":
-            return self.n.layer(name, "Softmax", bottoms, softmax_param=self.pb.SoftmaxParameter(axis=1))
-        if op == "Identity":
-            return bottoms[0]
-        if op == "Add":
-            return self.n.layer(name, "Eltwise", bottoms,
-                                eltwise_param=self.pb.EltwiseParameter(operation=self.pb.EltwiseParameter.SUM))
-        if op == "Concat":
-            axis = (0, 2, 3, 1)[a["axis"]] if rank == 4 else a["axis"]
-            return self.n.layer(name, "Concat", bottoms, concat_param=self.pb.ConcatParameter(axis=axis))
-        if op in ("MaxPool", "AvgPool"):
-            return self._pool(node, bottoms[0])
-        if op == "Mean":
-            pooled = self.n.layer(name if a["keepdims"] else name + "/pool", "Pooling", bottoms,
-                                  pooling_param=self.pb.PoolingParameter(pool=self.pb.PoolingParameter.AVE,
-                                                                         global_pooling=True))
-            if a["keepdims"]:
-                return pooled
-            self.flat_from[name] = (1, 1, node.shape[-1])
-            return self.n.layer(name, "Flatten", [pooled], flatten_param=self.pb.FlattenParameter(axis=1))
-        if op == "Reshape":
-            src = self.g[node.inputs[0]]
-            if len(src.shape) == 4 and rank == 2:
-                self.flat_from[name] = tuple(src.shape[1:])
-                return self.n.layer(name, "Flatten", bottoms, flatten_param=self.pb.FlattenParameter(axis=1))
-            if len(src.shape) == 2 and rank == 4 and node.shape[1:3] == (1, 1):
-                raise CkptkitError(f"{name}: reshaping to [N,1,1,C] is not written for Caffe yet")
-            raise CkptkitError(f"{name}: reshape {src.shape} -> {node.shape} has no Caffe form")
-        if op == "Pad":
-            raise CkptkitError(f"{name}: a Pad that no convolution absorbs has no BVLC Caffe layer")
-        raise CkptkitError(f"IR op {op} of node {name} has no Caffe writer: this is a bug in ckptkit")
-
-    def _pool(self, node: Node, bottom: str) -> str:
-        a = node.attrs
-        src = self.g[node.inputs[0]].shape
-        (kh, kw), (sh, sw) = a["kernel"], a["strides"]
-        t, b, l, r = a["pads"]
-        out_h, out_w = node.shape[1:3]
-        ph, oh, ch = _pool_axis(src[1], kh, sh, t, b, out_h)
-        pw, ow, cw = _pool_axis(src[2], kw, sw, l, r, out_w)
-        kind = self.pb.PoolingParameter.MAX if node.op == "MaxPool" else self.pb.PoolingParameter.AVE
-        param = self.pb.PoolingParameter(pool=kind, kernel_h=kh, kernel_w=kw, stride_h=sh, stride_w=sw, pad_h=ph,
-                                         pad_w=pw)
-        ratio = None
-        if node.op == "AvgPool":
-            ratio = np.outer(_ave_ratio(src[1], kh, sh, ph, oh, t, out_h), _ave_ratio(src[2], kw, sw, pw, ow, l, out_w))
-            if np.all(ratio == 1.0):
-                ratio = None
-        crop = (ch, cw) != (out_h, out_w)
-        name = node.name if ratio is None and not crop else node.name + "/caffe_pool"
-        y = self.n.layer(name, "Pooling", [bottom], pooling_param=param)
-        if crop:  # Crop needs a reference blob of the target size: a 1-stride max pool of the right extent
-            ref = self.n.layer(node.name + "/crop_size", "Pooling", [y], pooling_param=self.pb.PoolingParameter(
-                pool=self.pb.PoolingParameter.MAX, kernel_h=ch - out_h + 1, kernel_w=cw - out_w + 1, stride=1))
-            name = node.name if ratio is None else node.name + "/crop"
-            y = self.n.layer(name, "Crop", [y, ref], crop_param=self.pb.CropParameter(axis=2, offset=[oh, ow]))
-        if ratio is None:
-            return y
-        # Caffe divided by cells that include padding; rescale each position to TF's real-cell mean.
-        return self._scale(node.name, y, ratio.astype(np.float32), None, axis=2)
+    def crop(self, name: str, bottom: str, size: tuple[int, int], extra: tuple[int, int], offset: tuple[int, int]) -> str:
+        """bottom[:, :, oh:oh+H, ow:ow+W] where bottom is (H, W) + `extra` big. Caffe's Crop takes its size from
+        a reference blob: a stride-1 max pool of window extra+1 over the bottom has exactly that size."""
+        ref = self.layer(name + "/crop_size", "Pooling", [bottom], pooling_param=self.pb.PoolingParameter(
+            pool=self.pb.PoolingParameter.MAX, kernel_h=extra[0] + 1, kernel_w=extra[1] + 1, stride=1))
+        return self.layer(name, "Crop", [bottom, ref], crop_param=self.pb.CropParameter(axis=2, offset=list(offset)))
 
 
 def fuse_pads(graph: Graph) -> Graph:
@@ -290,10 +130,10 @@ def fuse_pads(graph: Graph) -> Graph:
     for node in graph.nodes:
         if node.op in ("Conv", "DepthwiseConv"):
             src = by_name[node.inputs[0]]
-            if src.op == "Pad" and len(users[src.name]) == 1 and src.attrs["pads"][3] == [0, 0]:
-                (_, _), (pt, pb_), (pl, pr), _ = src.attrs["pads"]
-                t, b, l, r = node.attrs["pads"]
-                node.attrs["pads"] = (t + pt, b + pb_, l + pl, r + pr)
+            if src.op == "Pad" and len(users[src.name]) == 1 and src.attrs.pads[3] == [0, 0]:
+                (_, _), (pt, pb_), (pl, pr), _ = src.attrs.pads
+                t, b, l, r = node.attrs.pads
+                node.attrs = dataclasses.replace(node.attrs, pads=(t + pt, b + pb_, l + pl, r + pr))
                 node.inputs = list(src.inputs)
                 rename[src.name] = src.inputs[0]
         keep.append(node)
@@ -303,7 +143,10 @@ def fuse_pads(graph: Graph) -> Graph:
 
 def build(graph: Graph, relu6: str = "portable"):
     """(net prototxt message, weights message)."""
-    net = _Writer(fuse_pads(graph), relu6).write()
+    if relu6 not in RELU6_MODES:
+        raise CkptkitError(f"--relu6 {relu6} is unknown: choose one of {', '.join(RELU6_MODES)}")
+    WRITER.require(graph)
+    net = Builder(fuse_pads(graph), relu6).write()
     return net.net, net.weights
 
 
@@ -345,3 +188,31 @@ def runner(path: str, graph: Optional[Graph] = None, **_):
         return y
 
     return run
+
+
+@dataclass(frozen=True)
+class Options:
+    relu6: str = "portable"  # portable | relu6 | clip
+
+
+class CaffeWriter(Writer):
+    name, label, suffixes, options, tolerance = "caffe", "Caffe", (".prototxt", ".caffemodel"), Options, TOLERANCE
+
+    def destinations(self, path: str, graph: Optional[Graph]) -> list[str]:
+        return destinations(path, graph)
+
+    def check_options(self, options: Options) -> None:
+        if options.relu6 not in RELU6_MODES:
+            raise CkptkitError(f"--relu6 {options.relu6} is unknown: choose one of {', '.join(RELU6_MODES)}")
+
+    def prepare(self, graph: Graph) -> Graph:
+        return fuse_pads(graph)
+
+    def write(self, graph: Graph, path: str, options: Options) -> list[str]:
+        return export(graph, path, relu6=options.relu6)
+
+    def runner(self, path: str, graph: Graph, options: Options):
+        return runner(path, graph)
+
+
+WRITER = CaffeWriter()

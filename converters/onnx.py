@@ -7,11 +7,15 @@ exactly onto ONNX's [top, left, bottom, right].
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
 from ckptkit.errors import CkptkitError
 from ckptkit.ir import Graph, Node, UniqueNames
+
+from .base import Writer, write_node
 
 DEFAULT_OPSET = 17
 IR_VERSION = 8  # loads in every onnxruntime since 1.10
@@ -19,15 +23,19 @@ NHWC_TO_NCHW = [0, 3, 1, 2]
 NCHW_TO_NHWC = [0, 2, 3, 1]
 
 
-class _Builder:
-    def __init__(self, opset: int):
+class Builder:
+    """What an op's ONNX writer gets: `op(...)` adds a node, `const(...)` an initializer."""
+
+    def __init__(self, graph: Graph, opset: int):
         from onnx import helper
 
         self.h = helper
+        self.graph = graph
         self.opset = opset
         self.nodes: list = []
         self.inits: list = []
         self.name = UniqueNames()
+        self.names: dict[str, str] = {}  # IR node -> ONNX value
 
     def const(self, base: str, value: np.ndarray) -> str:
         from onnx import numpy_helper
@@ -41,8 +49,18 @@ class _Builder:
         self.nodes.append(self.h.make_node(op_type, inputs, [out], name=out, **attrs))
         return out
 
+    def to_nhwc(self, node: Node) -> str:
+        """The node's value in TF's NHWC order (values inside the model are NCHW)."""
+        x = self.names[node.name]
+        return self.op("Transpose", [x], f"{node.name}/nhwc", perm=NCHW_TO_NHWC) if len(node.shape) == 4 else x
 
-def _nchw_axis(axis: int, rank: int) -> int:
+    def channel_vector(self, base: str, value: np.ndarray, rank: int) -> str:
+        """A per-channel constant that broadcasts over NCHW (rank 4) or [N, C]."""
+        return self.const(base, np.asarray(value, np.float32).reshape([1, -1, 1, 1] if rank == 4 else [-1]))
+
+
+def nchw_axis(axis: int, rank: int) -> int:
+    """The NCHW axis of a TF (NHWC) axis."""
     return (0, 2, 3, 1)[axis] if rank == 4 else axis
 
 
@@ -61,23 +79,18 @@ def build(graph: Graph, opset: int = DEFAULT_OPSET, nchw: bool = False):
     from onnx import TensorProto, helper
 
     check_opset(opset)
-    b = _Builder(opset)
-    names: dict[str, str] = {}
+    WRITER.require(graph)
+    b = Builder(graph, opset)
+    names = b.names
     inp = graph[graph.inputs[0]]
     h, w, c = inp.shape[1:]
     in_shape = ["N", c, h, w] if nchw else ["N", h, w, c]
     in_name = graph.input_names[0] if graph.input_names else "input"  # TF's tensor name, as tf2onnx keeps it
     b.name(in_name)
     names[inp.name] = in_name if nchw else b.op("Transpose", [in_name], "input_nchw", perm=NHWC_TO_NCHW)
-
-    def to_nhwc(node: Node) -> str:
-        x = names[node.name]
-        return b.op("Transpose", [x], f"{node.name}/nhwc", perm=NCHW_TO_NHWC) if len(node.shape) == 4 else x
-
     for node in graph.nodes:
-        if node.op == "Input":
-            continue
-        names[node.name] = _write(b, graph, node, [names[i] for i in node.inputs], to_nhwc)
+        if node.op != "Input":
+            names[node.name] = write_node(b, "onnx", node, [names[i] for i in node.inputs])
 
     outputs = []
     for k, o in enumerate(graph.outputs):
@@ -99,80 +112,6 @@ def build(graph: Graph, opset: int = DEFAULT_OPSET, nchw: bool = False):
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name="ckptkit")
     model.ir_version = IR_VERSION
     return model
-
-
-def _write(b: _Builder, graph: Graph, node: Node, xs: list[str], to_nhwc) -> str:
-    op, a, p, n = node.op, node.attrs, node.params, node.name
-    rank = len(node.shape)
-    if op in ("Conv", "DepthwiseConv"):
-        w = p["weights"]
-        if op == "Conv":
-            kernel = w.transpose(3, 2, 0, 1)  # HWIO -> OIHW
-            group = 1
-        else:  # [kh,kw,C,M] -> [C*M, 1, kh, kw]; output channel c*M + m
-            kh, kw, ch, m = w.shape
-            kernel = w.transpose(2, 3, 0, 1).reshape(ch * m, 1, kh, kw)
-            group = ch
-        t, bo, l, r = a["pads"]
-        inputs = [xs[0], b.const(f"{n}/weights", kernel.astype(np.float32))]
-        if p.get("bias") is not None:
-            inputs.append(b.const(f"{n}/bias", p["bias"].astype(np.float32)))
-        return b.op("Conv", inputs, n, kernel_shape=list(w.shape[:2]), strides=list(a["strides"]),
-                    dilations=list(a["dilations"]), pads=[t, l, bo, r], group=group)
-    if op == "Dense":
-        inputs = [xs[0], b.const(f"{n}/weights", p["weights"].astype(np.float32))]
-        if p.get("bias") is not None:
-            inputs.append(b.const(f"{n}/bias", p["bias"].astype(np.float32)))
-        return b.op("Gemm", inputs, n)
-    if op == "BatchNorm":
-        channels = node.shape[-1]
-        gamma = p["gamma"] if p.get("gamma") is not None else np.ones(channels, np.float32)
-        beta = p["beta"] if p.get("beta") is not None else np.zeros(channels, np.float32)
-        inputs = [xs[0]] + [b.const(f"{n}/{k}", v.astype(np.float32)) for k, v in
-                            (("gamma", gamma), ("beta", beta), ("moving_mean", p["mean"]),
-                             ("moving_variance", p["variance"]))]
-        return b.op("BatchNormalization", inputs, n, epsilon=float(a["epsilon"]))
-    if op == "Affine":
-        x = xs[0]
-        shape = [1, -1, 1, 1] if rank == 4 else [-1]
-        if p.get("scale") is not None:
-            x = b.op("Mul", [x, b.const(f"{n}/scale", p["scale"].astype(np.float32).reshape(shape))], f"{n}/mul")
-        if p.get("shift") is not None:
-            x = b.op("Add", [x, b.const(f"{n}/shift", p["shift"].astype(np.float32).reshape(shape))], f"{n}/add")
-        return x
-    if op == "Relu":
-        return b.op("Relu", xs, n)
-    if op == "Relu6":
-        return b.op("Clip", [xs[0], b.const(f"{n}/min", np.array(0, np.float32)),
-                             b.const(f"{n}/max", np.array(6, np.float32))], n)
-    if op == "Softmax":
-        return b.op("Softmax", xs, n, axis=1 if rank == 4 else -1)
-    if op == "Identity":
-        return b.op("Identity", xs, n)
-    if op == "Add":
-        return b.op("Add", xs, n)
-    if op == "Concat":
-        return b.op("Concat", xs, n, axis=_nchw_axis(a["axis"], rank))
-    if op in ("MaxPool", "AvgPool"):
-        t, bo, l, r = a["pads"]
-        kw = dict(kernel_shape=list(a["kernel"]), strides=list(a["strides"]), pads=[t, l, bo, r])
-        if op == "AvgPool":
-            kw["count_include_pad"] = 0  # TF never counts padded cells
-        return b.op("MaxPool" if op == "MaxPool" else "AveragePool", xs, n, **kw)
-    if op == "Mean":
-        pooled = b.op("GlobalAveragePool", xs, n if a["keepdims"] else f"{n}/pool")
-        return pooled if a["keepdims"] else b.op("Flatten", [pooled], n, axis=1)
-    if op == "Pad":
-        (n0, n1), (t, bo), (l, r), (c0, c1) = a["pads"]
-        pads = np.array([n0, c0, t, l, n1, c1, bo, r], np.int64)
-        return b.op("Pad", [xs[0], b.const(f"{n}/pads", pads)], n, mode="constant")
-    if op == "Reshape":
-        src = graph[node.inputs[0]]
-        x = to_nhwc(src)  # TF reshapes in NHWC order
-        y = b.op("Reshape", [x, b.const(f"{n}/shape", np.array(a["shape"], np.int64))],
-                 n if rank != 4 else f"{n}/nhwc")
-        return b.op("Transpose", [y], n, perm=NHWC_TO_NCHW) if rank == 4 else y
-    raise CkptkitError(f"IR op {op} of node {n} has no ONNX writer: this is a bug in ckptkit")
 
 
 def export(graph: Graph, path: str, *, opset: int = DEFAULT_OPSET, nchw: bool = False) -> str:
@@ -208,3 +147,28 @@ def runner(path: str, *, nchw: bool = False, **_):
         return y.transpose(0, 2, 3, 1) if (nchw and out_rank == 4) else y
 
     return run
+
+
+@dataclass(frozen=True)
+class Options:
+    opset: int = DEFAULT_OPSET
+    nchw: bool = False  # NCHW graph input/outputs instead of TF's NHWC
+
+
+class OnnxWriter(Writer):
+    name, label, suffixes, options = "onnx", "ONNX", (".onnx",), Options
+
+    def destinations(self, path: str, graph: Optional[Graph]) -> list[str]:
+        return [path]  # any name: onnxruntime does not care
+
+    def check_options(self, options: Options) -> None:
+        check_opset(options.opset)
+
+    def write(self, graph: Graph, path: str, options: Options) -> list[str]:
+        return [export(graph, path, opset=options.opset, nchw=options.nchw)]
+
+    def runner(self, path: str, graph: Graph, options: Options):
+        return runner(path, nchw=options.nchw)
+
+
+WRITER = OnnxWriter()

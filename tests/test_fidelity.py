@@ -169,7 +169,7 @@ def test_topology_reads_no_tensor(store, monkeypatch):
 def test_training_meta_reference_catches_an_importer_mistake(store, tmp_path):
     model = load(store("mobilenet_v2"))
     bn = next(n for n in model.graph if n.op == "BatchNorm")
-    bn.attrs["epsilon"] = 0.5  # what a wrong epsilon in the importer would do
+    bn.attrs.epsilon = 0.5  # what a wrong epsilon in the importer would do
     with pytest.raises(VerificationError, match="does not match TensorFlow"):
         export(model, "onnx", str(tmp_path / "m.onnx"))
     assert not list(tmp_path.iterdir())

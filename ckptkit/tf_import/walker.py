@@ -264,7 +264,9 @@ def import_topology(graph, input_tensor, output_tensors, values: ValueSource, na
                     ) -> tuple[Graph, dict[str, str]]:
     """The IR of everything the given outputs compute from the input (for BN discovery): outputs that
     cannot be converted are left out and returned with the reason."""
-    from . import handlers  # noqa: F401  (registers the handlers)
+    from .. import ops
+
+    ops.load_all()  # each op module registers its import handlers
     from ..passes import cleanup
 
     tf()
@@ -277,7 +279,9 @@ def import_topology(graph, input_tensor, output_tensors, values: ValueSource, na
 
 def import_graph(graph, input_tensor, output_tensor, values: ValueSource, name: str = "model") -> Graph:
     """Build the IR of the inference path from `input_tensor` to `output_tensor` in a tf.Graph."""
-    from . import handlers  # noqa: F401  (registers the handlers)
+    from .. import ops
+
+    ops.load_all()  # each op module registers its import handlers
     from ..passes import cleanup
 
     tf()  # make sure TF is imported and quiet

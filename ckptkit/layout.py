@@ -1,0 +1,92 @@
+"""Weight layouts: which axis of a kernel is the output channel, and the conversions every writer needs.
+
+One place for the facts the IR fold, the checkpoint fold, BatchNorm pairing and the writers share.
+Layouts are named by their axis order (TensorFlow's, as stored in checkpoints):
+  HWIO  Conv2D                    [kh, kw, in, out]
+  HWCM  DepthwiseConv2dNative     [kh, kw, C, M]; output channel c*M + m
+  IO    MatMul / Dense            [in, out]
+  OI    MatMul(transpose_b=True)  [out, in]
+  HWOI  Conv2DTranspose           [kh, kw, out, in]  (the forward conv's HWIO, read backwards)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+LAYOUTS = ("HWIO", "HWCM", "IO", "OI", "HWOI")
+
+
+def _check(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown weight layout {layout}")
+
+
+def out_channels(shape: tuple, layout: str) -> int:
+    """Number of output channels of a kernel of this shape."""
+    _check(layout)
+    if layout == "HWCM":
+        return shape[2] * shape[3]
+    if layout == "OI":
+        return shape[0]
+    if layout == "HWOI":
+        return shape[2]
+    return shape[-1]
+
+
+def in_channels(shape: tuple, layout: str) -> int:
+    _check(layout)
+    return {"HWIO": shape[2] if len(shape) == 4 else 0, "HWCM": shape[2], "IO": shape[0], "OI": shape[1],
+            "HWOI": shape[3] if len(shape) == 4 else 0}[layout]
+
+
+def out_scale_shape(shape: tuple, layout: str) -> tuple:
+    """The shape a per-output-channel vector takes to broadcast over a kernel of this layout."""
+    _check(layout)
+    if layout == "HWCM":
+        return (shape[2], shape[3])
+    if layout == "OI":
+        return (shape[0], 1)
+    if layout == "HWOI":
+        return (shape[2], 1)
+    return (shape[-1],)
+
+
+def in_scale_shape(shape: tuple, layout: str) -> tuple:
+    """The shape a per-input-channel vector takes to broadcast over a kernel of this layout."""
+    _check(layout)
+    if layout == "HWCM":
+        return (shape[2], 1)
+    if layout in ("HWIO", "IO"):
+        return (shape[-2], 1)
+    if layout == "OI":
+        return (shape[1],)
+    return (shape[3],)  # HWOI
+
+
+def scale_outputs(weights: np.ndarray, layout: str, scale: np.ndarray) -> np.ndarray:
+    """weights * scale per output channel (a new array in the weights' dtype; the product in float64)."""
+    s = np.asarray(scale, np.float64).reshape(out_scale_shape(weights.shape, layout))
+    return (weights.astype(np.float64) * s).astype(weights.dtype)
+
+
+def scale_outputs_inplace(weights: np.ndarray, layout: str, scale: np.ndarray) -> np.ndarray:
+    """As scale_outputs, in place when the array is writeable (the checkpoint fold streams big tensors)."""
+    w = weights if weights.flags.writeable else weights.copy()
+    np.multiply(w, np.asarray(scale).reshape(out_scale_shape(w.shape, layout)).astype(w.dtype), out=w)
+    return w
+
+
+def to_oihw(weights: np.ndarray, layout: str) -> tuple[np.ndarray, int]:
+    """(kernel in ONNX/Caffe convolution layout [out, in/group, kh, kw], group).
+
+    HWIO -> OIHW; HWCM -> [C*M, 1, kh, kw] with group C (output channel c*M + m, as TF);
+    HWOI (a transposed convolution) -> [in, out, kh, kw], which is what ONNX ConvTranspose and
+    Caffe Deconvolution take (their weight's first axis is the layer's input)."""
+    _check(layout)
+    if layout == "HWIO":
+        return weights.transpose(3, 2, 0, 1), 1
+    if layout == "HWCM":
+        kh, kw, c, m = weights.shape
+        return weights.transpose(2, 3, 0, 1).reshape(c * m, 1, kh, kw), c
+    if layout == "HWOI":
+        return weights.transpose(3, 2, 0, 1), 1
+    raise ValueError(f"{layout} is not a convolution layout")

@@ -1,0 +1,181 @@
+"""Binary element-wise ops of two computed tensors: Add, Sub, Mul, Maximum, Minimum.
+
+Shapes are equal, or one side is per-channel [N,1,1,C] (squeeze-and-excite gates, MobileNet v3's
+x * hard_sigmoid(...)). With a constant side the TF ops import as an Affine instead (scalar or
+per-channel constants), and dropout masks (x * mask, where(random, x, 0)) import as nothing.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .._tf import tf
+from ..errors import UnsupportedOpError
+from ..tf_import import common as C
+from ..tf_import.walker import Walker, register
+from . import define
+from .batch_norm import emit_bn, match_decomposed_bn
+
+_TF = {"Add": "add", "Sub": "subtract", "Mul": "multiply", "Maximum": "maximum", "Minimum": "minimum"}
+_ONNX = {"Add": "Add", "Sub": "Sub", "Mul": "Mul", "Maximum": "Max", "Minimum": "Min"}
+_KERAS = {"Add": "Add", "Sub": "Subtract", "Mul": "Multiply", "Maximum": "Maximum", "Minimum": "Minimum"}
+
+
+def _runner(name: str):
+    return lambda ctx, node, xs, p: getattr(tf().math, _TF[name])(xs[0], xs[1])
+
+
+BINARY = {name: define(name, run=_runner(name), doc=f"element-wise {name.lower()}, per-channel broadcasting")
+          for name in _TF}
+
+
+def broadcast_side(node, graph) -> int | None:
+    """Which input (0 or 1) is broadcast per channel, None when the shapes are equal."""
+    a, b = (graph[i].shape for i in node.inputs)
+    if a == b:
+        return None
+    return 1 if len(b) == 4 and b[1:3] == (1, 1) else 0
+
+
+# ---- TensorFlow import -----------------------------------------------------------------------
+def _check_shapes(w: Walker, t) -> None:
+    out = w.shape_of(t)
+    for x in t.op.inputs:
+        s = w.shape_of(x)
+        if s != out and not (len(s) == 4 and s[1:3] == (1, 1) and s[3] == out[3]):
+            raise UnsupportedOpError(f"{t.op.type} {t.op.name} broadcasts {s} to {out}: only equal shapes or "
+                                     "per-channel [N,1,1,C] are supported")
+
+
+def _emit(w: Walker, t, name: str, a, b) -> str:
+    _check_shapes(w, t)
+    return w.emit(t.op.name, name, [w.convert(a), w.convert(b)], w.shape_of(t))
+
+
+def _affine(w: Walker, t, x, scale=None, shift=None) -> str | None:
+    """An Affine of `x` when the constants are scalar or per-channel, else None."""
+    params = {}
+    for key, value in (("scale", scale), ("shift", shift)):
+        if value is not None:
+            vec = C.channel_constant(w, t, value, key)
+            if vec is None:
+                return None
+            params[key] = vec
+    return w.emit(t.op.name, "Affine", [w.convert(x)], w.shape_of(t), params=params)
+
+
+@register("Add", "AddV2")
+def import_add(w: Walker, t) -> str:
+    bn = match_decomposed_bn(w, t)
+    if bn is not None:
+        return emit_bn(w, t, *bn)
+    a, b = t.op.inputs
+    for x, c in ((a, b), (b, a)):
+        value = w.const(c)
+        if value is not None:
+            out = _affine(w, t, x, shift=value)
+            if out is not None:
+                return out
+            raise UnsupportedOpError(f"Add {t.op.name}: a constant of shape {np.shape(value)} is not per-channel")
+    return _emit(w, t, "Add", a, b)
+
+
+@register("Sub")
+def import_sub(w: Walker, t) -> str:
+    a, b = t.op.inputs
+    vb, va = w.const(b), w.const(a)
+    out = None
+    if vb is not None:  # x - c
+        out = _affine(w, t, a, shift=-np.asarray(vb, np.float32))
+    elif va is not None:  # c - x
+        out = _affine(w, t, b, scale=np.float32(-1.0), shift=va)
+    else:
+        return _emit(w, t, "Sub", a, b)
+    if out is None:
+        raise UnsupportedOpError(f"Sub {t.op.name}: its constant is not scalar or per-channel")
+    return out
+
+
+@register("Mul", "RealDiv")
+def import_mul(w: Walker, t) -> str:
+    a, b = t.op.inputs
+    if t.op.type == "Mul":
+        # dropout (TF1 form): x / keep * floor(keep + random)
+        for x, m in ((a, b), (b, a)):
+            if C.is_random(w, m) and not C.is_random(w, x):
+                return w.convert(C.strip_dropout_scale(w, x))
+    value, x = w.const(b), a
+    if value is None and t.op.type == "Mul":
+        value, x = w.const(a), b
+    if value is None:
+        if t.op.type == "Mul":
+            return _emit(w, t, "Mul", a, b)
+        raise UnsupportedOpError(f"RealDiv {t.op.name} of two computed tensors is not supported")
+    if t.op.type == "RealDiv":
+        value = (1.0 / np.asarray(value, np.float64)).astype(np.float32)
+    out = _affine(w, t, x, scale=value)
+    if out is None:
+        raise UnsupportedOpError(f"{t.op.type} {t.op.name}: the constant factor is not scalar or per-channel")
+    return out
+
+
+@register("Maximum", "Minimum")
+def import_max_min(w: Walker, t) -> str:
+    a, b = t.op.inputs
+    if w.const(a) is not None or w.const(b) is not None:
+        raise UnsupportedOpError(f"{t.op.type} {t.op.name} with a constant is not supported (use relu/relu6)")
+    return _emit(w, t, t.op.type, a, b)
+
+
+@register("SelectV2", "Select")
+def import_select(w: Walker, t) -> str:
+    cond, yes, no = t.op.inputs
+    if C.is_random(w, cond):  # dropout (TF2 form): where(random >= rate, x * scale, 0)
+        return w.convert(C.strip_dropout_scale(w, yes))
+    raise UnsupportedOpError(f"{t.op.type} {t.op.name} is not a dropout mask; ckptkit cannot convert it")
+
+
+# ---- writers ---------------------------------------------------------------------------------
+def _onnx(name: str):
+    return lambda b, node, xs: b.op(_ONNX[name], xs, node.name)  # ONNX broadcasts NCHW [N,C,1,1] natively
+
+
+def _keras(name: str):
+    def write(k, node, xs):
+        return k.add(getattr(k.L, _KERAS[name])(name=k.name(node)), xs)
+
+    return write
+
+
+def _caffe_check(name: str):
+    def check(node, graph):
+        if broadcast_side(node, graph) is not None and name != "Mul":
+            return "per-channel broadcasting, which Caffe's Eltwise cannot do"
+        return None
+
+    return check
+
+
+def _caffe(name: str):
+    def write(c, node, bottoms):
+        pb, n = c.pb, node.name
+        side = broadcast_side(node, c.g)
+        if side is not None:  # Mul by a per-channel gate: Scale with the gate as second bottom, flattened to [N, C]
+            gate = c.layer(n + "/gate", "Flatten", [bottoms[side]], flatten_param=pb.FlattenParameter(axis=1))
+            return c.layer(n, "Scale", [bottoms[1 - side], gate], scale_param=pb.ScaleParameter(axis=0, num_axes=2))
+        E = pb.EltwiseParameter
+        if name == "Minimum":  # min(a, b) = -max(-a, -b)
+            ones = np.ones(node.shape[-1], np.float32)
+            neg = [c.scale(f"{n}/neg{i}", x, -ones, None) for i, x in enumerate(bottoms)]
+            m = c.layer(n + "/max", "Eltwise", neg, eltwise_param=E(operation=E.MAX))
+            return c.scale(n, m, -ones, None)
+        param = {"Add": E(operation=E.SUM), "Sub": E(operation=E.SUM, coeff=[1.0, -1.0]),
+                 "Mul": E(operation=E.PROD), "Maximum": E(operation=E.MAX)}[name]
+        return c.layer(n, "Eltwise", bottoms, eltwise_param=param)
+
+    return write
+
+
+for _name, _op in BINARY.items():
+    _op.writer("onnx")(_onnx(_name))
+    _op.writer("keras")(_keras(_name))
+    _op.writer("caffe", check=_caffe_check(_name))(_caffe(_name))

@@ -1,0 +1,87 @@
+"""The one interface every target writer implements, and the registry of targets.
+
+A writer turns ckptkit's IR into files and runs them back in the target's real runtime. How each IR
+op is written lives with the op (`ckptkit/ops/`, registered per target); the writer module holds the
+target's builder (the `ctx` those functions receive), its file handling and its runtime.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, fields
+from typing import Callable, Optional
+
+from ckptkit import ops
+from ckptkit.errors import CkptkitError
+from ckptkit.ir import Graph
+
+# target name -> module defining WRITER
+MODULES = {"onnx": "converters.onnx", "keras": "converters.keras", "caffe": "converters.caffe"}
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """A writer without options."""
+
+
+class Writer:
+    """A target format. Subclasses set the class attributes and implement `write` and `runner`."""
+
+    name: str = ""
+    label: str = ""  # how messages name the target ("Caffe")
+    suffixes: tuple[str, ...] = ()  # accepted output suffixes; the first is the default
+    options: type = NoOptions  # a dataclass of the writer's typed options
+    tolerance: float = 1e-4  # relative, for verification against TensorFlow
+
+    def destinations(self, path: str, graph: Optional[Graph]) -> list[str]:
+        """The files `path` names (the first one is the one a reader opens)."""
+        if self.suffixes and not path.endswith(self.suffixes):
+            raise CkptkitError(f"output {path} must end in {' or '.join(self.suffixes)}")
+        return [path]
+
+    def make_options(self, given: dict) -> object:
+        """This writer's options from keyword arguments (keys of other writers are ignored)."""
+        names = {f.name for f in fields(self.options)}
+        opts = self.options(**{k: v for k, v in given.items() if k in names})
+        self.check_options(opts)
+        return opts
+
+    def check_options(self, options: object) -> None:
+        """Refuse option values before any work."""
+
+    def prepare(self, graph: Graph) -> Graph:
+        """Target-specific IR rewrites before writing (e.g. Caffe absorbs Pad into convolutions)."""
+        return graph
+
+    def unsupported(self, graph: Graph) -> list[str]:
+        return ops.unsupported(self.prepare(graph), self.name)
+
+    def require(self, graph: Graph) -> None:
+        """Refuse, naming every node at once, a graph this target cannot express."""
+        ops.require(self.prepare(graph), self.name, self.label or self.name)
+
+    def write(self, graph: Graph, path: str, options: object) -> list[str]:
+        raise NotImplementedError
+
+    def runner(self, path: str, graph: Graph, options: object) -> Callable:
+        """A function NHWC batch -> output running the written files in the target's runtime."""
+        raise NotImplementedError
+
+
+def option_names() -> dict[str, tuple[str, ...]]:
+    """Each target's option names."""
+    return {name: tuple(f.name for f in fields(get(name).options)) for name in MODULES}
+
+
+def get(name: str) -> Writer:
+    if name not in MODULES:
+        raise CkptkitError(f"unknown format {name}: choose one of {', '.join(MODULES)}")
+    return importlib.import_module(MODULES[name]).WRITER
+
+
+def write_node(ctx, target: str, node, xs: list):
+    """Look up and call the op's writer for `target` (the up-front check names unsupported ops first)."""
+    fn = ops.get(node.op).writers.get(target)
+    if fn is None:
+        raise CkptkitError(f"{target} cannot express {node.name} ({node.op}): export to {ops.FALLBACK[target]} "
+                           "instead")
+    return fn(ctx, node, xs)
