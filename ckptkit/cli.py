@@ -22,12 +22,12 @@ EXIT_ERROR = 2
 EXIT_VERIFY = 3
 
 
-def _key_values(items: Optional[list[str]]) -> dict:
+def _key_values(items: Optional[list[str]], option: str = "--arch-arg") -> dict:
     out = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep:
-            raise CkptkitError(f"--arch-arg {item} is not KEY=VALUE (e.g. output_stride=16)")
+            raise CkptkitError(f"{option} {item} is not KEY=VALUE (e.g. output_stride=16)")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -43,6 +43,7 @@ def _add_source(p: argparse.ArgumentParser, ckpt_optional: bool = False) -> None
     g.add_argument("--arch", metavar="NAME", help="a tf_slim.nets network, e.g. resnet_v1_50, inception_v3, vgg_16_bn")
     g.add_argument("--arch-arg", metavar="KEY=VALUE", action="append",
                    help="extra argument of the --arch network function, e.g. output_stride=16 (repeatable)")
+    _add_builder(g)
     g.add_argument("--graph", metavar="FROZEN.pb", help="a frozen GraphDef (CKPT then optional)")
     g.add_argument("--inputs", "--input", dest="input", metavar="NAME",
                    help="input op or tensor, as tf2onnx spells it (default: detected when unambiguous)")
@@ -53,11 +54,37 @@ def _add_source(p: argparse.ArgumentParser, ckpt_optional: bool = False) -> None
                                                          "(--arch: the network's standard size)")
 
 
+def _add_builder(g) -> None:
+    g.add_argument("--builder", metavar="MODULE:FUNCTION",
+                   help="your network code as the topology: FUNCTION(inputs, **builder args) returns the output "
+                        "(or (logits, end_points)); MODULE importable from here, or path/to/file.py; needs "
+                        "--input-shape")
+    g.add_argument("--builder-arg", metavar="KEY=VALUE", action="append",
+                   help="argument of the --builder function, e.g. num_classes=1001 (repeatable)")
+
+
+def _builder(args):
+    """The --builder function, or None."""
+    spec = getattr(args, "builder", None)
+    if not spec:
+        return None
+    from .user_builder import resolve
+
+    if not getattr(args, "input_shape", None):
+        raise CkptkitError("--builder needs --input-shape H,W,C (the size the network is built at)")
+    return resolve(spec, _key_values(args.builder_arg, "--builder-arg"))
+
+
+def _topology(args) -> dict:
+    """The topology options every command passes on."""
+    return dict(meta=args.meta, arch=args.arch, arch_args=_key_values(args.arch_arg), builder=_builder(args))
+
+
 def _load(args):
     from .sources import load
 
-    return load(args.checkpoint, meta=args.meta, arch=args.arch, frozen=args.graph, input_name=args.input,
-                output_name=args.output, input_shape=args.input_shape, arch_args=_key_values(args.arch_arg))
+    return load(args.checkpoint, frozen=args.graph, input_name=args.input, output_name=args.output,
+                input_shape=args.input_shape, **_topology(args))
 
 
 def _add_export(p: argparse.ArgumentParser, keep_help: str = "keep BatchNorm as its own layer") -> None:
@@ -102,8 +129,8 @@ def _run_export(args, fmt: str, fold: bool, **options) -> int:
 def cmd_inspect(args) -> int:
     from .inspect import inspect_checkpoint
 
-    info = inspect_checkpoint(args.checkpoint, meta=args.meta, arch=args.arch, arch_args=_key_values(args.arch_arg),
-                              use_meta=not args.no_meta, graph=args.graph)
+    info = inspect_checkpoint(args.checkpoint, use_meta=not args.no_meta, graph=args.graph,
+                              input_shape=args.input_shape, **_topology(args))
     found = EXIT_FINDINGS if info["issues"] else 0
     if args.json:
         return _emit(info, found)
@@ -151,8 +178,8 @@ def cmd_inspect(args) -> int:
 def cmd_fold(args) -> int:
     from .fold import fold_checkpoint
 
-    report = fold_checkpoint(args.checkpoint, args.output_path, eps=args.eps, meta=args.meta, arch=args.arch,
-                             arch_args=_key_values(args.arch_arg), use_meta=not args.no_meta,
+    report = fold_checkpoint(args.checkpoint, args.output_path, eps=args.eps, use_meta=not args.no_meta,
+                             input_shape=args.input_shape, **_topology(args),
                              allow_bad_statistics=args.allow_bad_statistics)
     if args.json:
         return _emit({"format_version": 1, **report.to_json()})
@@ -338,8 +365,8 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 def _data_options(args) -> dict:
     return dict(batch_size=args.batch_size, max_samples=args.max_samples, preprocess=args.preprocess, mean=args.mean,
                 std=args.std, resize=args.resize, mode=args.mode, device=args.device, seed=args.seed,
-                image_key=args.image_key, meta=args.meta, arch=args.arch, frozen=args.graph, input_name=args.input,
-                output_name=args.output, input_shape=args.input_shape, arch_args=_key_values(args.arch_arg))
+                image_key=args.image_key, frozen=args.graph, input_name=args.input, output_name=args.output,
+                input_shape=args.input_shape, **_topology(args))
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -387,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--meta", metavar="PATH", help="graph to find BatchNorms in (default: the .meta beside CKPT)")
     p.add_argument("--arch", metavar="NAME", help="tf_slim.nets network to find BatchNorms in")
     p.add_argument("--arch-arg", metavar="KEY=VALUE", action="append", help="extra --arch argument (repeatable)")
+    _add_builder(p)
+    p.add_argument("--input-shape", metavar="H,W,C", help="input size of --builder/--arch networks")
     p.add_argument("--no-meta", action="store_true", help="ignore the .meta beside CKPT: find BatchNorms by "
                                                           "variable names only")
     p.set_defaults(func=cmd_inspect)
@@ -399,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--meta", metavar="PATH", help="graph to read epsilon from (default: the .meta beside CKPT)")
     p.add_argument("--arch", metavar="NAME", help="tf_slim.nets network to read epsilon from")
     p.add_argument("--arch-arg", metavar="KEY=VALUE", action="append", help="extra --arch argument (repeatable)")
+    _add_builder(p)
+    p.add_argument("--input-shape", metavar="H,W,C", help="input size of --builder/--arch networks")
     p.add_argument("--no-meta", action="store_true", help="ignore the .meta beside CKPT: pair BatchNorms with "
                                                              "layers by slim's variable names")
     p.add_argument("--eps", type=float, help="epsilon when there is no graph (default: slim's 0.001, with a "

@@ -13,12 +13,14 @@ JSON_VERSION = 1
 
 
 def inspect_checkpoint(path: str, *, meta: Optional[str] = None, arch: Optional[str] = None,
-                       arch_args: Optional[dict] = None, use_meta: bool = True, graph: bool = False) -> dict:
+                       arch_args: Optional[dict] = None, builder=None, input_shape=None, use_meta: bool = True,
+                       graph: bool = False) -> dict:
     """A JSON-ready description of a checkpoint and its BatchNorm units (layout in README, versioned).
 
     Args:
         path: checkpoint prefix, one of its files, or its folder.
-        meta / arch (+ arch_args): the graph to find BatchNorms in (default: the `.meta` beside it);
+        meta / arch (+ arch_args) / builder (+ input_shape): the graph to find BatchNorms in (default: the
+            `.meta` beside it);
             use_meta=False finds them by slim's variable names instead.
         graph: also list the graph's candidate inputs and outputs with shapes (`info["graph"]`).
     Returns:
@@ -29,13 +31,14 @@ def inspect_checkpoint(path: str, *, meta: Optional[str] = None, arch: Optional[
         ['never_updated']
     """
     ckpt = Checkpoint(path)
-    units, units_from = find_fold_units(ckpt, meta=meta, arch=arch, arch_args=arch_args, use_meta=use_meta)
+    units, units_from = find_fold_units(ckpt, meta=meta, arch=arch, arch_args=arch_args, builder=builder,
+                                        input_shape=input_shape, use_meta=use_meta)
     issues = []
     for unit in units:
         for issue in check_health(ckpt, unit):
             issues.append({"code": issue.code, "scope": unit.scope, "message": issue.message})
     io = None
-    if graph and not arch and use_meta and (meta or ckpt.meta_path):
+    if graph and not arch and builder is None and use_meta and (meta or ckpt.meta_path):
         from .sources import graph_io
 
         io = graph_io(ckpt.prefix, meta)
