@@ -262,11 +262,21 @@ def _output_candidates(graph, input_t) -> tuple[list, list]:
             continue
         consumers = [c.name for o in op.outputs for c in o.consumers()]
         if any(c in tainted and not c.startswith("gradients") for c in consumers):
-            loss_inputs.append(t)
+            loss_inputs.append(_per_pixel(t))
         if not any(c in inference for c in consumers):
             sinks.append(t)
     by_name = lambda ts: sorted(ts, key=lambda t: t.name)  # noqa: E731
     return by_name(loss_inputs), by_name(sinks)
+
+
+def _per_pixel(t):
+    """A dense-prediction loss reads its logits reshaped to [N*H*W, C]: the network's output is the
+    [N, H, W, C] tensor before that reshape."""
+    if t.op.type == "Reshape" and t.shape.rank == 2:
+        src = t.op.inputs[0]
+        if src.shape.rank == 4 and src.shape[-1] == t.shape[-1] and tuple(src.shape[1:3]) != (1, 1):
+            return src
+    return t
 
 
 def _candidate_outputs(graph, input_t) -> list:
