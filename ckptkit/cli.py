@@ -117,8 +117,12 @@ def _run_export(args, fmt: str, fold: bool, **options) -> int:
     if args.json:
         return _emit(result.to_json())
     kept = result.graph.count("BatchNorm")
+    forward = sum(1 for where in result.graph.folded.values() if where.startswith("forward"))
+    if fold and result.graph.folded:
+        log.info("folded %d BatchNorm(s)%s", len(result.graph.folded),
+                 f" ({forward} forward into the layer after them)" if forward else "")
     if fold and kept:
-        log.info("%d BatchNorm layer(s) follow no foldable layer and were kept", kept)
+        log.info("%d BatchNorm layer(s) fold into no layer before or after them and were kept", kept)
     for f in result.files:
         print(f"wrote {f}")
     if result.comparison is not None:

@@ -43,7 +43,8 @@ class ExportResult:
     def to_json(self) -> dict:
         return {"format_version": 1, "format": self.format, "files": self.files,
                 "verification": self.comparison.to_json() if self.comparison is not None else None,
-                "batchnorm_kept": self.graph.count("BatchNorm"), "model": self.graph.name,
+                "batchnorm_kept": self.graph.count("BatchNorm"), "batchnorm_folded": self.graph.folded,
+                "model": self.graph.name,
                 "inputs": self.graph.input_names, "outputs": self.graph.output_names}
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import ops
 from .ir import Graph, Node, bn_affine
-from .layout import out_channels, scale_outputs
+from .layout import in_scale_shape, out_channels, scale_outputs
 
 
 def absorbs(node: Node) -> bool:
@@ -67,6 +67,8 @@ def absorb_into_layers(graph: Graph, wanted: Callable[[Node], bool]) -> Graph:
             if absorbs(src) and len(users[src.name]) == 1:
                 scale, shift = _affine_of(node)
                 absorb(src, scale, shift, node.sources.get("shift") if scale is None else None)
+                if node.op == "BatchNorm":
+                    graph.folded[node.name] = f"into {src.name}"
                 rename[node.name] = src.name
                 users[src.name] = users[node.name]
                 continue
@@ -132,7 +134,7 @@ def hoist_channel_ops(graph: Graph) -> Graph:
             n.inputs = [r.name if x == node.name else x for x in n.inputs]
         graph.outputs = [r.name if o == node.name else o for o in graph.outputs]
         nodes[j], nodes[i] = moved, after
-    return Graph(nodes, graph.inputs, graph.outputs, graph.name, graph.input_names, graph.output_names)
+    return Graph(nodes, graph.inputs, graph.outputs, graph.name, graph.input_names, graph.output_names, graph.folded)
 
 
 def merge_reshapes(graph: Graph) -> Graph:
@@ -159,11 +161,77 @@ def cleanup(graph: Graph) -> Graph:
     return absorb_into_layers(graph, lambda n: n.op == "Affine")
 
 
-def fold_batchnorm(graph: Graph) -> Graph:
-    """Fold every BatchNorm that follows a Conv, DepthwiseConv or Dense into it.
+def _forward_target(graph: Graph, users: dict, name: str, channels: int) -> Optional[tuple[Node, int]]:
+    """(layer, times the channel vector repeats along its input) when `name` feeds a layer that can take a
+    per-channel affine of its input into its weights exactly: a convolution without padding (padding would
+    see zeros, not the shifted zeros), a Dense on it, or a Dense after a flatten of it."""
+    node = graph[name]
+    if node.op == "Reshape" and len(node.shape) == 2 and len(users[name]) == 1:
+        dense = graph[users[name][0]]
+        src = graph[node.inputs[0]].shape
+        if dense.op == "Dense" and src[-1] == channels and None not in src[1:]:
+            return dense, int(np.prod(src[1:3]))
+        return None
+    layout = ops.get(node.op).layout
+    if layout in ("HWIO", "HWCM") and not any(node.attrs.pads):
+        return node, 1
+    if layout == "IO" and graph[node.inputs[0]].shape[-1] == channels:
+        return node, 1
+    return None
 
-    A BatchNorm that follows anything else (e.g. ResNet v2's pre-activation BN after
-    an Add) stays a BatchNorm node; statistics missing or invalid raise CkptkitError.
+
+def absorb_input_affine(layer: Node, scale: np.ndarray, shift: np.ndarray, repeat: int = 1) -> None:
+    """layer(x*scale + shift) as layer'(x): W' = W*scale along the input axis, b' = b + (W contracted with shift).
+    `repeat`: the vectors tile a flattened H*W*C input (TF's row-major order: channel fastest)."""
+    layout = ops.get(layer.op).layout
+    w = layer.params["weights"].astype(np.float64)
+    s, t = np.tile(scale, repeat), np.tile(shift, repeat)
+    b = layer.params.get("bias")
+    b = np.zeros(out_channels(w.shape, layout)) if b is None else b.astype(np.float64)
+    if layout == "HWCM":  # output channel c*M + m sees input channel c only
+        b = b + np.einsum("hwcm,c->cm", w, t).reshape(-1)
+    elif layout == "HWIO":
+        b = b + np.einsum("hwio,i->o", w, t)
+    else:  # IO
+        b = b + t @ w
+    w = w * s.reshape(in_scale_shape(w.shape, layout))
+    dtype = layer.params["weights"].dtype
+    layer.params["weights"], layer.params["bias"] = w.astype(dtype), b.astype(dtype)
+    layer.sources.pop("bias", None)
+    layer.sources["folded"] = layer.sources.pop("weights", layer.sources.get("folded", ""))
+
+
+def fold_forward(graph: Graph, wanted: Callable[[Node], bool]) -> Graph:
+    """Fold each wanted per-channel affine (a BatchNorm left after backward folding, e.g. one before a
+    convolution) into every layer it feeds, where each of them can take it exactly."""
+    graph = graph.copy()
+    users = graph.consumers()
+    keep, rename = [], {}
+    for node in graph.nodes:
+        if wanted(node) and node.name not in graph.outputs and users[node.name]:
+            channels = node.shape[-1]
+            targets = [_forward_target(graph, users, u, channels) for u in users[node.name]]
+            if all(targets):
+                scale, shift = _affine_of(node)
+                scale = np.ones(channels) if scale is None else scale
+                shift = np.zeros(channels) if shift is None else shift
+                for layer, repeat in targets:
+                    absorb_input_affine(layer, scale, shift, repeat)
+                if node.op == "BatchNorm":
+                    graph.folded[node.name] = "forward into " + ", ".join(layer.name for layer, _ in targets)
+                rename[node.name] = node.inputs[0]
+                continue
+        keep.append(node)
+    return graph.rebuild(keep, rename)
+
+
+def fold_batchnorm(graph: Graph) -> Graph:
+    """Fold every BatchNorm into the layer before it (Conv, DepthwiseConv, ConvTranspose, Dense), or else
+    forward into the layers after it when they take it exactly (no padding).
+
+    A BatchNorm that can go neither way (e.g. ResNet v2's pre-activation BN after an Add, feeding a ReLU)
+    stays a BatchNorm node; statistics missing or invalid raise CkptkitError. `graph.folded` says where each
+    folded BatchNorm went.
 
     Args:
         graph: ckptkit's IR (`model.graph`); not modified.
@@ -173,4 +241,5 @@ def fold_batchnorm(graph: Graph) -> Graph:
         >>> ckptkit.fold(ckptkit.load("fixtures/mobilenet_v2_tiny").graph).count("BatchNorm")
         0
     """
-    return absorb_into_layers(graph, lambda n: n.op == "BatchNorm")
+    graph = absorb_into_layers(graph, lambda n: n.op == "BatchNorm")
+    return fold_forward(graph, lambda n: n.op == "BatchNorm")

@@ -75,6 +75,7 @@ CASES = {
     "tanh": Case(lambda x: tf().tanh(conv(x, 4) * 3.0)),
     "elu": Case(lambda x: tf().nn.elu(conv(x, 4) * 3.0)),
     "leaky_relu": Case(lambda x: tf().nn.leaky_relu(conv(x, 4) * 3.0, 0.1)),
+    "softplus": Case(lambda x: tf().nn.softplus(conv(x, 4))),
     "softmax_channels": Case(lambda x: tf().nn.softmax(conv(x, 4))),
     # MobileNet v3: hard-swish and a squeeze-excite gate of hard-sigmoid
     "hard_swish": Case(lambda x: conv(x, 4) * hard_sigmoid(conv(x, 4))),
@@ -117,6 +118,11 @@ CASES = {
     "split_v": Case(lambda x: (lambda parts: conv(parts[1], 2) + parts[0])(tf().split(conv(x, 6), [2, 4], axis=3))),
     "nasnet_factorized_reduction": Case(lambda x: tf().nn.avg_pool2d(
         tf().pad(conv(x, 4), [[0, 0], [0, 1], [0, 1], [0, 0]])[:, 1:, 1:, :], 1, 2, "VALID")),
+    # BatchNorm before a layer folds forward into it (no padding to see the shift), else stays
+    "bn_before_valid_conv": Case(lambda x: conv(bn(tf().nn.relu(conv(x, 4, 3))), 5, 3, padding="VALID")),
+    "bn_before_flatten_dense": Case(lambda x: tf().matmul(tf().reshape(bn(tf().nn.relu(conv(x, 4, 3, stride=2))),
+                                                                       [-1, 4 * 4 * 4]), const((64, 6), 5))),
+    "bn_before_same_conv_stays": Case(lambda x: conv(bn(tf().nn.relu(conv(x, 4, 3))), 5, 3)),
     "channel_mean": Case(lambda x: conv(tf().concat([tf().reduce_mean(x, 3, keepdims=True), x], 3), 4)),
 }
 
@@ -161,6 +167,22 @@ def test_every_op_has_a_case_in_every_target_that_claims_it():
     assert not missing, f"registered writers without a test case: {', '.join(missing)}"
 
 
+@pytest.mark.parametrize("name, where", [("bn_before_valid_conv", "forward into Conv2D_1"),
+                                         ("bn_before_flatten_dense", "forward into MatMul"),
+                                         ("conv_transpose_bn_folded", "into conv2d_transpose")])
+def test_fold_reports_where_each_batchnorm_went(name, where):
+    case = CASES[name]
+    graph = fold_batchnorm(load(builder=case.build, input_shape=case.shape).graph)
+    assert graph.count("BatchNorm") == 0
+    assert list(graph.folded.values()) == [where], graph.folded
+
+
+def test_a_batchnorm_before_a_padded_conv_is_kept():
+    case = CASES["bn_before_same_conv_stays"]
+    graph = fold_batchnorm(load(builder=case.build, input_shape=case.shape).graph)
+    assert graph.count("BatchNorm") == 1 and not graph.folded
+
+
 def test_an_unsupported_target_names_every_node_at_once(tmp_path):
     def two_lrns(x):
         return tf().nn.lrn(tf().nn.lrn(conv(x, 4), 1), 2)
@@ -176,3 +198,12 @@ def test_an_unsupported_target_names_every_node_at_once(tmp_path):
 def test_registering_a_writer_twice_is_an_error():
     with pytest.raises(RuntimeError, match="registered twice"):
         ops.get("Relu").writer("onnx")(lambda *a: None)
+
+
+def test_the_readme_recipe_is_the_softplus_module():
+    import os
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    recipe = re.search(r"```py\n(.*?)```", open(os.path.join(root, "README.md")).read(), re.S).group(1)
+    assert recipe == open(os.path.join(root, "ckptkit", "ops", "softplus.py")).read()

@@ -54,7 +54,7 @@ class LeakyReluAttrs:
 
 
 LEAKY_RELU = unary(
-    "LeakyRelu", lambda x, a: tf().nn.leaky_relu(x, a.alpha), attrs=LeakyReluAttrs, tf_types=("LeakyRelu",),
+    "LeakyRelu", lambda x, a: tf().nn.leaky_relu(x, a.alpha), attrs=LeakyReluAttrs, doc="x if x > 0 else alpha * x", tf_types=("LeakyRelu",),
     import_attrs=lambda op: {"alpha": float(C.attr(op, "alpha", 0.2))},
     onnx=onnx_op("LeakyRelu", alpha=lambda a: float(a.alpha)),
     keras=keras_layer(lambda L, node, name: L.LeakyReLU(negative_slope=node.attrs.alpha, name=name)),
@@ -64,3 +64,10 @@ SOFTMAX = unary("Softmax", lambda x, a: tf().nn.softmax(x), tf_types=("Softmax",
                 onnx=lambda b, node, x: b.op("Softmax", [x], node.name, axis=1 if len(node.shape) == 4 else -1),
                 keras=keras_layer(lambda L, node, name: L.Softmax(axis=-1, name=name)),
                 caffe=caffe_layer("Softmax", lambda c, node: {"softmax_param": c.pb.SoftmaxParameter(axis=1)}))
+
+RELU.doc = "max(x, 0)"
+RELU6.doc = "min(max(x, 0), 6)"
+SIGMOID.doc = "1 / (1 + exp(-x))"
+TANH.doc = "tanh(x)"
+ELU.doc = "x if x > 0 else exp(x) - 1"
+SOFTMAX.doc = "softmax over the last axis"
