@@ -15,7 +15,7 @@ from .errors import CkptkitError, VerificationError
 from .health import check_finite, gate, statistics_issues
 from .ir import Graph
 from . import validate
-from .passes import fold_batchnorm
+from .passes import fold_batchnorm, simplify
 from .publish import Stage, check_outputs, ensure_parent
 from .sources import Model
 from .verify import Comparison, verification_inputs, verify
@@ -63,7 +63,7 @@ def prepare(model: Model, fold: bool = True, allow_bad_statistics: bool = False)
     """The graph to write: folded (default) or not; refuses missing, never-updated or invalid statistics
     (the last two pass with `allow_bad_statistics`, with a warning) and non-finite parameters."""
     check_model_statistics(model, allow_bad_statistics)
-    graph = fold_batchnorm(model.graph) if fold else model.graph
+    graph = fold_batchnorm(model.graph) if fold else simplify(model.graph)
     check_finite(((f"{n.name}/{k}", v) for n in graph for k, v in n.params.items() if v is not None),
                  "parameter", "the checkpoint holds NaN/inf or its statistics overflow; run ckptkit inspect on it")
     return graph

@@ -89,9 +89,11 @@ def build(graph: Graph, folded: set[str], bias_names: dict[str, str], dtypes: di
                     source = weights
                 if absorbs(node) and key == "bias" and weights in bias_names:
                     source = bias_names[weights]
-                if not source:
-                    raise CkptkitError(f"{node.name} has a {key} the checkpoint does not hold")
-                params[key] = _tf.cast(variable(source, value), _tf.float32)
+                if not source and absorbs(node) and key == "weights":
+                    raise CkptkitError(f"{node.name} has weights the checkpoint does not hold")
+                # constants of the original graph (x + 3 in hard-swish, a scaled residual, a bias merged with
+                # the constant added after it) stay constants
+                params[key] = _tf.cast(variable(source, value), _tf.float32) if source else _tf.constant(value)
             pooled = _pool(node, values[node.inputs[0]], ir[node.inputs[0]].shape) \
                 if node.op in ("MaxPool", "AvgPool") else None
             values[node.name] = pooled if pooled is not None else apply_node(

@@ -54,8 +54,10 @@ def absorb(layer: Node, scale: Optional[np.ndarray], shift: Optional[np.ndarray]
         layer.sources["folded"] = layer.sources.pop("weights", "")  # weights no longer the checkpoint's tensor
 
 
-def absorb_into_layers(graph: Graph, wanted: Callable[[Node], bool]) -> Graph:
-    """Absorb every node for which `wanted` holds into the layer before it, where that layer feeds nothing else."""
+def absorb_into_layers(graph: Graph, wanted: Callable[[Node], bool],
+                       into: Callable[[Node], bool] = lambda layer: True) -> Graph:
+    """Absorb every node for which `wanted` holds into the layer before it (one `into` accepts), where that
+    layer feeds nothing else."""
     graph = graph.copy()
     users = graph.consumers()
     keep: list[Node] = []
@@ -64,7 +66,7 @@ def absorb_into_layers(graph: Graph, wanted: Callable[[Node], bool]) -> Graph:
     for node in graph.nodes:
         if wanted(node):
             src = by_name[rename.get(node.inputs[0], node.inputs[0])]
-            if absorbs(src) and len(users[src.name]) == 1:
+            if absorbs(src) and len(users[src.name]) == 1 and into(src):
                 scale, shift = _affine_of(node)
                 absorb(src, scale, shift, node.sources.get("shift") if scale is None else None)
                 if node.op == "BatchNorm":
@@ -76,16 +78,16 @@ def absorb_into_layers(graph: Graph, wanted: Callable[[Node], bool]) -> Graph:
     return graph.rebuild(keep, rename)
 
 
-def merge_affines(graph: Graph) -> Graph:
-    """Merge chains of Affine nodes (e.g. a Mul then an Add) into one."""
+def merge_affines(graph: Graph, wanted: Callable[[Node], bool] = lambda n: True) -> Graph:
+    """Merge chains of Affine nodes (e.g. a Mul then an Add) for which `wanted` holds into one."""
     graph = graph.copy()
     users = graph.consumers()
     by_name = {n.name: n for n in graph.nodes}
     keep, rename = [], {}
     for node in graph.nodes:
-        if node.op == "Affine":
+        if node.op == "Affine" and wanted(node):
             src = by_name.get(rename.get(node.inputs[0], node.inputs[0]))
-            if src is not None and src.op == "Affine" and len(users[src.name]) == 1:
+            if src is not None and src.op == "Affine" and wanted(src) and len(users[src.name]) == 1:
                 s1, t1 = _affine_of(src)
                 s2, t2 = _affine_of(node)
                 s = s1 if s2 is None else (s2 if s1 is None else s1 * s2)
@@ -153,12 +155,26 @@ def merge_reshapes(graph: Graph) -> Graph:
     return graph.rebuild(keep)
 
 
+def _bias_variable(node: Node) -> bool:
+    """A BiasAdd of a checkpoint variable: an Affine that is only a shift read from the checkpoint."""
+    return node.op == "Affine" and node.params.get("scale") is None and bool(node.sources.get("shift"))
+
+
 def cleanup(graph: Graph) -> Graph:
-    """After import: drop identities, absorb biases and constant scalings into their layers."""
+    """After import: drop identities, give each layer its bias variable, merge chains of constant affines.
+
+    The imported IR stays faithful to the checkpoint: a layer's parameters are its variables (a constant
+    scaling after it stays an Affine node), which the BN-free graph beside a folded checkpoint and the
+    topology-only imports (no weights read) rely on. `simplify` merges the constants in for writing."""
     graph = drop_identities(graph)
     graph = drop_identities(merge_reshapes(hoist_channel_ops(graph)))
-    graph = merge_affines(graph)
-    return absorb_into_layers(graph, lambda n: n.op == "Affine")
+    graph = merge_affines(graph, lambda n: not n.sources)
+    return absorb_into_layers(graph, _bias_variable, into=lambda layer: layer.params.get("bias") is None)
+
+
+def simplify(graph: Graph) -> Graph:
+    """Constant scalings and shifts merged and absorbed into the layer before them (what a writer wants)."""
+    return absorb_into_layers(merge_affines(graph), lambda n: n.op == "Affine")
 
 
 def _forward_target(graph: Graph, users: dict, name: str, channels: int) -> Optional[tuple[Node, int]]:
@@ -241,5 +257,5 @@ def fold_batchnorm(graph: Graph) -> Graph:
         >>> ckptkit.fold(ckptkit.load("fixtures/mobilenet_v2_tiny").graph).count("BatchNorm")
         0
     """
-    graph = absorb_into_layers(graph, lambda n: n.op == "BatchNorm")
+    graph = absorb_into_layers(simplify(graph), lambda n: n.op == "BatchNorm")
     return fold_forward(graph, lambda n: n.op == "BatchNorm")

@@ -24,6 +24,7 @@ from typing import Optional
 
 import numpy as np
 
+from ckptkit import ops
 from ckptkit.errors import CkptkitError
 from ckptkit.ir import Graph, UniqueNames
 
@@ -122,13 +123,13 @@ class Builder:
 
 
 def fuse_pads(graph: Graph) -> Graph:
-    """Pad -> Conv/DepthwiseConv becomes one convolution with larger pads (Caffe has no Pad layer)."""
+    """Pad -> convolution becomes one convolution with larger pads (Caffe has no Pad layer)."""
     graph = graph.copy()
     users = graph.consumers()
     keep, rename = [], {}
     by_name = {n.name: n for n in graph.nodes}
     for node in graph.nodes:
-        if node.op in ("Conv", "DepthwiseConv"):
+        if ops.get(node.op).layout in ("HWIO", "HWCM"):  # a padded convolution (ckptkit/ops/conv.py)
             src = by_name[node.inputs[0]]
             if src.op == "Pad" and len(users[src.name]) == 1 and src.attrs.pads[3] == [0, 0]:
                 (_, _), (pt, pb_), (pl, pr), _ = src.attrs.pads

@@ -190,3 +190,20 @@ def test_zoo_pattern_exports_from_its_training_meta(saved, tmp_path, name, targe
     x = T.random_input(shape, batch=2)
     expected = T.inference_output(builder, shape, prefix, x)
     assert np.allclose(model.reference(x), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3", "pix2pix", "inception_resnet"])
+def test_fold_then_export_chains_through_the_bn_free_graph(saved, tmp_path, name):
+    from ckptkit.fold import fold_checkpoint
+
+    builder, shape, _ = NETS[name]
+    prefix = saved(name)
+    report = fold_checkpoint(prefix, str(tmp_path / "folded" / "model.ckpt"))
+    assert report.folded and report.graph, report.kept  # the BN-free .meta was written beside it
+    folded = load(str(tmp_path / "folded" / "model.ckpt"))
+    assert folded.graph.count("BatchNorm") == 0
+    x = T.random_input(shape, batch=2)
+    expected = T.inference_output(builder, shape, prefix, x)  # the original net, original checkpoint
+    got = folded.reference(x)  # TensorFlow running the folded checkpoint in its BN-free graph
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+    assert export(folded, "onnx", str(tmp_path / "m.onnx")).comparison.ok
