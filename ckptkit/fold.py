@@ -146,6 +146,14 @@ def fold_checkpoint(checkpoint: str, output: str, *, eps: Optional[float] = None
     gate([(u.scope, i) for u in units for i in check_health(ckpt, u)], allow_bad=allow_bad_statistics,
          checkpoint=ckpt.prefix, action="folding")
 
+    if not from_graph and any(u.layer is not None and u.layer.kind == "conv" and
+                              len(ckpt.tensors[u.layer.weights].shape) == 4 and
+                              ckpt.tensors[u.layer.weights].shape[2] == ckpt.tensors[u.layer.weights].shape[3]
+                              for u in units):
+        # slim names conv2d and conv2d_transpose kernels alike; only the graph tells [kh,kw,in,out] from
+        # [kh,kw,out,in], and with as many inputs as outputs the shapes cannot
+        log.warning("without a graph every `S/weights` kernel is taken to be a convolution's [kh,kw,in,out]: if the "
+                    "network has transposed convolutions, pass --meta, --arch or --builder")
     if from_graph:
         report.epsilon_source = report.units_from
     elif eps is not None:

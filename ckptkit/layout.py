@@ -90,3 +90,8 @@ def to_oihw(weights: np.ndarray, layout: str) -> tuple[np.ndarray, int]:
     if layout == "HWOI":
         return weights.transpose(3, 2, 0, 1), 1
     raise ValueError(f"{layout} is not a convolution layout")
+
+
+def nchw_axis(axis: int, rank: int) -> int:
+    """Where a TF (NHWC) activation axis is in ONNX's and Caffe's NCHW layout (other ranks keep TF's order)."""
+    return (0, 2, 3, 1)[axis] if rank == 4 else axis

@@ -59,11 +59,6 @@ class Builder:
         return self.const(base, np.asarray(value, np.float32).reshape([1, -1, 1, 1] if rank == 4 else [-1]))
 
 
-def nchw_axis(axis: int, rank: int) -> int:
-    """The NCHW axis of a TF (NHWC) axis."""
-    return (0, 2, 3, 1)[axis] if rank == 4 else axis
-
-
 def check_opset(opset: int) -> None:
     """13 (the oldest ckptkit writes) up to the newest the installed onnx package knows."""
     import onnx.defs

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .._tf import tf
+from ..layout import nchw_axis
 from ..tf_import.walker import Walker, register
 from . import define
 
@@ -30,13 +31,9 @@ def import_concat(w: Walker, t) -> str:
     return w.emit(op.name, "Concat", inputs, w.shape_of(t), attrs=dict(axis=int(axis) % rank))
 
 
-def _nchw(axis: int, rank: int) -> int:
-    return (0, 2, 3, 1)[axis] if rank == 4 else axis
-
-
 @CONCAT.writer("onnx")
 def to_onnx(b, node, xs):
-    return b.op("Concat", xs, node.name, axis=_nchw(node.attrs.axis, len(node.shape)))
+    return b.op("Concat", xs, node.name, axis=nchw_axis(node.attrs.axis, len(node.shape)))
 
 
 @CONCAT.writer("keras")
@@ -46,5 +43,5 @@ def to_keras(k, node, xs):
 
 @CONCAT.writer("caffe")
 def to_caffe(c, node, bottoms):
-    axis = _nchw(node.attrs.axis, len(node.shape))
+    axis = nchw_axis(node.attrs.axis, len(node.shape))
     return c.layer(node.name, "Concat", bottoms, concat_param=c.pb.ConcatParameter(axis=axis))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._tf import tf
+from ..layout import nchw_axis
 from ..errors import UnsupportedOpError
 from ..tf_import import common as C
 from ..tf_import.walker import Walker, register
@@ -142,7 +143,7 @@ def _changed(node, graph) -> list[int]:
 def to_onnx(b, node, xs):
     n, rank = node.name, len(node.shape)
     box, _ = _box(node, b.graph)
-    axes = [(0, 2, 3, 1)[i + 1] if rank == 4 else i + 1 for i in range(len(box))]
+    axes = [nchw_axis(i + 1, rank) for i in range(len(box))]
     arr = lambda v: np.array(v, np.int64)  # noqa: E731
     return b.op("Slice", [xs[0], b.const(f"{n}/starts", arr([v[0] for v in box])),
                           b.const(f"{n}/ends", arr([v[1] for v in box])), b.const(f"{n}/axes", arr(axes)),
