@@ -10,7 +10,7 @@ CK     := $(VENV)/bin/ckptkit
 OUT    := out/demo
 JOBS   ?= 2
 
-.PHONY: setup demo test bench fixtures caffe-proto clean
+.PHONY: setup demo test test-fast bench fixtures caffe-proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -n $(JOBS) tests
+
+# the quick development tier (tests marked `fast` in tests/conftest.py): TF-free unit tests, every op in
+# ONNX, one network per format; `make test` stays the full matrix CI runs
+test-fast: setup
+	$(PY) -m pytest -n $(JOBS) -m fast tests
 
 bench: setup
 	$(PY) -m pip install -q -e ".[bench]"

@@ -127,8 +127,16 @@ class Checkpoint:
     """A checkpoint opened for lazy reading."""
 
     def __init__(self, path: str):
+        from .bundle import open_bundle
+
         self.prefix = resolve_prefix(path)
-        self.tf_prefix = _tf_safe_prefix(self.prefix)
+        self._bundle = open_bundle(self.prefix)  # V2 without TensorFlow (see ckptkit/bundle.py)
+        self._reader = None
+        self._tf_prefix: Optional[str] = None
+        if self._bundle is not None:
+            self.tensors = {e.name: TensorInfo(e.name, e.shape, e.dtype) for e in self._bundle.entries.values()}
+            self.version = 2
+            return
         _tf = tf()
         try:
             self._reader = _tf.train.load_checkpoint(self.tf_prefix)
@@ -144,6 +152,13 @@ class Checkpoint:
         self.version = 2 if os.path.isfile(self.prefix + ".index") else 1
 
     @property
+    def tf_prefix(self) -> str:
+        """The prefix spelled so TensorFlow can open it (see _tf_safe_prefix)."""
+        if self._tf_prefix is None:
+            self._tf_prefix = _tf_safe_prefix(self.prefix)
+        return self._tf_prefix
+
+    @property
     def names(self) -> list[str]:
         return list(self.tensors)
 
@@ -153,6 +168,8 @@ class Checkpoint:
     def get(self, name: str) -> np.ndarray:
         if name not in self.tensors:
             raise CkptkitError(f"tensor {name} is not in checkpoint {self.prefix}: run `ckptkit inspect {self.prefix}` to list its tensors")
+        if self._bundle is not None:
+            return self._bundle.read(name)
         _tf = tf()
         try:
             return np.asarray(self._reader.get_tensor(name))

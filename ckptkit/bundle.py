@@ -1,0 +1,238 @@
+"""Read TensorFlow V2 checkpoints (tensor bundles) without importing TensorFlow.
+
+A V2 checkpoint is PREFIX.index, a LevelDB-format table mapping "" to a BundleHeaderProto and each
+tensor name to a BundleEntryProto (dtype, shape, shard, offset, size, masked crc32c of the bytes), and
+PREFIX.data-SSSSS-of-NNNNN shards holding the raw little-endian tensor bytes. Every block of the table
+and every tensor read is crc32c-checked, as TensorFlow's reader does. What this reader does not handle
+(V1 checkpoints, compressed tables, partitioned or string tensors, big-endian bundles) raises
+`Unsupported`, and the caller falls back to TensorFlow's reader.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import CkptkitError
+
+_MAGIC = 0xDB4775248B80FB57  # LevelDB table magic, as TensorFlow's table writer uses it
+_FOOTER = 48
+_MASK_DELTA = 0xA282EAD8
+# TensorFlow DataType -> numpy dtype name (the numeric types checkpoints hold)
+_DTYPES = {1: "float32", 2: "float64", 3: "int32", 4: "uint8", 5: "int16", 6: "int8", 9: "int64", 10: "bool",
+           17: "uint16", 19: "float16", 22: "uint32", 23: "uint64"}
+
+
+class Unsupported(Exception):
+    """A checkpoint feature this reader leaves to TensorFlow."""
+
+
+@functools.lru_cache(maxsize=None)
+def _messages():
+    """BundleHeaderProto and BundleEntryProto (tensorflow/core/protobuf/tensor_bundle.proto), declared here
+    with the same field numbers: importing TF's generated modules would import all of TensorFlow."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    F = descriptor_pb2.FieldDescriptorProto
+    fdp = descriptor_pb2.FileDescriptorProto(name="ckptkit_tensor_bundle.proto", package="ckptkit_bundle",
+                                             syntax="proto3")
+
+    def message(name, fields, parent=None):
+        m = (parent.nested_type if parent is not None else fdp.message_type).add(name=name)
+        for fname, number, ftype, repeated, type_name in fields:
+            f = m.field.add(name=fname, number=number, type=ftype,
+                            label=F.LABEL_REPEATED if repeated else F.LABEL_OPTIONAL)
+            if type_name:
+                f.type_name = type_name
+        return m
+
+    shape = message("TensorShapeProto", [("dim", 2, F.TYPE_MESSAGE, True, ".ckptkit_bundle.TensorShapeProto.Dim"),
+                                         ("unknown_rank", 3, F.TYPE_BOOL, False, None)])
+    message("Dim", [("size", 1, F.TYPE_INT64, False, None), ("name", 2, F.TYPE_STRING, False, None)], shape)
+    message("VersionDef", [("producer", 1, F.TYPE_INT32, False, None), ("min_consumer", 2, F.TYPE_INT32, False, None),
+                           ("bad_consumers", 3, F.TYPE_INT32, True, None)])
+    message("BundleHeaderProto", [("num_shards", 1, F.TYPE_INT32, False, None),
+                                  ("endianness", 2, F.TYPE_INT32, False, None),  # enum LITTLE=0, BIG=1
+                                  ("version", 3, F.TYPE_MESSAGE, False, ".ckptkit_bundle.VersionDef")])
+    message("TensorSliceProto", [])  # only its presence matters: partitioned variables go to TensorFlow
+    message("BundleEntryProto", [("dtype", 1, F.TYPE_INT32, False, None),  # enum DataType
+                                 ("shape", 2, F.TYPE_MESSAGE, False, ".ckptkit_bundle.TensorShapeProto"),
+                                 ("shard_id", 3, F.TYPE_INT32, False, None), ("offset", 4, F.TYPE_INT64, False, None),
+                                 ("size", 5, F.TYPE_INT64, False, None), ("crc32c", 6, F.TYPE_FIXED32, False, None),
+                                 ("slices", 7, F.TYPE_MESSAGE, True, ".ckptkit_bundle.TensorSliceProto")])
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    get = lambda n: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"ckptkit_bundle.{n}"))  # noqa: E731
+    return get("BundleHeaderProto"), get("BundleEntryProto")
+
+
+def _crc32c(data) -> int:
+    """crc32c of any buffer (the `crc32c` package reads numpy arrays in place, hardware-accelerated)."""
+    import crc32c
+
+    return crc32c.crc32c(data)
+
+
+def unmask(masked: int) -> int:
+    """TensorFlow stores crc32c values masked: rot = masked - delta, crc = rotl(rot, 15)."""
+    rot = (masked - _MASK_DELTA) & 0xFFFFFFFF
+    return ((rot >> 17) | (rot << 15)) & 0xFFFFFFFF
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise ValueError("truncated varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _block(data: bytes, offset: int, size: int, what: str) -> bytes:
+    """A table block's contents, its trailer (compression type, masked crc32c of contents + type) checked."""
+    end = offset + size + 5
+    if offset < 0 or end > len(data):
+        raise ValueError(f"{what} block lies outside the file")
+    contents, kind = data[offset:offset + size], data[offset + size]
+    (masked,) = struct.unpack_from("<I", data, offset + size + 1)
+    if unmask(masked) != _crc32c(contents + bytes([kind])):
+        raise ValueError(f"{what} block fails its crc32c check")
+    if kind != 0:
+        raise Unsupported(f"compressed table block (type {kind})")
+    return contents
+
+
+def _entries(block: bytes):
+    """(key, value) of a table block: prefix-compressed keys, restart array at the end."""
+    if len(block) < 4:
+        raise ValueError("block too short")
+    (restarts,) = struct.unpack_from("<I", block, len(block) - 4)
+    limit = len(block) - 4 - 4 * restarts
+    if limit < 0:
+        raise ValueError("bad restart count")
+    pos, key = 0, b""
+    while pos < limit:
+        shared, pos = _varint(block, pos)
+        unshared, pos = _varint(block, pos)
+        vlen, pos = _varint(block, pos)
+        if shared > len(key) or pos + unshared + vlen > limit:
+            raise ValueError("bad block entry")
+        key = key[:shared] + block[pos:pos + unshared]
+        pos += unshared
+        yield key, block[pos:pos + vlen]
+        pos += vlen
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    shard: int
+    offset: int
+    size: int
+    crc: int  # unmasked crc32c of the bytes
+
+
+class Bundle:
+    """The tensor index of a V2 checkpoint, read and checked without TensorFlow; tensors read on request."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        try:
+            with open(prefix + ".index", "rb") as f:
+                data = f.read()
+        except OSError as err:
+            raise CkptkitError(f"checkpoint {prefix}.index cannot be read ({err.strerror})") from None
+        try:
+            self.entries, self.num_shards = self._parse(data)
+        except (ValueError, struct.error) as err:
+            raise CkptkitError(f"checkpoint {prefix}.index is damaged or not a TensorFlow checkpoint ({err}): "
+                               "re-copy or re-save it") from None
+        except Exception as err:  # protobuf's DecodeError and friends
+            if isinstance(err, Unsupported):
+                raise
+            raise CkptkitError(f"checkpoint {prefix}.index is damaged or not a TensorFlow checkpoint "
+                               f"({type(err).__name__}): re-copy or re-save it") from None
+
+    def _parse(self, data: bytes) -> tuple[dict[str, Entry], int]:
+        if len(data) < _FOOTER:
+            raise ValueError("file too short for a table footer")
+        footer = data[-_FOOTER:]
+        (magic,) = struct.unpack_from("<Q", footer, 40)
+        if magic != _MAGIC:
+            raise ValueError("not a table (bad magic number)")
+        _, pos = _varint(footer, 0)  # metaindex handle: unused
+        _, pos = _varint(footer, pos)
+        index_offset, pos = _varint(footer, pos)
+        index_size, pos = _varint(footer, pos)
+        Header, EntryProto = _messages()
+        entries: dict[str, Entry] = {}
+        num_shards = None
+        for _, handle in _entries(_block(data, index_offset, index_size, "index")):
+            offset, p = _varint(handle, 0)
+            size, _ = _varint(handle, p)
+            for key, value in _entries(_block(data, offset, size, "data")):
+                if key == b"":
+                    header = Header.FromString(value)
+                    if header.endianness != 0:
+                        raise Unsupported("big-endian bundle")
+                    num_shards = header.num_shards
+                    continue
+                try:
+                    name = key.decode("utf-8")
+                except UnicodeDecodeError:  # the binary keys of a partitioned variable's slices
+                    raise Unsupported("partitioned variables") from None
+                e = EntryProto.FromString(value)
+                if len(e.slices):
+                    raise Unsupported(f"partitioned variable {name}")
+                if e.dtype not in _DTYPES:
+                    raise Unsupported(f"tensor {name} of TensorFlow dtype {e.dtype}")
+                shape = tuple(int(d.size) for d in e.shape.dim)
+                entries[name] = Entry(name, _DTYPES[e.dtype], shape, e.shard_id, e.offset, e.size, unmask(e.crc32c))
+        if num_shards is None:
+            raise ValueError("no bundle header")
+        return dict(sorted(entries.items())), num_shards
+
+    def shard_path(self, shard: int) -> str:
+        return f"{self.prefix}.data-{shard:05d}-of-{self.num_shards:05d}"
+
+    def read(self, name: str) -> np.ndarray:
+        """The tensor's values (a new, writeable array), its bytes crc32c-checked."""
+        e = self.entries[name]
+        path = self.shard_path(e.shard)
+        out = np.empty(e.shape, np.dtype(e.dtype).newbyteorder("<"))
+        if e.size != out.nbytes:
+            raise CkptkitError(f"tensor {name} cannot be read from {path} (its index gives {e.size} bytes for "
+                               f"{e.dtype}{list(e.shape)}): the checkpoint is damaged; re-copy or re-save it")
+        try:
+            with open(path, "rb") as f:
+                f.seek(e.offset)
+                got = f.readinto(memoryview(out.reshape(-1)).cast("B")) if out.size else 0
+        except OSError as err:
+            raise CkptkitError(f"tensor {name} cannot be read from {path} ({err.strerror}): re-copy the checkpoint") \
+                from None
+        if got != e.size:
+            raise CkptkitError(f"tensor {name} cannot be read from {path} (the file ends early): the data file is "
+                               "damaged; re-copy or re-save it")
+        if _crc32c(memoryview(out.reshape(-1)).cast("B")) != e.crc:
+            raise CkptkitError(f"tensor {name} cannot be read from {path} (crc32c mismatch): the data file is "
+                               "damaged; re-copy or re-save it")
+        return out
+
+
+def open_bundle(prefix: str):
+    """A Bundle for a V2 checkpoint this reader handles, else None (TensorFlow's reader is used instead)."""
+    if not os.path.isfile(prefix + ".index"):
+        return None
+    try:
+        return Bundle(prefix)
+    except Unsupported:
+        return None
