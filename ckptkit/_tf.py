@@ -18,9 +18,12 @@ def tf():
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 2)
         os.close(devnull)
+    from .phases import phase
+
     try:
-        import tensorflow as _tf
-        _tf.config.list_physical_devices("GPU")  # probes CUDA now, while quiet
+        with phase("import TensorFlow"):
+            import tensorflow as _tf
+            _tf.config.list_physical_devices("GPU")  # probes CUDA now, while quiet
     finally:
         if saved is not None:
             os.dup2(saved, 2)

@@ -19,6 +19,7 @@ import numpy as np
 
 from ._tf import tf
 from .errors import CkptkitError
+from .phases import phase
 from .publish import Stage, ensure_parent, make_stage, publish_file, refuse_input_files  # noqa: F401 (re-exported)
 
 _DATA_SUFFIX = re.compile(r"\.data-\d{5}-of-\d{5}$")
@@ -169,10 +170,12 @@ class Checkpoint:
         if name not in self.tensors:
             raise CkptkitError(f"tensor {name} is not in checkpoint {self.prefix}: run `ckptkit inspect {self.prefix}` to list its tensors")
         if self._bundle is not None:
-            return self._bundle.read(name)
+            with phase("read checkpoint tensors"):
+                return self._bundle.read(name)
         _tf = tf()
         try:
-            return np.asarray(self._reader.get_tensor(name))
+            with phase("read checkpoint tensors"):
+                return np.asarray(self._reader.get_tensor(name))
         except (_tf.errors.OpError, ValueError, RuntimeError, IndexError, OSError) as err:
             data = glob.glob(glob.escape(self.prefix) + ".data-?????-of-?????") or [self.prefix]
             first = str(err).strip().splitlines()[0][:200]
@@ -231,7 +234,7 @@ def write_checkpoint(out_prefix: str, tensors: Iterable[tuple[str, np.ndarray]],
     out_prefix = check_output_prefix(out_prefix, *protect)
     protected = [f for inp in protect if inp for f in input_files(inp)]
     _tf = tf()
-    with Stage(os.path.dirname(out_prefix), protect=protected, what=f"checkpoint {out_prefix}") as st:
+    with phase("write checkpoint"), Stage(os.path.dirname(out_prefix), protect=protected, what=f"checkpoint {out_prefix}") as st:
         shards: list[str] = []
         seen: set[str] = set()
         batch: list[tuple[str, np.ndarray]] = []
@@ -265,7 +268,8 @@ def write_checkpoint(out_prefix: str, tensors: Iterable[tuple[str, np.ndarray]],
             _tf.raw_ops.MergeV2Checkpoints(checkpoint_prefixes=shards, destination_prefix=merged, delete_old_dirs=False)
         extra_files = dict(extra_files or {})
         if before_publish is not None:
-            extra_files.update(before_publish(merged))
+            with phase("check and write the graph beside it"):
+                extra_files.update(before_publish(merged))
         files = [(merged + ".index", out_prefix + ".index")]  # the key: published last
         files += [(src, out_prefix + src[len(merged):]) for src in sorted(glob.glob(merged + ".data-*"))]
         obsolete = glob.glob(glob.escape(out_prefix) + ".data-?????-of-?????")

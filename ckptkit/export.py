@@ -16,6 +16,7 @@ from .health import check_finite, gate, statistics_issues
 from .ir import Graph
 from . import validate
 from .passes import fold_batchnorm, simplify
+from .phases import phase
 from .publish import Stage, check_outputs, ensure_parent
 from .sources import Model
 from .verify import Comparison, verification_inputs, verify
@@ -153,12 +154,15 @@ def export(model: Model, fmt: str, path: str, *, fold: bool = True, check: bool 
     final_paths = check_outputs(writer.destinations(path, graph), protected)
     with Stage(os.path.dirname(final_paths[0]), protect=protected, what=f"the {fmt} export") as st:
         staged = [st.path(p) for p in final_paths]
-        writer.write(graph, staged[0], opts)
+        with phase(f"write {fmt}"):
+            writer.write(graph, staged[0], opts)
         comparison = None
         if check:
             tol = tolerance if tolerance is not None else writer.tolerance
             inputs = verification_inputs(graph.input_shape, verify_data, value_range=_recorded_range(model))
-            comparison = verify(model.reference, writer.runner(staged[0], graph, opts), inputs, tol)
+            with phase("verify: target runtime"):
+                run = writer.runner(staged[0], graph, opts)
+            comparison = verify(model.reference, run, inputs, tol)
             if not comparison.ok:
                 raise VerificationError(f"{fmt} export does not match TensorFlow: {comparison}; nothing was written")
         st.publish(list(zip(staged, final_paths)))

@@ -108,14 +108,18 @@ def folded_meta(graph: Graph, reference: Callable[[np.ndarray], np.ndarray], fol
                 bias_names: dict[str, str], dtypes: dict[str, str]) -> Callable[[str], Optional[bytes]]:
     """A function staged-prefix -> MetaGraphDef bytes (None, with a warning, when the graph cannot be made or
     does not reproduce the original's output once the folded checkpoint is restored into it)."""
+    from .phases import phase
     from .verify import verification_inputs
 
     inputs = verification_inputs(graph.input_shape)
     try:
-        expected = np.asarray(reference(inputs))  # the original graph, original checkpoint
+        with phase("verify: TensorFlow reference"):
+            expected = np.asarray(reference(inputs))  # the original graph, original checkpoint
     except CkptkitError as err:
         log.warning("no graph written beside the folded checkpoint: %s", err)
         return lambda prefix: None
+    finally:  # one copy of the weights at a time: the reference's session goes before the fold streams
+        getattr(reference, "close", lambda: None)()
 
     def make(prefix: str) -> Optional[bytes]:
         _tf = tf()

@@ -48,6 +48,13 @@ class LazyReference:
         self._last = (key, np.array(y))
         return y
 
+    def close(self) -> None:
+        """Release the reference (a TF session holds every weight): the next call builds it again."""
+        close = getattr(self._fn, "close", None)
+        if close is not None:
+            close()
+        self._fn, self._last = None, None
+
 
 @dataclass
 class Model:
@@ -82,7 +89,12 @@ def _session_reference(graph, input_t, output_t, ckpt: Optional[Checkpoint], fee
             else:  # a plain GraphDef holding variables (not frozen): no collections, restore them by op
                 _restore_graph_variables(sess, graph, output_t, ckpt)
         state["sess"] = sess
-        return lambda x: sess.run(output_t, {input_t: x, **(feed or {})})
+
+        def run(x):
+            return sess.run(output_t, {input_t: x, **(feed or {})})
+
+        run.close = lambda: (sess.close(), state.clear())
+        return run
 
     return LazyReference(make, kind)
 
@@ -148,8 +160,10 @@ def _tensor(graph, name: str, what: str):
 def _build(builder: Builder, input_shape: Sequence[int]):
     import warnings
 
+    from .phases import phase
+
     g = tf().Graph()
-    with g.as_default(), warnings.catch_warnings():
+    with phase("build TF graph"), g.as_default(), warnings.catch_warnings():
         # tf_slim on TF 2.21 warns that `layer.apply` and tf.layers are deprecated at every layer: noise here
         warnings.filterwarnings("ignore", message=r".*(`layer.apply`|`tf.layers.*`) is deprecated", category=UserWarning)
         x = _placeholder(input_shape)
@@ -378,8 +392,10 @@ def _read_meta(meta: str):
 def _import_meta(mgd, meta: str, replace: Optional[str] = None, shape=None):
     """Import a MetaGraphDef into a new tf.Graph; `replace`: the input tensor a fresh placeholder of
     `shape` stands in for."""
+    from .phases import phase
+
     g = tf().Graph()
-    with g.as_default():
+    with phase("build TF graph"), g.as_default():
         x = _placeholder(shape) if replace else None
         try:
             tf1.train.import_meta_graph(mgd, clear_devices=True,

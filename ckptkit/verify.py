@@ -92,9 +92,14 @@ def verify(reference: Callable[[np.ndarray], np.ndarray], candidate: Callable[[n
         >>> verify(model.reference, converters.onnx.runner("m.onnx"), x).ok
         True
     """
-    ref = np.asarray(reference(inputs))
+    from .phases import phase
+
+    with phase("verify: TensorFlow reference"):
+        ref = np.asarray(reference(inputs))
     if ref.ndim == 0 or ref.shape[0] != inputs.shape[0]:
         raise CkptkitError(f"TensorFlow's reference gives {ref.shape[0] if ref.ndim else 0} outputs for "
                            f"{inputs.shape[0]} input samples: the graph mixes samples (a reshape fixed to another "
                            "input size?); export at the size it was built for")
-    return compare(ref, candidate(inputs), tolerance)
+    with phase("verify: target runtime"):
+        got = candidate(inputs)
+    return compare(ref, got, tolerance)

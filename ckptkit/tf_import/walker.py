@@ -270,7 +270,10 @@ def import_topology(graph, input_tensor, output_tensors, values: ValueSource, na
     from ..passes import cleanup
 
     tf()
-    graph_ir, failed = Walker(graph, input_tensor, values).run_all(output_tensors, name)
+    from ..phases import phase
+
+    with phase("import graph to IR"):
+        graph_ir, failed = Walker(graph, input_tensor, values).run_all(output_tensors, name)
     if not graph_ir.outputs:
         reasons = "; ".join(f"{k}: {v}" for k, v in failed.items())[:300]
         raise CkptkitError(f"no output of the graph could be imported ({reasons or 'none found'})")
@@ -285,7 +288,10 @@ def import_graph(graph, input_tensor, output_tensor, values: ValueSource, name: 
     from ..passes import cleanup
 
     tf()  # make sure TF is imported and quiet
-    walker = Walker(graph, input_tensor, values)
-    ir = cleanup(walker.run(output_tensor, name))
+    from ..phases import phase
+
+    with phase("import graph to IR"):
+        walker = Walker(graph, input_tensor, values)
+        ir = cleanup(walker.run(output_tensor, name))
     ir.input_names, ir.output_names = [input_tensor.name], [output_tensor.name]
     return ir
