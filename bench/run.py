@@ -3,8 +3,10 @@
     make bench                       # all
     .venv/bin/python bench/run.py startup fold      # some
 
-Prints wall-clock medians, peak RSS (max over runs) and the ratio ckptkit / baseline, and
-appends the table to bench/RESULTS.md with the machine it ran on.
+Prints wall-clock medians, peak RSS (max over runs) and the ratio ckptkit / baseline, each against the
+target issue #15 sets, and where ckptkit's time goes (CKPTKIT_PHASES: TensorFlow import, graph build,
+import to IR, checkpoint reads, write, verification; "rest" is Python start-up and everything not in a
+phase), and appends all of it to bench/RESULTS.md with the machine and the device it ran on.
 """
 from __future__ import annotations
 
@@ -28,18 +30,41 @@ _MEASURE = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]);
             "sys.exit(r.returncode)")
 
 
-def measure(cmd: list[str], reps: int = REPS) -> tuple[float, float]:
+class Run(tuple):
+    """(median seconds, peak MB), with .phases: {phase: median seconds} when the command reports them."""
+    phases: dict
+
+
+def measure(cmd: list[str], reps: int = REPS) -> Run:
     """(median seconds, peak MB) of `cmd` over `reps` runs; fails loudly if the command fails."""
-    times, peaks = [], []
+    times, peaks, phases = [], [], []
     for _ in range(reps):
         t0 = time.perf_counter()
-        proc = subprocess.run([PY, "-c", _MEASURE, *cmd], capture_output=True, text=True, cwd=ROOT)
+        proc = subprocess.run([PY, "-c", _MEASURE, *cmd], capture_output=True, text=True, cwd=ROOT,
+                              env={**os.environ, "CKPTKIT_PHASES": "1"})
         times.append(time.perf_counter() - t0)
         if proc.returncode != 0:
             raise SystemExit(f"benchmark command failed: {' '.join(cmd)}\n{proc.stderr[-2000:]}")
         peak = [line for line in proc.stderr.splitlines() if line.startswith("PEAK_KB")][-1]
         peaks.append(int(peak.split()[1]) / 1024)
-    return statistics.median(times), max(peaks)
+        run: dict = {}
+        for line in proc.stderr.splitlines():
+            if line.startswith("CKPTKIT_PHASE "):
+                _, seconds, name = line.split(" ", 2)
+                run[name] = run.get(name, 0.0) + float(seconds)
+        phases.append(run)
+    result = Run((statistics.median(times), max(peaks)))
+    names = [n for run in phases for n in run]
+    result.phases = {n: statistics.median(run.get(n, 0.0) for run in phases) for n in dict.fromkeys(names)}
+    return result
+
+
+def breakdown(run: Run) -> str:
+    """'import TensorFlow 2.9 s, build TF graph 0.8 s, ..., rest 0.4 s' (phases in the order they ran)."""
+    if not run.phases:
+        return ""
+    rest = run[0] - sum(run.phases.values())
+    return ", ".join(f"{n} {s:.2f}" for n, s in [*run.phases.items(), ("rest", rest)])
 
 
 def script(code: str) -> list[str]:
@@ -117,11 +142,47 @@ def bench_recalibrate(rows: list) -> None:
 
 
 def bench_startup(rows: list) -> None:
-    fixture = os.path.join(ROOT, "fixtures", "mobilenet_v2_tiny", "model.ckpt")
+    prefix = resnet_ckpt()  # with the training .meta save_model writes beside it
     rows.append(("ckptkit --help vs python -c pass", measure(CKPTKIT + ["--help"], reps=5),
                  measure(script("pass"), reps=5)))
-    rows.append(("ckptkit inspect (small) vs import tensorflow", measure(CKPTKIT + ["inspect", fixture], reps=3),
-                 measure(script("import tensorflow"), reps=3)))
+    tf_import = measure(script("import tensorflow"), reps=3)
+    rows.append(("inspect resnet_v1_50 --no-meta (TF-free bundle reader) vs import tensorflow",
+                 measure(CKPTKIT + ["inspect", prefix, "--no-meta"], reps=5), tf_import))
+    rows.append(("inspect resnet_v1_50 with its .meta vs import tensorflow",
+                 measure(CKPTKIT + ["inspect", prefix], reps=3), tf_import))
+
+
+# issue #15's targets: label prefix -> (time ratio, memory ratio, seconds) limits (None: no target)
+TARGETS = {
+    "to-onnx resnet_v1_50": (0.25, 0.25, None),
+    "fold vgg_16_bn": (None, 1.3, None),
+    "recalibrate resnet_v1_50": (1.1, None, None),
+    "inspect resnet_v1_50 --no-meta": (None, None, 0.5),
+    "inspect resnet_v1_50 with": (None, None, 0.5),
+}
+
+
+def verdict(label: str, ours, base) -> str:
+    """'met' or what is missed by how much, against TARGETS."""
+    limits = next((v for k, v in TARGETS.items() if label.startswith(k)), None)
+    if limits is None:
+        return ""
+    time_ratio, memory_ratio, seconds = limits
+    missed = []
+    if time_ratio is not None and ours[0] / base[0] > time_ratio:
+        missed.append(f"time {ours[0] / base[0]:.2f}x > {time_ratio}x")
+    if memory_ratio is not None and ours[1] / base[1] > memory_ratio:
+        missed.append(f"memory {ours[1] / base[1]:.2f}x > {memory_ratio}x")
+    if seconds is not None and ours[0] > seconds:
+        missed.append(f"{ours[0]:.2f} s > {seconds} s")
+    return "missed: " + "; ".join(missed) if missed else "met"
+
+
+def device() -> str:
+    """The devices TensorFlow (and so ckptkit's recalibration) runs on here."""
+    code = "from ckptkit.recalibrate import resolve_devices; print(','.join(resolve_devices()))"
+    out = subprocess.run([PY, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    return out.stdout.strip() or "unknown"
 
 
 BENCHES = {"startup": bench_startup, "fold": bench_fold, "to-onnx": bench_to_onnx, "recalibrate": bench_recalibrate}
@@ -133,15 +194,19 @@ def main(names: list[str]) -> None:
     for name in names or list(BENCHES):
         print(f"running {name} ...", flush=True)
         BENCHES[name](rows)
-    lines = ["| benchmark | ckptkit s | baseline s | time ratio | ckptkit peak MB | baseline peak MB | memory ratio |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| benchmark | ckptkit s | baseline s | time ratio | ckptkit peak MB | baseline peak MB | memory ratio "
+             "| target |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for label, (t, m), (bt, bm) in rows:
-        lines.append(f"| {label} | {t:.2f} | {bt:.2f} | {t / bt:.2f} | {m:.0f} | {bm:.0f} | {m / bm:.2f} |")
+        lines.append(f"| {label} | {t:.2f} | {bt:.2f} | {t / bt:.2f} | {m:.0f} | {bm:.0f} | {m / bm:.2f} "
+                     f"| {verdict(label, (t, m), (bt, bm))} |")
+    lines += ["", "Where ckptkit's time goes (median seconds per phase; rest = Python start-up and all not in a phase):", ""]
+    lines += [f"- {label}: {breakdown(ours)}" for label, ours, _ in rows if ours.phases]
     table = "\n".join(lines)
     print(table)
     machine = f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     with open(os.path.join(HERE, "RESULTS.md"), "a") as f:
-        f.write(f"\n## {time.strftime('%Y-%m-%d %H:%M')} on {machine} (reps {REPS})\n\n{table}\n")
+        f.write(f"\n## {time.strftime('%Y-%m-%d %H:%M')} on {machine}, device {device()} (reps {REPS})\n\n"
+                f"`{' '.join(['bench/run.py', *names])}`\n\n{table}\n")
 
 
 if __name__ == "__main__":

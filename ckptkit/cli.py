@@ -326,6 +326,9 @@ def cmd_recalibrate(args) -> int:
     print("  inputs: " + (f"images, --preprocess {prep['preset']} (resize {prep['geometry']}, (x - {prep['mean']}) / "
                           f"{prep['std']})" if prep else ".npy/.npz samples as they are"))
     _layer_table(result.report, args.top, "see --report")
+    if result.cluster is not None and not result.cluster.is_chief:
+        print(f"  {result.cluster.describe()}: wrote nothing (the chief writes the checkpoint and the reports)")
+        return 0
     for f in result.files + [p for p in (args.report, args.plot) if p]:
         print(f"wrote {f}")
     return 0

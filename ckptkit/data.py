@@ -98,13 +98,17 @@ def _open_arrays(paths: list[str], shape: tuple) -> list[tuple[str, np.ndarray]]
     return out
 
 
-def _array_dataset(arrays: list[tuple[str, np.ndarray]], shape: tuple, seed: int):
-    """All rows of all arrays in one seeded random order, one float32 sample at a time (no full copy)."""
+def _array_dataset(arrays: list[tuple[str, np.ndarray]], shape: tuple, seed: int,
+                   pick: Optional[np.ndarray] = None):
+    """All rows of all arrays in one seeded random order, one float32 sample at a time (no full copy);
+    `pick`: only these positions of that order (a worker's share)."""
     _tf = tf()
     names = [n for n, _ in arrays]
     arrays = [a for _, a in arrays]
     ends = np.cumsum([len(a) for a in arrays])
     order = np.random.default_rng(seed).permutation(int(ends[-1]))
+    if pick is not None:
+        order = order[pick]
 
     def samples():
         skipped = 0
@@ -296,13 +300,29 @@ def _record_counts(paths: list[str]) -> tuple[list[str], int, list[str]]:
     return good, count, bad
 
 
+def _blocks(start: int, n: int, batch_size: int, shard: tuple[int, int]) -> np.ndarray:
+    """Which of the samples start..start+n-1 of the whole stream are this worker's: whole batches of the
+    unsharded run, dealt out round-robin (batch k to rank k % workers)."""
+    rank, workers = shard
+    index = np.arange(start, start + n)
+    return np.flatnonzero((index // batch_size) % workers == rank)
+
+
 def dataset(root: str, shape: tuple, *, batch_size: int = 32, max_samples: Optional[int] = None,
-            preprocess: Optional[Preprocessing] = None, image_key: str = "image/encoded", seed: int = 0) -> Samples:
+            preprocess: Optional[Preprocessing] = None, image_key: str = "image/encoded", seed: int = 0,
+            shard: tuple[int, int] = (0, 1)) -> Samples:
     """The samples of `root` as float32 NHWC batches (see Samples), in a seeded random order.
 
     Images (files or TFRecords) need `preprocess`: how they were preprocessed in training is not
     something to guess. Array samples holding NaN/inf are skipped with a warning. `max_samples`
-    takes the first samples of that order (images, then TFRecord examples, then arrays)."""
+    takes the first samples of that order (images, then TFRecord examples, then arrays).
+    `shard` (rank, workers): this worker's share. The unsharded run's batches are dealt out whole (batch k
+    to rank k % workers), so the workers' batches are exactly one process's and even `precise` mode (where
+    a BN's batch statistics shape the BNs after it) gives the same statistics. A worker decodes only its
+    share. Exception: TFRecords spread over at least as many files as workers (and no --max-samples) are
+    dealt out by file, so that no worker reads another's files; the batches then differ from one
+    process's the way another --seed's would; so do samples skipped on the way (undecodable images, arrays
+    holding NaN), which shift the batches after them. Sequential mode does not depend on batching."""
     _tf = tf()
     h, w, c = shape
     images, arrays, records, others = find_files(root, with_others=True)
@@ -328,29 +348,49 @@ def dataset(root: str, shape: tuple, *, batch_size: int = 32, max_samples: Optio
         return n
 
     parts, count = [], 0
+    rank, workers = shard
     images = [images[i] for i in np.random.default_rng(seed).permutation(len(images))][:take(len(images))]
+    offset = len(images)  # position of the next part in the unsharded stream
+    if workers > 1:
+        images = [images[i] for i in _blocks(0, len(images), batch_size, shard)]
     if images:
         ds = _tf.data.Dataset.from_tensor_slices(images)
         parts.append(ds.map(lambda p: (p, decode(_tf.io.read_file(p))), num_parallel_calls=_tf.data.AUTOTUNE,
                             deterministic=True).ignore_errors())
         count += len(images)
-    records, n_records, bad_records = _record_counts(records)
+    by_file = workers > 1 and budget is None and len(records) >= workers
+    records, n_records, bad_records = _record_counts(records[rank::workers] if by_file else records)
     n_records = take(n_records)
     if records and n_records:
         rec = _tf.data.TFRecordDataset(records, num_parallel_reads=_tf.data.AUTOTUNE).take(n_records)
+        if workers > 1 and not by_file:
+            mine = _blocks(offset, n_records, batch_size, shard)
+            keep = _tf.constant(np.isin(np.arange(n_records), mine))
+            rec = rec.enumerate().filter(lambda i, r: keep[i]).map(lambda i, r: r)
+            offset, n_records = offset + n_records, len(mine)
         spec = {image_key: _tf.io.FixedLenFeature([], _tf.string)}
         parts.append(rec.map(lambda r: (_tf.constant("record"), decode(_tf.io.parse_single_example(r, spec)[image_key])),
                              num_parallel_calls=_tf.data.AUTOTUNE).ignore_errors())
         count += n_records
     arrs = _open_arrays(arrays, shape)
     n_arrays = take(sum(len(a) for _, a in arrs))
+    if workers > 1:  # of the first n_arrays rows of the order, this worker's (rows holding NaN skipped after)
+        pick = _blocks(offset, n_arrays, batch_size, shard)
+        n_arrays = len(pick)
     if arrs and n_arrays:
         if preprocess is not None and not (images or records):
             log.warning("--preprocess is ignored: .npy/.npz samples are used as they are (already preprocessed)")
-        parts.append(_array_dataset(arrs, tuple(shape), seed).take(n_arrays)
-                     .map(lambda x: (_tf.constant("array"), x)))
+        if workers > 1:
+            ds_arrays = _array_dataset(arrs, tuple(shape), seed, pick)
+        else:  # the first n_arrays finite rows
+            ds_arrays = _array_dataset(arrs, tuple(shape), seed).take(n_arrays)
+        parts.append(ds_arrays.map(lambda x: (_tf.constant("array"), x)))
         count += n_arrays
-    if not parts or count == 0:
+    if workers > 1 and (not parts or count == 0):  # this worker's share is empty: it still joins the merge
+        log.warning("this worker's shard of --data %s is empty (%d workers): give the data to fewer workers", root,
+                    workers)
+        parts = [_tf.data.Dataset.from_tensor_slices((_tf.constant([], _tf.string), _tf.zeros((0, h, w, c))))]
+    if not parts or count == 0 and workers == 1:
         raise CkptkitError(f"no usable samples in --data {root}: expected images ({', '.join(IMAGE_EXT)}), "
                            f".npy/.npz arrays of shape (N,{h},{w},{c}), or TFRecords with {image_key}")
     ds = parts[0]

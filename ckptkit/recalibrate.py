@@ -41,6 +41,8 @@ class Moments:
         self.m2 = np.zeros(channels)
 
     def add(self, n: float, mean: np.ndarray, m2: np.ndarray) -> None:
+        if n <= 0:  # nothing measured (a worker whose shard was empty)
+            return
         mean = mean.astype(np.float64)
         m2 = m2.astype(np.float64)
         total = self.n + n
@@ -179,6 +181,7 @@ class Recalibration:
     data: Optional[dict] = None  # where the samples came from and how many of the files were usable
 
     checkpoint: str = ""
+    cluster: Optional[object] = None  # ckptkit.cluster.Cluster when TF_CONFIG spread the work over workers
 
     def to_json(self) -> dict:
         return {"format_version": 1, "checkpoint": self.checkpoint, "mode": self.mode, "samples": self.samples,
@@ -205,10 +208,35 @@ def _accumulate(fn, batches, names: set[str], channels: dict[str, int], progress
     return full, halves, seen
 
 
+def _merge_workers(cluster, full: dict, halves: list, seen: int, channels: dict[str, int]):
+    """Every worker's (count, mean, M2) per BN, gathered (float64) and merged in rank order with Chan's
+    formula: the same statistics on every worker, as if one process had seen every shard."""
+    names = sorted(full)
+    parts = [full, halves[0], halves[1]]
+    row = [float(seen)]
+    for moments in parts:
+        for n in names:
+            m = moments.get(n) or Moments(channels[n])
+            row += [m.n, *m.mean, *m.m2]
+    rows = cluster.gather(np.asarray(row, np.float64))
+    merged = [{n: Moments(channels[n]) for n in names} for _ in parts]
+    for r in rows:
+        at = 1
+        for target in merged:
+            for n in names:
+                c = channels[n]
+                target[n].add(r[at], r[at + 1:at + 1 + c], r[at + 1 + c:at + 1 + 2 * c])
+                at += 1 + 2 * c
+    return merged[0], merged[1:], int(round(rows[:, 0].sum()))
+
+
 def estimate(graph: Graph, batches, *, mode: str = "precise", device: Optional[str] = None,
              progress: Optional[Progress] = None, samples: Optional[int] = None,
-             progress_total: Optional[Callable[[int], None]] = None) -> tuple[dict, dict, list, int]:
-    """New (mean, variance) per BN node from an iterable of NHWC batches (re-iterable for sequential)."""
+             progress_total: Optional[Callable[[int], None]] = None, cluster=None) -> tuple[dict, dict, list, int]:
+    """New (mean, variance) per BN node from an iterable of NHWC batches (re-iterable for sequential).
+
+    `cluster` (ckptkit.cluster.Cluster): `batches` is this worker's shard; each pass ends with every
+    worker's moments merged, so the result is the whole data's on every worker."""
     bns = [n for n in graph.nodes if n.op == "BatchNorm"]
     if not bns:
         raise CkptkitError("the graph has no BatchNorm: nothing to recalibrate")
@@ -226,6 +254,8 @@ def estimate(graph: Graph, batches, *, mode: str = "precise", device: Optional[s
         names = {n for n, lv in levels.items() if lv == level}
         f, h, seen = _accumulate(_stats_fn(graph, names, dict(fixed), weights), batches, names, channels, progress,
                                  devices)
+        if cluster is not None:
+            f, h, seen = _merge_workers(cluster, f, h, seen, channels)
         full.update(f)
         halves[0].update(h[0])
         halves[1].update(h[1])
@@ -234,12 +264,13 @@ def estimate(graph: Graph, batches, *, mode: str = "precise", device: Optional[s
     return full, halves, [n.name for n in bns], seen
 
 
-def resolve_devices(device: Optional[str] = None) -> list[str]:
-    """Devices to run on: `device` ("/GPU:0", or a comma-separated list), else every GPU, else the CPU."""
+def resolve_devices(device: Optional[str] = None, job: Optional[str] = None) -> list[str]:
+    """Devices to run on: `device` ("/GPU:0", or a comma-separated list), else every GPU, else the CPU.
+    `job` ("/job:worker/replica:0/task:1"): in a cluster, only this task's own devices."""
     if isinstance(device, list):  # already resolved
         return device
     _tf = tf()
-    available = _tf.config.list_logical_devices()
+    available = [d for d in _tf.config.list_logical_devices() if job is None or d.name.startswith(job + "/")]
     if device is not None and not device.replace(",", "").strip():
         raise CkptkitError(f"--device {device!r} names no device: give one such as /CPU:0 or /GPU:0, or leave it out "
                            "to use every GPU (else the CPU)")
@@ -256,7 +287,7 @@ def resolve_devices(device: Optional[str] = None) -> list[str]:
             key = None
         if key not in known:
             names = ", ".join(f"/{kind}:{index}" for kind, index in known)
-            raise CkptkitError(f"--device {text} is not available here (devices: {names}): pass one of them")
+            raise CkptkitError(f"--device {text} is not available here (devices: {names or 'none'}): pass one of them")
         chosen.append(known[key])
     if len(set(chosen)) != len(chosen):
         raise CkptkitError(f"--device {device} names a device twice: list each device once")
@@ -415,9 +446,11 @@ def measure(checkpoint: str, data: str, *, model=None, batch_size: int = 32, max
             before_work: Optional[Callable[[], None]] = None, **load_args):
     """(model, samples, Recalibration): the statistics of `data` per BN, nothing written. `before_work` runs
     once the options are checked, before the model is loaded (output checks)."""
+    from .cluster import from_environment
     from .data import Preprocessing, dataset, preprocessing
     from .sources import load
 
+    cluster = from_environment()  # TF_CONFIG: first, before TensorFlow runs anything
     ckpt_prefix = Checkpoint(checkpoint).prefix
     if before_work:
         before_work()
@@ -437,11 +470,12 @@ def measure(checkpoint: str, data: str, *, model=None, batch_size: int = 32, max
             log.info("preprocessing recorded beside %s: %s", ckpt_prefix, prep.describe())
     else:
         prep = preprocessing(preprocess, mean, std, channels, resize)
-    devices = resolve_devices(device)
+    devices = resolve_devices(device, cluster.job if cluster else None)
     samples = dataset(data, model.input_shape[1:], batch_size=batch_size, max_samples=max_samples,
-                      preprocess=prep, image_key=image_key, seed=seed)
+                      preprocess=prep, image_key=image_key, seed=seed,
+                      shard=(cluster.rank, cluster.workers) if cluster else (0, 1))
     full, halves, order, seen = estimate(model.graph, samples, mode=mode, device=devices, progress=progress,
-                                         samples=samples.count, progress_total=progress_total)
+                                         samples=samples.count, progress_total=progress_total, cluster=cluster)
     used = samples.summary()
     if seen == 0:
         raise CkptkitError(f"no usable samples in --data {data}: every sample was skipped (see the warnings)")
@@ -451,6 +485,7 @@ def measure(checkpoint: str, data: str, *, model=None, batch_size: int = 32, max
                            preprocessing=prep.to_json() if (prep is not None and samples.has_images) else None,
                            data={"source": os.path.abspath(data), "used": used, **samples.to_json()},
                            checkpoint=ckpt_prefix)
+    result.cluster = cluster
     return model, samples, result
 
 
@@ -480,6 +515,9 @@ def recalibrate(checkpoint: str, data: str, output: Optional[str] = None, *, mod
     ckpt_prefix = Checkpoint(checkpoint).prefix
     model, _, result = measure(checkpoint, data, model=model, before_work=lambda: _check_outputs(
         output, ckpt_prefix, report_path, plot_path), **options)
+    if result.cluster is not None and not result.cluster.is_chief:
+        log.info("%s: measured its shard; the chief writes the checkpoint and the reports", result.cluster.describe())
+        return result
     if output is not None:
         sidecar = os.path.abspath(output) + SIDECAR  # how these statistics were made; an older one is removed
         record = {"preprocessing": result.preprocessing, "recalibrated_from": ckpt_prefix,

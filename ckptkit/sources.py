@@ -377,6 +377,7 @@ def strip_recorded_shapes(graph_def) -> None:
 def _read_meta(meta: str):
     if not os.path.isfile(meta):
         raise CkptkitError(f"meta graph {meta} does not exist: give --meta PATH, --arch NAME or --graph frozen.pb")
+    tf()  # TensorFlow's first import goes through ckptkit._tf, which keeps its start-up chatter off stderr
     from tensorflow.core.protobuf import meta_graph_pb2
 
     mgd = meta_graph_pb2.MetaGraphDef()

@@ -25,6 +25,16 @@ def test_help_does_not_import_tensorflow():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
 
+def test_tensorflow_start_up_chatter_stays_off_stderr():
+    """The checkpoint is read without TensorFlow; the .meta beside it still imports TensorFlow, whose C++
+    start-up lines (oneDNN, CUDA, absl) must not reach the user."""
+    out = ckptkit("inspect", FIXTURE)
+    assert out.returncode in (0, 1), out.stderr
+    assert "BatchNorm" in out.stdout
+    for noise in ("oneDNN", "cuda", "absl", "cpu_feature_guard"):
+        assert noise not in out.stderr, out.stderr
+
+
 @pytest.mark.parametrize("args, message", [
     (["inspect", "/nonexistent/model.ckpt"], "no checkpoint at /nonexistent/model.ckpt"),
     (["fold", FIXTURE, "-o", FIXTURE], "is the input checkpoint"),
