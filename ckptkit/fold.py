@@ -19,6 +19,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from .batchnorm import BNUnit, check_health, find_units, units_from_graph
+from ._tf import prefer_low_memory
 from .checkpoint import Checkpoint, check_output_prefix, write_checkpoint
 from . import validate
 from .errors import CkptkitError
@@ -132,6 +133,7 @@ def fold_checkpoint(checkpoint: str, output: str, *, eps: Optional[float] = None
         >>> ckptkit.fold_checkpoint("fixtures/mobilenet_v2_tiny", "out/folded/model.ckpt").folded[:1]
         ['Conv/BatchNorm']
     """
+    prefer_low_memory()  # TF runs here only to check the BN-free graph on a few samples
     ckpt = Checkpoint(checkpoint)
     out = check_output_prefix(output, ckpt.prefix)
     eps = check_epsilon(eps)

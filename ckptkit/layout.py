@@ -62,9 +62,17 @@ def in_scale_shape(shape: tuple, layout: str) -> tuple:
     return (shape[3],)  # HWOI
 
 
+def is_placeholder(array: np.ndarray) -> bool:
+    """A zero-stride view standing in for weights not loaded (topology-only imports)."""
+    return array.size > 1 and not any(array.strides)
+
+
 def scale_outputs(weights: np.ndarray, layout: str, scale: np.ndarray) -> np.ndarray:
-    """weights * scale per output channel (a new array in the weights' dtype; the product in float64)."""
+    """weights * scale per output channel (a new array in the weights' dtype; the product in float64).
+    Unloaded weights (a zero view) stay a zero view: nothing is allocated for a topology-only graph."""
     s = np.asarray(scale, np.float64).reshape(out_scale_shape(weights.shape, layout))
+    if is_placeholder(weights):
+        return weights
     return (weights.astype(np.float64) * s).astype(weights.dtype)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import ops
 from .ir import Graph, Node, bn_affine
-from .layout import in_scale_shape, out_channels, scale_outputs
+from .layout import in_scale_shape, is_placeholder, out_channels, scale_outputs
 
 
 def absorbs(node: Node) -> bool:
@@ -33,8 +33,10 @@ def absorb(layer: Node, scale: Optional[np.ndarray], shift: Optional[np.ndarray]
            shift_source: Optional[str] = None) -> None:
     """Fold y = layer(x)*scale + shift into the layer's weights and bias, in float64.
 
-    `shift_source`: the checkpoint variable of a plain bias (BiasAdd) absorbed unchanged."""
-    w = layer.params["weights"].astype(np.float64)
+    `shift_source`: the checkpoint variable of a plain bias (BiasAdd) absorbed unchanged. Unloaded weights
+    (a topology-only import's zero view) stay unloaded."""
+    unloaded = is_placeholder(layer.params["weights"])
+    w = layer.params["weights"] if unloaded else layer.params["weights"].astype(np.float64)
     b = layer.params.get("bias")
     if scale is None and b is None and shift_source:
         layer.sources["bias"] = shift_source  # the layer's bias is that variable, as it is
@@ -48,7 +50,7 @@ def absorb(layer: Node, scale: Optional[np.ndarray], shift: Optional[np.ndarray]
     if shift is not None:
         b = b + shift
     dtype = layer.params["weights"].dtype
-    layer.params["weights"] = w.astype(dtype)
+    layer.params["weights"] = w if unloaded else w.astype(dtype)
     layer.params["bias"] = b.astype(dtype)
     if scale is not None:
         layer.sources["folded"] = layer.sources.pop("weights", "")  # weights no longer the checkpoint's tensor
@@ -200,7 +202,8 @@ def absorb_input_affine(layer: Node, scale: np.ndarray, shift: np.ndarray, repea
     """layer(x*scale + shift) as layer'(x): W' = W*scale along the input axis, b' = b + (W contracted with shift).
     `repeat`: the vectors tile a flattened H*W*C input (TF's row-major order: channel fastest)."""
     layout = ops.get(layer.op).layout
-    w = layer.params["weights"].astype(np.float64)
+    unloaded = is_placeholder(layer.params["weights"])
+    w = layer.params["weights"] if unloaded else layer.params["weights"].astype(np.float64)
     s, t = np.tile(scale, repeat), np.tile(shift, repeat)
     b = layer.params.get("bias")
     b = np.zeros(out_channels(w.shape, layout)) if b is None else b.astype(np.float64)
@@ -210,9 +213,10 @@ def absorb_input_affine(layer: Node, scale: np.ndarray, shift: np.ndarray, repea
         b = b + np.einsum("hwio,i->o", w, t)
     else:  # IO
         b = b + t @ w
-    w = w * s.reshape(in_scale_shape(w.shape, layout))
     dtype = layer.params["weights"].dtype
-    layer.params["weights"], layer.params["bias"] = w.astype(dtype), b.astype(dtype)
+    if not unloaded:
+        w = (w * s.reshape(in_scale_shape(w.shape, layout))).astype(dtype)
+    layer.params["weights"], layer.params["bias"] = w, b.astype(dtype)
     layer.sources.pop("bias", None)
     layer.sources["folded"] = layer.sources.pop("weights", layer.sources.get("folded", ""))
 

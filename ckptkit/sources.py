@@ -50,10 +50,13 @@ class LazyReference:
 
     def close(self) -> None:
         """Release the reference (a TF session holds every weight): the next call builds it again."""
+        import gc
+
         close = getattr(self._fn, "close", None)
         if close is not None:
             close()
         self._fn, self._last = None, None
+        gc.collect()  # the session's memory goes with its last reference
 
 
 @dataclass
@@ -78,8 +81,10 @@ def _session_reference(graph, input_t, output_t, ckpt: Optional[Checkpoint], fee
             sess = tf1.Session(graph=graph)
             variables = tf1.global_variables()
             if variables:
-                sess.run(tf1.variables_initializer(variables))
                 by_name = {v.op.name: v for v in variables if ckpt is not None and v.op.name in ckpt}
+                # only what the checkpoint lacks is initialised: a restored variable then takes the restored
+                # buffer as it is (no initial value, no copy: one copy of the weights in memory)
+                sess.run(tf1.variables_initializer([v for v in variables if v.op.name not in by_name]))
                 if by_name:
                     try:
                         tf1.train.Saver(by_name).restore(sess, ckpt.tf_prefix)

@@ -49,7 +49,8 @@ def weights(w: Walker, tensor, op) -> tuple[np.ndarray, Optional[str]]:
     if value is None:
         raise UnsupportedOpError(f"{op.type} {op.name}: its weights are computed from the input; ckptkit needs "
                                  "constant or variable weights")
-    return value.astype(np.float32), w.variable_name(tensor)
+    # float32 values (and topology-only zero views) pass through uncopied
+    return np.asarray(value, np.float32), w.variable_name(tensor)
 
 
 def channel_constant(w: Walker, t, value: np.ndarray, what: str) -> Optional[np.ndarray]:

@@ -57,7 +57,8 @@ class ValueSource:
                                "check that graph and checkpoint belong together")
         if not self.weights:  # a read-only zero-stride view: no memory, whatever the shape
             info = self.ckpt.tensors[name]
-            return np.broadcast_to(np.zeros((), info.dtype), info.shape)
+            dtype = np.float32 if np.dtype(info.dtype).kind == "f" else info.dtype  # layers take float32
+            return np.broadcast_to(np.zeros((), dtype), info.shape)
         return self.ckpt.get(name)
 
 
