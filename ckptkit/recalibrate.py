@@ -10,6 +10,7 @@ sequential: inference-consistent. BNs are estimated level by level (level = long
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -26,6 +27,7 @@ from . import validate
 from .errors import CkptkitError
 from .health import statistics_issues
 from .ir import Graph, Node, shorten
+from .phases import phase
 from .tf_exec import inference_bn, run_graph, weight_tensors
 
 log = logging.getLogger("ckptkit")
@@ -194,14 +196,20 @@ def _accumulate(fn, batches, names: set[str], channels: dict[str, int], progress
     full = {n: Moments(channels[n]) for n in names}
     halves = [{n: Moments(channels[n]) for n in names} for _ in range(2)]
     seen = 0
-    for i, batch in enumerate(batches):
+    batches = iter(batches)
+    for i in itertools.count():
+        with phase("recalibrate: read and preprocess data"):
+            batch = next(batches, None)
+        if batch is None:
+            break
         count = 0
-        for moments, samples in step(batch):
-            for name, (n, mean, m2) in moments.items():
-                n, mean, m2 = float(n.numpy()), mean.numpy(), m2.numpy()
-                full[name].add(n, mean, m2)
-                halves[i % 2][name].add(n, mean, m2)
-            count += int(samples)
+        with phase("recalibrate: first batch (trace and compile)" if i == 0 else "recalibrate: forward passes"):
+            for moments, samples in step(batch):
+                for name, (n, mean, m2) in moments.items():
+                    n, mean, m2 = float(n.numpy()), mean.numpy(), m2.numpy()
+                    full[name].add(n, mean, m2)
+                    halves[i % 2][name].add(n, mean, m2)
+                count += int(samples)
         seen += count
         if progress:
             progress(count)
