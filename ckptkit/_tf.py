@@ -72,7 +72,5 @@ def prefer_low_memory() -> None:
     TF's oneDNN CPU kernels keep a reordered copy of every weight they run, which nearly doubles a large
     model's peak memory (vgg_16_bn fold: 2.0 GB with it, 1.5 GB without) and buys no speed on a handful of
     samples. A TF_ENABLE_ONEDNN_OPTS the user set wins; once TensorFlow is imported this does nothing."""
-    import sys
-
     if "tensorflow" not in sys.modules:
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")

@@ -311,12 +311,11 @@ def _record_counts(paths: list[str]) -> tuple[list[str], int, list[str]]:
     return good, count, bad
 
 
-def _blocks(start: int, n: int, batch_size: int, shard: tuple[int, int]) -> np.ndarray:
-    """Which of the samples start..start+n-1 of the whole stream are this worker's: whole batches of the
-    unsharded run, dealt out round-robin (batch k to rank k % workers)."""
+def _mine(start: int, n: int, batch_size: int, shard: tuple[int, int]) -> np.ndarray:
+    """Which of the samples start..start+n-1 of the whole stream are this worker's (a boolean mask): whole
+    batches of the unsharded run, dealt out round-robin (batch k to rank k % workers)."""
     rank, workers = shard
-    index = np.arange(start, start + n)
-    return np.flatnonzero((index // batch_size) % workers == rank)
+    return (np.arange(start, start + n) // batch_size) % workers == rank
 
 
 def dataset(root: str, shape: tuple, *, batch_size: int = 32, max_samples: Optional[int] = None,
@@ -363,7 +362,7 @@ def dataset(root: str, shape: tuple, *, batch_size: int = 32, max_samples: Optio
     images = [images[i] for i in np.random.default_rng(seed).permutation(len(images))][:take(len(images))]
     offset = len(images)  # position of the next part in the unsharded stream
     if workers > 1:
-        images = [images[i] for i in _blocks(0, len(images), batch_size, shard)]
+        images = [images[i] for i in np.flatnonzero(_mine(0, len(images), batch_size, shard))]
     if images:
         ds = _tf.data.Dataset.from_tensor_slices(images)
         parts.append(ds.map(lambda p: (p, decode(_tf.io.read_file(p))), num_parallel_calls=_tf.data.AUTOTUNE,
@@ -375,10 +374,10 @@ def dataset(root: str, shape: tuple, *, batch_size: int = 32, max_samples: Optio
     if records and n_records:
         rec = _tf.data.TFRecordDataset(records, num_parallel_reads=_tf.data.AUTOTUNE).take(n_records)
         if workers > 1 and not by_file:
-            mine = _blocks(offset, n_records, batch_size, shard)
-            keep = _tf.constant(np.isin(np.arange(n_records), mine))
+            mine = _mine(offset, n_records, batch_size, shard)
+            keep = _tf.constant(mine)
             rec = rec.enumerate().filter(lambda i, r: keep[i]).map(lambda i, r: r)
-            offset, n_records = offset + n_records, len(mine)
+            offset, n_records = offset + n_records, int(mine.sum())
         spec = {image_key: _tf.io.FixedLenFeature([], _tf.string)}
         parts.append(rec.map(lambda r: (_tf.constant("record"), decode(_tf.io.parse_single_example(r, spec)[image_key])),
                              num_parallel_calls=_tf.data.AUTOTUNE).ignore_errors())
@@ -386,7 +385,7 @@ def dataset(root: str, shape: tuple, *, batch_size: int = 32, max_samples: Optio
     arrs = _open_arrays(arrays, shape)
     n_arrays = take(sum(len(a) for _, a in arrs))
     if workers > 1:  # of the first n_arrays rows of the order, this worker's (rows holding NaN skipped after)
-        pick = _blocks(offset, n_arrays, batch_size, shard)
+        pick = np.flatnonzero(_mine(offset, n_arrays, batch_size, shard))
         n_arrays = len(pick)
     if arrs and n_arrays:
         if preprocess is not None and not (images or records):

@@ -29,14 +29,20 @@ def _affine_of(node: Node) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
     return (None if scale is None else scale.astype(np.float64), None if shift is None else shift.astype(np.float64))
 
 
+def _working_weights(layer: Node) -> tuple[np.ndarray, bool]:
+    """(the layer's weights in float64 for folding, whether they are unloaded): a topology-only import's
+    zero view stays as it is (no copy of weights that were never read)."""
+    w = layer.params["weights"]
+    return (w, True) if is_placeholder(w) else (w.astype(np.float64), False)
+
+
 def absorb(layer: Node, scale: Optional[np.ndarray], shift: Optional[np.ndarray],
            shift_source: Optional[str] = None) -> None:
     """Fold y = layer(x)*scale + shift into the layer's weights and bias, in float64.
 
     `shift_source`: the checkpoint variable of a plain bias (BiasAdd) absorbed unchanged. Unloaded weights
     (a topology-only import's zero view) stay unloaded."""
-    unloaded = is_placeholder(layer.params["weights"])
-    w = layer.params["weights"] if unloaded else layer.params["weights"].astype(np.float64)
+    w, unloaded = _working_weights(layer)
     b = layer.params.get("bias")
     if scale is None and b is None and shift_source:
         layer.sources["bias"] = shift_source  # the layer's bias is that variable, as it is
@@ -202,8 +208,7 @@ def absorb_input_affine(layer: Node, scale: np.ndarray, shift: np.ndarray, repea
     """layer(x*scale + shift) as layer'(x): W' = W*scale along the input axis, b' = b + (W contracted with shift).
     `repeat`: the vectors tile a flattened H*W*C input (TF's row-major order: channel fastest)."""
     layout = ops.get(layer.op).layout
-    unloaded = is_placeholder(layer.params["weights"])
-    w = layer.params["weights"] if unloaded else layer.params["weights"].astype(np.float64)
+    w, unloaded = _working_weights(layer)
     s, t = np.tile(scale, repeat), np.tile(shift, repeat)
     b = layer.params.get("bias")
     b = np.zeros(out_channels(w.shape, layout)) if b is None else b.astype(np.float64)

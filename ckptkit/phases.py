@@ -46,5 +46,4 @@ def _report() -> None:
 
 
 if ENABLED:
-    _START = time.perf_counter()
     atexit.register(_report)

@@ -224,7 +224,7 @@ def _merge_workers(cluster, full: dict, halves: list, seen: int, channels: dict[
     row = [float(seen)]
     for moments in parts:
         for n in names:
-            m = moments.get(n) or Moments(channels[n])
+            m = moments[n]
             row += [m.n, *m.mean, *m.m2]
     rows = cluster.gather(np.asarray(row, np.float64))
     merged = [{n: Moments(channels[n]) for n in names} for _ in parts]
