@@ -167,10 +167,15 @@ def units_from_graph(ckpt: Checkpoint, graph) -> list[BNUnit]:
                       moving_variance=present("variance"), channels=int(node.shape[-1]),
                       epsilon=float(node.attrs.epsilon), found_by="graph")
         unit.layer, unit.kept_because = _graph_layer(ckpt, graph[node.inputs[0]], users, node)
-        unit.extras = _extras(ckpt, unit.variables)
+        unit.extras = unit_extras(ckpt, unit.variables)
         units.append(unit)
         position.setdefault(scope, len(position))  # network order: the IR is topological
-    # One layer normalised by two BNs, or one BN's variables on two layers: folding would be ambiguous.
+    return resolve_shared(units, position)
+
+
+def resolve_shared(units: list[BNUnit], position: dict[str, int]) -> list[BNUnit]:
+    """One unit per scope, in network order (`position` by scope); a layer normalised by two BNs, or one
+    BN's variables on two layers, is not folded: folding would be ambiguous."""
     by_layer: dict[str, list[BNUnit]] = {}
     by_scope: dict[str, list[BNUnit]] = {}
     for u in units:
@@ -214,7 +219,7 @@ def _graph_layer(ckpt: Checkpoint, prev, users: dict, bn) -> tuple[Optional[Laye
     return Layer(kind, weights, biases, transposed), ""
 
 
-def _extras(ckpt: Checkpoint, variables: list[str]) -> list[str]:
+def unit_extras(ckpt: Checkpoint, variables: list[str]) -> list[str]:
     """Checkpoint tensors that belong to these variables: optimizer slots and moving averages
     (`V/Momentum`, `V/ExponentialMovingAverage`) and zero-debias state (`.../V/biased`, `local_step`)."""
     out = []

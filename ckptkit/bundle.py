@@ -32,41 +32,21 @@ class Unsupported(Exception):
 
 @functools.lru_cache(maxsize=None)
 def _messages():
-    """BundleHeaderProto and BundleEntryProto (tensorflow/core/protobuf/tensor_bundle.proto), declared here
-    with the same field numbers: importing TF's generated modules would import all of TensorFlow."""
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+    """BundleHeaderProto and BundleEntryProto (tensorflow/core/protobuf/tensor_bundle.proto)."""
+    from ._proto import message_classes
 
-    F = descriptor_pb2.FieldDescriptorProto
-    fdp = descriptor_pb2.FileDescriptorProto(name="ckptkit_tensor_bundle.proto", package="ckptkit_bundle",
-                                             syntax="proto3")
-
-    def message(name, fields, parent=None):
-        m = (parent.nested_type if parent is not None else fdp.message_type).add(name=name)
-        for fname, number, ftype, repeated, type_name in fields:
-            f = m.field.add(name=fname, number=number, type=ftype,
-                            label=F.LABEL_REPEATED if repeated else F.LABEL_OPTIONAL)
-            if type_name:
-                f.type_name = type_name
-        return m
-
-    shape = message("TensorShapeProto", [("dim", 2, F.TYPE_MESSAGE, True, ".ckptkit_bundle.TensorShapeProto.Dim"),
-                                         ("unknown_rank", 3, F.TYPE_BOOL, False, None)])
-    message("Dim", [("size", 1, F.TYPE_INT64, False, None), ("name", 2, F.TYPE_STRING, False, None)], shape)
-    message("VersionDef", [("producer", 1, F.TYPE_INT32, False, None), ("min_consumer", 2, F.TYPE_INT32, False, None),
-                           ("bad_consumers", 3, F.TYPE_INT32, True, None)])
-    message("BundleHeaderProto", [("num_shards", 1, F.TYPE_INT32, False, None),
-                                  ("endianness", 2, F.TYPE_INT32, False, None),  # enum LITTLE=0, BIG=1
-                                  ("version", 3, F.TYPE_MESSAGE, False, ".ckptkit_bundle.VersionDef")])
-    message("TensorSliceProto", [])  # only its presence matters: partitioned variables go to TensorFlow
-    message("BundleEntryProto", [("dtype", 1, F.TYPE_INT32, False, None),  # enum DataType
-                                 ("shape", 2, F.TYPE_MESSAGE, False, ".ckptkit_bundle.TensorShapeProto"),
-                                 ("shard_id", 3, F.TYPE_INT32, False, None), ("offset", 4, F.TYPE_INT64, False, None),
-                                 ("size", 5, F.TYPE_INT64, False, None), ("crc32c", 6, F.TYPE_FIXED32, False, None),
-                                 ("slices", 7, F.TYPE_MESSAGE, True, ".ckptkit_bundle.TensorSliceProto")])
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(fdp)
-    get = lambda n: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"ckptkit_bundle.{n}"))  # noqa: E731
-    return get("BundleHeaderProto"), get("BundleEntryProto")
+    m = message_classes("ckptkit_bundle", {
+        "TensorShapeProto": [("dim", 2, "Dim", "repeated"), ("unknown_rank", 3, "bool")],
+        "Dim": [("size", 1, "int64"), ("name", 2, "string")],
+        "VersionDef": [("producer", 1, "int32"), ("min_consumer", 2, "int32"), ("bad_consumers", 3, "int32", "repeated")],
+        "BundleHeaderProto": [("num_shards", 1, "int32"), ("endianness", 2, "int32"),  # enum LITTLE=0, BIG=1
+                              ("version", 3, "VersionDef")],
+        "TensorSliceProto": [],  # only its presence matters: partitioned variables go to TensorFlow
+        "BundleEntryProto": [("dtype", 1, "int32"), ("shape", 2, "TensorShapeProto"),  # dtype: enum DataType
+                             ("shard_id", 3, "int32"), ("offset", 4, "int64"), ("size", 5, "int64"),
+                             ("crc32c", 6, "fixed32"), ("slices", 7, "TensorSliceProto", "repeated")],
+    })
+    return m["BundleHeaderProto"], m["BundleEntryProto"]
 
 
 def _crc32c(data) -> int:

@@ -8,6 +8,7 @@ import numpy as np
 from .batchnorm import check_health
 from .checkpoint import Checkpoint
 from .fold import find_fold_units
+from .meta_scan import scan_units
 
 JSON_VERSION = 1
 
@@ -31,8 +32,13 @@ def inspect_checkpoint(path: str, *, meta: Optional[str] = None, arch: Optional[
         ['never_updated']
     """
     ckpt = Checkpoint(path)
-    units, units_from = find_fold_units(ckpt, meta=meta, arch=arch, arch_args=arch_args, builder=builder,
-                                        input_shape=input_shape, use_meta=use_meta)
+    units = None
+    meta_path = meta or (ckpt.meta_path if use_meta else None)
+    if meta_path and not arch and builder is None and input_shape is None:
+        units, units_from = scan_units(ckpt, meta_path), f"graph {meta_path}"  # slim's pattern: no TensorFlow
+    if units is None:
+        units, units_from = find_fold_units(ckpt, meta=meta, arch=arch, arch_args=arch_args, builder=builder,
+                                            input_shape=input_shape, use_meta=use_meta)
     issues = []
     for unit in units:
         for issue in check_health(ckpt, unit):

@@ -75,7 +75,8 @@ FAST = ("test_units.py", "test_bundle.py::test_every_dtype", "test_bundle.py::te
         "test_ops.py::test_the_readme", "test_onnx.py::test_onnx_from_training_meta[mobilenet_v2-fold]",
         "test_keras.py::test_keras_matches_tf[mobilenet_v2-True-keras]", "test_caffe.py::test_caffe_matches_tf[mobilenet_v2-fold]",
         "test_cli.py::test_option_values_are_checked_before_any_work", "test_publish.py::test_sweep",
-        "test_multiworker.py::test_bad_tf_config", "test_cli.py::test_tensorflow_start_up_chatter")
+        "test_multiworker.py::test_bad_tf_config", "test_cli.py::test_tensorflow_start_up_chatter",
+        "test_meta_scan.py::test_inspect_with_its_meta", "test_meta_scan.py::test_scan_declines_a_damaged")
 
 
 def pytest_configure(config):
