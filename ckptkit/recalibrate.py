@@ -48,9 +48,10 @@ class Moments:
         mean = mean.astype(np.float64)
         m2 = m2.astype(np.float64)
         total = self.n + n
-        delta = mean - self.mean
-        self.mean = self.mean + delta * (n / total)
-        self.m2 = self.m2 + m2 + delta ** 2 * (self.n * n / total)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflowing data: checked, and refused, later
+            delta = mean - self.mean
+            self.mean = self.mean + delta * (n / total)
+            self.m2 = self.m2 + m2 + delta ** 2 * (self.n * n / total)
         self.n = total
 
     @property
@@ -85,6 +86,24 @@ def _levels(graph: Graph) -> dict[str, int]:
 _CUDNN_MIN_EPS = 1.001e-5
 
 
+def _fused(node: Node) -> bool:
+    """A 4-D BN of known spatial size: measured by FusedBatchNormV3 (mean and Bessel-corrected variance
+    over samples*H*W values; `_host_moments` turns them into count and M2)."""
+    return len(node.shape) == 4 and None not in node.shape[1:3]
+
+
+def _host_moments(node: Node, samples: int, got: tuple) -> tuple[float, np.ndarray, np.ndarray]:
+    """(count, mean, M2) from what `_stats_fn` measured on one device for one BN."""
+    if len(got) == 3:
+        n, mean, m2 = got
+        return float(n.numpy()), mean.numpy(), m2.numpy()
+    mean, var = got
+    n = float(samples * node.shape[1] * node.shape[2])
+    # the kernel's variance is Bessel-corrected (and undefined for a single value: M2 = 0)
+    m2 = var.numpy().astype(np.float64) * (n - 1.0) if n > 1 else np.zeros(var.shape)
+    return n, mean.numpy(), m2
+
+
 def _stats_fn(graph: Graph, measure: set[str], fixed: dict[str, tuple[np.ndarray, np.ndarray]], weights: dict):
     """batch -> ({bn: (n, mean, M2)} for BNs in `measure`, samples); BNs in `fixed` use those statistics.
 
@@ -92,7 +111,7 @@ def _stats_fn(graph: Graph, measure: set[str], fixed: dict[str, tuple[np.ndarray
     replica under tf.distribute)."""
     _tf = tf()
 
-    def hook(node: Node, x, collected: dict):
+    def hook(node: Node, x, collected: dict, empty):
         axes = list(range(len(node.shape) - 1))
         p = node.params
         if node.name in fixed:
@@ -100,20 +119,16 @@ def _stats_fn(graph: Graph, measure: set[str], fixed: dict[str, tuple[np.ndarray
             fake = Node(node.name, "BatchNorm", node.inputs, node.shape, node.attrs,
                         dict(p, mean=mean.astype(np.float32), variance=var.astype(np.float32)))
             return inference_bn(fake, x)
-        if len(node.shape) == 4:  # one fused kernel: normalised output and the batch moments
+        if _fused(node):  # one fused kernel: normalised output and the batch moments
             c = node.shape[-1]
             gamma = p["gamma"] if p.get("gamma") is not None else np.ones(c, np.float32)
             beta = p["beta"] if p.get("beta") is not None else np.zeros(c, np.float32)
             y, mean, var, *_ = _tf.raw_ops.FusedBatchNormV3(
-                x=x, scale=gamma, offset=beta, mean=_tf.constant([], _tf.float32),
-                variance=_tf.constant([], _tf.float32), epsilon=max(node.attrs.epsilon, _CUDNN_MIN_EPS),
-                exponential_avg_factor=1.0, data_format="NHWC", is_training=True)
-            if node.name in measure:
-                shape = _tf.shape(x)
-                n = _tf.cast(shape[0] * shape[1] * shape[2], _tf.float32)
-                # the kernel's variance is Bessel-corrected (and undefined for a single value: M2 = 0)
-                m2 = _tf.where(n > 1.0, var * (n - 1.0), _tf.zeros_like(var))
-                collected[node.name] = (n, mean, m2)
+                x=x, scale=gamma, offset=beta, mean=empty, variance=empty,
+                epsilon=max(node.attrs.epsilon, _CUDNN_MIN_EPS), exponential_avg_factor=1.0, data_format="NHWC",
+                is_training=True)
+            if node.name in measure:  # the count and M2 are made on the host: fewer ops to trace
+                collected[node.name] = (mean, var)
             return y
         n, mean, m2 = _batch_moments(x, axes)
         if node.name in measure:
@@ -126,7 +141,8 @@ def _stats_fn(graph: Graph, measure: set[str], fixed: dict[str, tuple[np.ndarray
 
     def fn(x):
         collected: dict = {}
-        run_graph(graph, x, lambda node, y: hook(node, y, collected), params=weights)
+        empty = _tf.constant([], _tf.float32)
+        run_graph(graph, x, lambda node, y: hook(node, y, collected, empty), params=weights)
         return collected, _tf.shape(x)[0]
 
     return fn
@@ -190,11 +206,10 @@ class Recalibration:
                 "preprocessing": self.preprocessing, "data": self.data, "layers": self.report, "files": self.files}
 
 
-def _accumulate(fn, batches, names: set[str], channels: dict[str, int], progress: Optional[Progress],
-                devices: list[str]):
+def _accumulate(fn, batches, graph: Graph, names: set[str], progress: Optional[Progress], devices: list[str]):
     step = _stepper(fn, devices)
-    full = {n: Moments(channels[n]) for n in names}
-    halves = [{n: Moments(channels[n]) for n in names} for _ in range(2)]
+    full = {n: Moments(graph[n].shape[-1]) for n in names}
+    halves = [{n: Moments(graph[n].shape[-1]) for n in names} for _ in range(2)]
     seen = 0
     batches = iter(batches)
     for i in itertools.count():
@@ -202,14 +217,16 @@ def _accumulate(fn, batches, names: set[str], channels: dict[str, int], progress
             batch = next(batches, None)
         if batch is None:
             break
+        batch = tf().convert_to_tensor(batch)  # numpy when the data are arrays alone
         count = 0
         with phase("recalibrate: first batch (trace and compile)" if i == 0 else "recalibrate: forward passes"):
             for moments, samples in step(batch):
-                for name, (n, mean, m2) in moments.items():
-                    n, mean, m2 = float(n.numpy()), mean.numpy(), m2.numpy()
+                samples = int(samples)
+                for name, got in moments.items():
+                    n, mean, m2 = _host_moments(graph[name], samples, got)
                     full[name].add(n, mean, m2)
                     halves[i % 2][name].add(n, mean, m2)
-                count += int(samples)
+                count += samples
         seen += count
         if progress:
             progress(count)
@@ -260,7 +277,7 @@ def estimate(graph: Graph, batches, *, mode: str = "precise", device: Optional[s
     full, halves, seen = {}, [{}, {}], 0
     for level in sorted(set(levels.values())):
         names = {n for n, lv in levels.items() if lv == level}
-        f, h, seen = _accumulate(_stats_fn(graph, names, dict(fixed), weights), batches, names, channels, progress,
+        f, h, seen = _accumulate(_stats_fn(graph, names, dict(fixed), weights), batches, graph, names, progress,
                                  devices)
         if cluster is not None:
             f, h, seen = _merge_workers(cluster, f, h, seen, channels)
