@@ -7,17 +7,26 @@ import os
 import sys
 
 
-class _KerasLater(importlib.abc.MetaPathFinder):
-    """TensorFlow's __init__ eagerly imports keras.src.optimizers (registrations for SavedModel loading,
-    which ckptkit never does), which loads all of Keras and, when installed, scikit-learn: 1.1 s of a
-    2.3 s TensorFlow import. During that import only, `keras.src` is refused (TF catches the ImportError
-    and goes on); `import keras` afterwards (the Keras writer) works as usual. CKPTKIT_EAGER_KERAS=1
-    turns this off."""
+class Refuse(importlib.abc.MetaPathFinder):
+    """While installed (`with Refuse(...)`), importing these packages raises ImportError: for optional
+    imports a library makes at import time that ckptkit never uses, which the library catches.
+    CKPTKIT_EAGER_KERAS=1 turns every refusal off."""
+
+    def __init__(self, *packages: str, why: str = "imported when needed"):
+        self.packages, self.why = packages, why
 
     def find_spec(self, name, path=None, target=None):
-        if name == "keras.src" and os.environ.get("CKPTKIT_EAGER_KERAS") != "1":
-            raise ImportError("keras is imported when ckptkit needs it")
+        if os.environ.get("CKPTKIT_EAGER_KERAS") != "1" and any(
+                name == p or name.startswith(p + ".") for p in self.packages):
+            raise ImportError(f"{name}: {self.why}")
         return None
+
+    def __enter__(self):
+        sys.meta_path.insert(0, self)
+        return self
+
+    def __exit__(self, *exc):
+        sys.meta_path.remove(self)
 
 
 @functools.lru_cache(maxsize=None)
@@ -35,14 +44,14 @@ def tf():
         os.close(devnull)
     from .phases import phase
 
-    blocker = _KerasLater()
-    sys.meta_path.insert(0, blocker)
+    # TensorFlow's __init__ eagerly imports keras.src.optimizers (registrations for SavedModel loading, which
+    # ckptkit never does): all of Keras and scikit-learn, 1.1 s of a 2.3 s import. Refused during this import
+    # only (TF catches the ImportError); `import keras` afterwards (the Keras writer) works as usual.
     try:
-        with phase("import TensorFlow"):
+        with phase("import TensorFlow"), Refuse("keras.src", why="keras is imported when ckptkit needs it"):
             import tensorflow as _tf
             _tf.config.list_physical_devices("GPU")  # probes CUDA now, while quiet
     finally:
-        sys.meta_path.remove(blocker)
         if saved is not None:
             os.dup2(saved, 2)
             os.close(saved)

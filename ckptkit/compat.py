@@ -9,7 +9,7 @@ import functools
 import sys
 import warnings
 
-from ._tf import tf
+from ._tf import Refuse, tf
 
 
 @functools.lru_cache(maxsize=None)
@@ -32,8 +32,30 @@ def slim():
 
     if not hasattr(control_flow_ops, "cond"):
         control_flow_ops.cond = _tf.compat.v1.cond
-    with warnings.catch_warnings():
+    from .phases import phase
+
+    # 4. tf_slim imports scikit-learn (0.6 s) for its metric-learning losses only: refused during the import,
+    # then imported by those losses when they first use it.
+    with warnings.catch_warnings(), phase("import tf_slim"), Refuse("sklearn"):
         warnings.simplefilter("ignore")
         import tf_slim
-
+    _sklearn_when_used()
     return tf_slim
+
+
+def _sklearn_when_used() -> None:
+    import importlib
+    import importlib.util
+    import types
+
+    from tf_slim.losses import metric_learning
+
+    if metric_learning.HAS_SKLEARN or importlib.util.find_spec("sklearn") is None:
+        return
+
+    class SklearnMetricsLater(types.ModuleType):
+        def __getattr__(self, name):
+            return getattr(importlib.import_module("sklearn.metrics"), name)
+
+    metric_learning.metrics = SklearnMetricsLater("sklearn.metrics")
+    metric_learning.HAS_SKLEARN = True
