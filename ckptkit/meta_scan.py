@@ -20,10 +20,9 @@ import numpy as np
 
 from .batchnorm import BNUnit, Layer, find_units, resolve_shared, unit_extras
 from .checkpoint import Checkpoint
+from .tf_import.walker import PASS_THROUGH as _WALKER_PASS_THROUGH, READ_OPS, VARIABLE_OPS  # the importer's
 
-PASS_THROUGH = {"Identity", "StopGradient", "Snapshot", "PreventGradient", "CheckNumerics", "EnsureShape"}
-VARIABLE_OPS = {"VariableV2", "Variable", "VarHandleOp"}
-READ_OPS = {"ReadVariableOp", "Identity", "Enter", "Snapshot"}
+PASS_THROUGH = _WALKER_PASS_THROUGH - {"IdentityN"}  # IdentityN passes input k to output k: handled apart
 FUSED_BN = {"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"}
 FBN_OUTPUTS = ["y", "batch_mean", "batch_variance", "reserve_space_1", "reserve_space_2", "reserve_space_3"]
 IF_OPS = {"If", "StatelessIf"}
@@ -320,7 +319,7 @@ class _Scan:
         from . import ops
         from .tf_import.walker import HANDLERS
 
-        ops.load_all()
+        ops.load_all()  # each op module registers its handlers (imported once)
         stack, seen = [(scope, *scope.data_inputs(bn)[0])], self.known
         while stack:
             s, name, index = stack.pop()

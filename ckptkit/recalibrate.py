@@ -105,7 +105,8 @@ def _host_moments(node: Node, samples: int, got: tuple) -> tuple[float, np.ndarr
 
 
 def _stats_fn(graph: Graph, measure: set[str], fixed: dict[str, tuple[np.ndarray, np.ndarray]], weights: dict):
-    """batch -> ({bn: (n, mean, M2)} for BNs in `measure`, samples); BNs in `fixed` use those statistics.
+    """batch -> ({bn: (n, mean, M2), or (mean, Bessel-corrected variance) for a `_fused` BN} for BNs in
+    `measure`, samples); `_host_moments` makes both (count, mean, M2). BNs in `fixed` use those statistics.
 
     `weights` comes from `weight_tensors(graph)`. A plain function, traced by `_stepper` (once per
     replica under tf.distribute)."""
