@@ -188,10 +188,21 @@ class Bundle:
         """The tensor's values (a new, writeable array), its bytes crc32c-checked."""
         e = self.entries[name]
         path = self.shard_path(e.shard)
-        out = np.empty(e.shape, np.dtype(e.dtype).newbyteorder("<"))
-        if e.size != out.nbytes:
+        dtype = np.dtype(e.dtype).newbyteorder("<")
+        nbytes = int(np.prod(e.shape, dtype=object)) * dtype.itemsize  # exact: no int64 overflow on hostile shapes
+        if e.size != nbytes or min(e.shape, default=0) < 0:
             raise CkptkitError(f"tensor {name} cannot be read from {path} (its index gives {e.size} bytes for "
                                f"{e.dtype}{list(e.shape)}): the checkpoint is damaged; re-copy or re-save it")
+        try:  # the data file must hold what the index declares before anything is allocated
+            available = os.path.getsize(path) - e.offset
+        except OSError as err:
+            raise CkptkitError(f"tensor {name} cannot be read from {path} ({err.strerror}): re-copy the checkpoint") \
+                from None
+        if e.offset < 0 or e.size > available:
+            raise CkptkitError(f"tensor {name} cannot be read from {path} (its index declares {e.size} bytes at "
+                               f"offset {e.offset}; the file holds {max(available, 0)} from there): the checkpoint "
+                               "is damaged or truncated; re-copy or re-save it")
+        out = np.empty(e.shape, dtype)
         try:
             with open(path, "rb") as f:
                 f.seek(e.offset)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -20,6 +21,7 @@ from .errors import CkptkitError
 log = logging.getLogger("ckptkit")
 
 IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+MAX_IMAGE_PIXELS = 89_478_485  # Pillow's decompression-bomb bound (~ 9459x9459): larger headers are skipped
 TF_FORMATS = {"JPEG", "PNG", "BMP", "GIF", "WEBP", "MPO"}  # what tf.io.decode_image reads (PIL's names)
 ARRAY_EXT = (".npy", ".npz")
 RECORD_EXT = (".tfrecord", ".tfrecords", ".record")
@@ -60,9 +62,18 @@ def _usable_images(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     good, bad = [], []
     for p in paths:
         try:
-            with Image.open(p) as im:
-                fmt = im.format
-                im.verify()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # judged below, by our bound
+                with Image.open(p) as im:
+                    fmt, (w, h) = im.format, im.size
+                    if w * h > MAX_IMAGE_PIXELS:
+                        raise Image.DecompressionBombError(f"{w}x{h}")
+                    im.verify()
+        except Image.DecompressionBombError:  # the header alone: nothing decoded yet
+            log.warning("skipping %s: its header declares more than %d pixels (a decompression bomb, or not a "
+                        "calibration image); resize it", p, MAX_IMAGE_PIXELS)
+            bad.append((p, "too many pixels"))
+            continue
         except Exception as err:  # PIL raises many types for bad files
             log.warning("skipping %s: not a readable image (%s)", p, type(err).__name__)
             bad.append((p, "not a readable image"))

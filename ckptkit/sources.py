@@ -73,66 +73,12 @@ class Model:
 
 def _session_reference(graph, input_t, output_t, ckpt: Optional[Checkpoint], feed: Optional[dict] = None,
                        kind: str = "the graph's own TensorFlow ops") -> LazyReference:
-    """Run a tf.Graph's own ops, variables restored from the checkpoint (a lazy session)."""
-    state: dict = {}
+    """Run a tf.Graph's own ops through ckptkit's gateway (checked against the allowlist, variables set from
+    the checkpoint by ckptkit's reader): a lazy session."""
+    from .gateway import reference
 
-    def make() -> Callable:
-        with graph.as_default():
-            sess = tf1.Session(graph=graph)
-            variables = tf1.global_variables()
-            if variables:
-                by_name = {v.op.name: v for v in variables if ckpt is not None and v.op.name in ckpt}
-                # only what the checkpoint lacks is initialised: a restored variable then takes the restored
-                # buffer as it is (no initial value, no copy: one copy of the weights in memory)
-                sess.run(tf1.variables_initializer([v for v in variables if v.op.name not in by_name]))
-                if by_name:
-                    try:
-                        tf1.train.Saver(by_name).restore(sess, ckpt.tf_prefix)
-                    except tf().errors.OpError as err:
-                        raise CkptkitError(f"checkpoint {ckpt.prefix} does not fit the graph "
-                                           f"({str(err).splitlines()[0][:200]}): check --arch/--meta") from None
-            else:  # a plain GraphDef holding variables (not frozen): no collections, restore them by op
-                _restore_graph_variables(sess, graph, output_t, ckpt)
-        state["sess"] = sess
-
-        def run(x):
-            return sess.run(output_t, {input_t: x, **(feed or {})})
-
-        run.close = lambda: (sess.close(), state.clear())
-        return run
-
-    return LazyReference(make, kind)
-
-
-def _restore_graph_variables(sess, graph, output_t, ckpt: Optional[Checkpoint]) -> None:
-    """Assign every variable the output reads from the checkpoint, by name (RestoreV2 + assign ops)."""
-    from .inference_graph import ancestors
-
-    _tf = tf()
-    ops = [graph.get_operation_by_name(n) for n in sorted(ancestors(output_t, control=False))]
-    var_ops = [op for op in ops if op.type in ("VariableV2", "Variable", "VarHandleOp")]
-    if not var_ops:
-        return
-    names = []
-    for op in var_ops:
-        shared = op.get_attr("shared_name") if op.type == "VarHandleOp" else b""
-        names.append((shared.decode() if isinstance(shared, bytes) else shared) or op.name)
-    missing = [n for n in names if ckpt is None or n not in ckpt]
-    if missing:
-        where = f"checkpoint {ckpt.prefix}" if ckpt is not None else "no checkpoint (none given)"
-        raise CkptkitError(f"the graph reads variable {missing[0]} ({len(missing)} in all) that {where} does not "
-                           "hold: give the checkpoint that goes with this graph, or a frozen graph")
-    with graph.as_default():
-        dtypes = [op.get_attr("dtype") for op in var_ops]
-        values = _tf.raw_ops.RestoreV2(prefix=ckpt.tf_prefix, tensor_names=names, shape_and_slices=[""] * len(names),
-                                       dtypes=dtypes)
-        assigns = []
-        for op, value in zip(var_ops, values):
-            if op.type == "VarHandleOp":
-                assigns.append(_tf.raw_ops.AssignVariableOp(resource=op.outputs[0], value=value))
-            else:
-                assigns.append(tf1.assign(op.outputs[0], value, validate_shape=False))
-        sess.run(assigns)
+    make_run = reference(graph, input_t, output_t, ckpt, feed)
+    return LazyReference(make_run, kind)
 
 
 def _placeholder(shape: Sequence[Optional[int]]):

@@ -15,6 +15,7 @@ import numpy as np
 
 from .._tf import tf
 from ..errors import CkptkitError, UnsupportedOpError
+from ..gateway import check_tensor
 from ..ir import Graph, Node, UniqueNames
 
 log = logging.getLogger("ckptkit.import")
@@ -199,6 +200,7 @@ class Walker:
         """The value of a tensor computable without the input (constants and variables), else None."""
         tensor = self.resolve(tensor)
         op = tensor.op
+        check_tensor(tensor)  # a Const or Fill declared at tens of GB is refused, never materialised
         if op.type == "Const":
             from tensorflow.python.framework import tensor_util
 

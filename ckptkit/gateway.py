@@ -1,0 +1,407 @@
+"""The one gateway through which ckptkit runs anything that came from a user's graph.
+
+A `.meta` or GraphDef is a program: run as it is, it may write files, print to them, save checkpoints or
+call Python. ckptkit runs it only as data. Before a session exists, `plan()` computes everything the run can
+reach from its fetches, by data *and* control edges, including the bodies of every function reachable from
+them (If/While/Case/PartitionedCall branches, nested, and function attrs of any op), and checks each op
+against `ckptkit.allowlist.ALLOWED` (pure computation):
+  * an op outside it that a value depends on (a data edge) refuses the run, naming the op, its type and
+    the node that needs it;
+  * an op outside it reached only through a control edge is cut, with a warning naming it: a control edge
+    cannot change a value (assignments and assertions, training's own bookkeeping, are cut quietly);
+  * a tensor whose static size exceeds MAX_TENSOR_BYTES (a `Fill` or `Const` of tens of GB) refuses the run.
+The session then runs a pruned copy holding only what was checked: nothing unreached can run either.
+Variables are set from ckptkit's own checkpoint reader through ckptkit's own assign ops: no Save/Restore
+op of the user's graph ever runs. `GatedRun` is the only place ckptkit creates a session over a user graph.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional
+
+import numpy as np
+
+from . import allowlist
+from ._tf import tf, tf1
+from .errors import CkptkitError
+
+log = logging.getLogger("ckptkit")
+
+MAX_TENSOR_BYTES = int(float(os.environ.get("CKPTKIT_MAX_TENSOR_BYTES", 4 * 2**30)))
+
+
+@dataclass
+class Refusal:
+    op: str
+    op_type: str
+    needed_by: str
+    where: str = "the graph"
+    reason: str = ""
+
+    def message(self) -> str:
+        if self.reason:
+            return f"op {self.op} ({self.op_type}) in {self.where}, read by {self.needed_by}, {self.reason}"
+        why = "not pure computation" if self.op_type not in allowlist.ALLOWED else "a function it calls is refused"
+        return (f"the output needs op {self.op} ({self.op_type}) in {self.where}, read by {self.needed_by}: ckptkit "
+                f"never runs it ({why}; a graph is data, not code): choose an --outputs before it, or use --arch")
+
+
+@dataclass
+class Cut:
+    consumer: str
+    op: str
+    op_type: str
+    where: str = "the graph"
+    reason: str = ""
+
+
+@dataclass
+class Plan:
+    graph_def: object  # the pruned GraphDef: only checked nodes and functions, cut control edges removed
+    cut: list[Cut] = field(default_factory=list)
+
+    def warn(self) -> None:
+        """One warning per cut op that is not training bookkeeping."""
+        seen = set()
+        for c in self.cut:
+            if c.op_type in allowlist.QUIET_CUT or (c.where, c.op) in seen:
+                log.debug("cut control dependency of %s on %s (%s) in %s", c.consumer, c.op, c.op_type, c.where)
+                continue
+            seen.add((c.where, c.op))
+            why = c.reason.split(":")[0] if c.reason else "ckptkit never runs a user graph's side effects"
+            log.warning("not run: %s (%s) in %s, a control dependency of %s (%s; a control edge cannot change a "
+                        "value)", c.op, c.op_type, c.where, c.consumer, why)
+
+
+def _source(inp: str) -> str:
+    return inp[1:] if inp.startswith("^") else inp.split(":")[0]
+
+
+def _functions_of(node) -> list[str]:
+    """Names of the functions a node calls: its op (a library function) and every func / list(func) attr."""
+    names = []
+    for value in node.attr.values():
+        if value.HasField("func") and value.func.name:
+            names.append(value.func.name)
+        names.extend(f.name for f in value.list.func)
+    return names
+
+
+def _stateful(op_type: str) -> bool:
+    from tensorflow.python.framework import op_def_registry
+
+    op_def = op_def_registry.get(op_type)
+    return op_def is None or op_def.is_stateful
+
+
+class _Checker:
+    """Reachability and allowlist checks over a GraphDef and its function library."""
+
+    def __init__(self, graph_def, oversize: Optional[dict[str, str]] = None):
+        self.oversize = oversize or {}  # main-graph op name -> why its static output is over the bound
+        self.library = {f.signature.name: f for f in graph_def.library.function}
+        self.functions: dict[str, object] = {}  # name -> (kept node names, cuts) or Refusal
+        self.cut: list[Cut] = []
+
+    def node_problem(self, node, where: str) -> Optional[Refusal]:
+        op = node.op
+        if op in self.library:
+            got = self.function(op)
+            return got if isinstance(got, Refusal) else None
+        if op not in allowlist.ALLOWED or (_stateful(op) and op not in allowlist.STATEFUL_ALLOWED):
+            return Refusal(node.name, op, "", where)
+        if where == "the graph" and node.name in self.oversize:
+            return Refusal(node.name, op, "", where, self.oversize[node.name])
+        for name in _functions_of(node):
+            got = self.function(name)
+            if isinstance(got, Refusal):
+                return got
+        return None
+
+    def function(self, name: str):
+        if name in self.functions:
+            got = self.functions[name]
+            return (set(), []) if got is None else got  # None: being checked (a recursive call)
+        fdef = self.library.get(name)
+        if fdef is None:
+            return Refusal(name, "function", "", f"function {name}")  # called but not defined: TF would fail
+        self.functions[name] = None
+        nodes = {n.name: n for n in fdef.node_def}
+        data_roots = [_source(v) for v in fdef.ret.values()]
+        control_roots = list(fdef.control_ret.values())
+        got = self.walk(nodes, data_roots, control_roots, f"function {name}")
+        self.functions[name] = got
+        return got
+
+    def walk(self, nodes: dict, data_roots: Iterable[str], control_roots: Iterable[str], where: str):
+        """(kept node names, cuts) of a body, or the Refusal of a data dependency on a forbidden op."""
+        kept: set[str] = set()
+        cuts: list[Cut] = []
+        failed: dict[str, Refusal] = {}
+
+        def absorb(starts: list[str], consumer: str):
+            new, stack, parent = set(), list(starts), {}
+            while stack:
+                n = stack.pop()
+                if n in kept or n in new or n not in nodes:  # not a node: a function argument
+                    continue
+                problem = self.node_problem(nodes[n], where)
+                if problem is not None:
+                    if not problem.needed_by:
+                        problem = Refusal(problem.op, problem.op_type, parent.get(n, consumer), problem.where)
+                    return problem
+                new.add(n)
+                for inp in nodes[n].input:
+                    if not inp.startswith("^"):
+                        src = _source(inp)
+                        parent.setdefault(src, n)
+                        stack.append(src)
+            return new
+
+        got = absorb(list(data_roots), "the fetched output")
+        if isinstance(got, Refusal):
+            return got
+        kept |= got
+        queue = [(n, _source(i)) for n in got for i in nodes[n].input if i.startswith("^")]
+        queue += [("the function's control outputs", n) for n in control_roots]
+        while queue:
+            consumer, src = queue.pop()
+            if src in kept or src not in nodes:
+                continue
+            got = failed.get(src) or absorb([src], consumer)
+            if isinstance(got, Refusal):
+                failed[src] = got
+                cuts.append(Cut(consumer, got.op, got.op_type, got.where, got.reason))
+                continue
+            kept |= got
+            queue += [(n, _source(i)) for n in got for i in nodes[n].input if i.startswith("^")]
+        return kept, cuts
+
+
+def plan(graph_def, fetches: list[str], oversize: Optional[dict[str, str]] = None) -> Plan:
+    """Check what running `fetches` (node names) can reach; the pruned GraphDef to run, or CkptkitError.
+    `oversize`: ops whose static output is over the bound (see oversized_ops): refused like forbidden ops."""
+    checker = _Checker(graph_def, oversize)
+    nodes = {n.name: n for n in graph_def.node}
+    got = checker.walk(nodes, fetches, [], "the graph")
+    if isinstance(got, Refusal):
+        raise CkptkitError(got.message())
+    kept, cuts = got
+    out = type(graph_def)()
+    out.versions.CopyFrom(graph_def.versions)
+    all_cuts = list(cuts)
+    for node in graph_def.node:
+        if node.name in kept:
+            copy = out.node.add()
+            copy.CopyFrom(node)
+            _drop_cut_controls(copy, kept)
+    # the functions the kept nodes call, transitively, each pruned to what it was checked for
+    todo = [f for n in out.node for f in ([n.op] if n.op in checker.library else []) + _functions_of(n)]
+    done = set()
+    while todo:
+        name = todo.pop()
+        if name in done:
+            continue
+        done.add(name)
+        fkept, fcuts = checker.functions[name]
+        all_cuts += fcuts
+        fdef = out.library.function.add()
+        fdef.CopyFrom(checker.library[name])
+        body = [n for n in fdef.node_def if n.name in fkept]
+        for n in body:
+            _drop_cut_controls(n, fkept)
+            todo += ([n.op] if n.op in checker.library else []) + _functions_of(n)
+        del fdef.node_def[:]
+        fdef.node_def.extend(body)
+        for key in [k for k, v in fdef.control_ret.items() if v not in fkept]:
+            del fdef.control_ret[key]
+        outputs = [o for o in fdef.signature.control_output if o in fdef.control_ret]
+        del fdef.signature.control_output[:]
+        fdef.signature.control_output.extend(outputs)
+    _check_sizes(out)
+    return Plan(out, all_cuts)
+
+
+def _drop_cut_controls(node, kept: set[str]) -> None:
+    inputs = [i for i in node.input if not i.startswith("^") or i[1:] in kept]
+    if len(inputs) != len(node.input):
+        del node.input[:]
+        node.input.extend(inputs)
+
+
+def tensor_bytes(shape: Iterable[Optional[int]], dtype) -> int:
+    """Bytes of a tensor of a static shape (unknown dimensions count 1: the batch)."""
+    n = 1
+    for d in shape:
+        n *= max(int(d), 1) if d is not None and int(d) >= 0 else 1
+    return n * max(np.dtype(dtype).itemsize if not isinstance(dtype, int) else 4, 1)
+
+
+def _too_big(what: str, nbytes: int) -> CkptkitError:
+    return CkptkitError(f"{what} would hold {nbytes / 2**30:.1f} GiB, over ckptkit's bound of "
+                        f"{MAX_TENSOR_BYTES / 2**30:.1f} GiB per tensor: the graph is damaged or hostile "
+                        "(CKPTKIT_MAX_TENSOR_BYTES raises the bound)")
+
+
+def _check_sizes(graph_def) -> None:
+    """Refuse constants declared over the bound (also inside functions); other ops are checked on import."""
+    from tensorflow.core.framework import types_pb2
+
+    bodies = [graph_def.node] + [f.node_def for f in graph_def.library.function]
+    for body in bodies:
+        for n in body:
+            if n.op in ("Const", "HostConst") and "value" in n.attr:
+                t = n.attr["value"].tensor
+                dims = [d.size for d in t.tensor_shape.dim]
+                dtype = tf().as_dtype(t.dtype).as_numpy_dtype if t.dtype != types_pb2.DT_STRING else np.uint8
+                nbytes = tensor_bytes(dims, dtype)
+                if nbytes > MAX_TENSOR_BYTES:
+                    raise _too_big(f"constant {n.name} of shape {dims}", nbytes)
+
+
+def oversized_ops(graph) -> dict[str, str]:
+    """Ops of a tf.Graph whose statically known output exceeds the bound (a Fill of tens of GB) -> why."""
+    out = {}
+    for op in graph.get_operations():
+        for t in op.outputs:
+            nbytes = static_bytes(t)
+            if nbytes > MAX_TENSOR_BYTES:
+                out[op.name] = (f"would make a tensor of {nbytes / 2**30:.1f} GiB (shape {t.shape}), over ckptkit's "
+                                f"bound of {MAX_TENSOR_BYTES / 2**30:.1f} GiB per tensor: the graph is damaged or "
+                                "hostile (CKPTKIT_MAX_TENSOR_BYTES raises the bound)")
+                break
+    return out
+
+
+def static_bytes(t) -> int:
+    """Bytes of a tf.Tensor's statically known shape (unknown dimensions count 1), 0 when not knowable."""
+    shape = t.shape
+    if shape.rank is None or t.dtype == tf().resource or t.dtype == tf().variant:
+        return 0
+    try:
+        dtype = t.dtype.base_dtype.as_numpy_dtype
+    except TypeError:
+        return 0
+    return tensor_bytes(shape.as_list(), dtype if dtype is not object else np.uint8)
+
+
+def check_tensor(t) -> None:
+    """Refuse to materialise a tensor over the bound (the importer folding a constant, say)."""
+    nbytes = static_bytes(t)
+    if nbytes > MAX_TENSOR_BYTES:
+        raise _too_big(f"op {t.op.name} ({t.op.type}) output of shape {t.shape}", nbytes)
+
+
+class GatedRun:
+    """A TensorFlow session over the checked, pruned copy of a user's graph, computing `output` from `input`.
+
+    Variables take their values from `ckpt` through ckptkit's reader; one the checkpoint lacks takes its
+    initial value (`initial_values`: variable -> initial-value tensor name, from the graph's collections),
+    computed through the same check. `feed`: extra fixed feeds (tensor name -> value), e.g. is_training.
+    """
+
+    def __init__(self, graph, input_name: str, output_name: str, ckpt, feed: Optional[dict] = None,
+                 initial_values: Optional[dict[str, str]] = None):
+        from .phases import phase
+
+        _tf = tf()
+        gd = graph.as_graph_def()
+        fetch = [output_name.split(":")[0]]
+        oversize = oversized_ops(graph)
+        first = plan(gd, fetch, oversize)
+        variables = _variables(first.graph_def)
+        missing = [key for key in variables if ckpt is None or key not in ckpt]
+        init_tensors = {}
+        for key in missing:
+            init = (initial_values or {}).get(variables[key].name)
+            if init is None:
+                where = f"checkpoint {ckpt.prefix}" if ckpt is not None else "no checkpoint (none given)"
+                raise CkptkitError(f"the graph reads variable {key} ({len(missing)} missing in all) that {where} does "
+                                   "not hold: give the checkpoint that goes with this graph, or a frozen graph")
+            init_tensors[key] = init
+        checked = plan(gd, fetch + [t.split(":")[0] for t in init_tensors.values()], oversize) if init_tensors \
+            else first
+        checked.warn()
+        self.cut = checked.cut
+        g = _tf.Graph()
+        with phase("build TF graph"), g.as_default():
+            _tf.graph_util.import_graph_def(checked.graph_def, name="")
+            assigns = []
+            for key, node in variables.items():
+                dtype = _tf.as_dtype(node.attr["dtype"].type)
+                ph = tf1.placeholder(dtype, name=f"ckptkit_value/{len(assigns)}")
+                target = g.get_operation_by_name(node.name).outputs[0]
+                if node.op == "VarHandleOp":
+                    assign = _tf.raw_ops.AssignVariableOp(resource=target, value=ph)
+                else:
+                    assign = tf1.assign(target, ph, validate_shape=False)
+                assigns.append((key, ph, assign, dtype.as_numpy_dtype))
+        self._graph = g
+        self._sess = tf1.Session(graph=g)
+        try:
+            for key, ph, assign, dtype in assigns:  # one tensor in flight at a time: weights held once
+                if key in init_tensors:
+                    value = self._sess.run(g.get_tensor_by_name(_tensor_name(init_tensors[key])))
+                else:
+                    value = ckpt.get(key)
+                self._sess.run(assign, {ph: np.asarray(value, dtype)})
+                del value
+        except _tf.errors.OpError as err:
+            self.close()
+            raise CkptkitError(f"checkpoint {getattr(ckpt, 'prefix', '')} does not fit the graph "
+                               f"({str(err).splitlines()[0][:200]}): check --arch/--meta") from None
+        self._input = g.get_tensor_by_name(_tensor_name(input_name))
+        self._output = g.get_tensor_by_name(_tensor_name(output_name))
+        self._feed = {g.get_tensor_by_name(_tensor_name(k)): v for k, v in (feed or {}).items()
+                      if _exists(g, _tensor_name(k))}
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self._sess.run(self._output, {self._input: x, **self._feed})
+
+    def close(self) -> None:
+        if self._sess is not None:
+            self._sess.close()
+        self._sess = None
+
+
+def _exists(g, name: str) -> bool:
+    try:
+        g.get_tensor_by_name(name)
+        return True
+    except (KeyError, ValueError):
+        return False
+
+
+def _tensor_name(name: str) -> str:
+    return name if ":" in name else name + ":0"
+
+
+def _variables(graph_def) -> dict:
+    """Checkpoint key -> variable node, for every variable node of a (pruned) GraphDef."""
+    out = {}
+    for n in graph_def.node:
+        if n.op in ("VariableV2", "Variable", "VarHandleOp"):
+            shared = n.attr["shared_name"].s.decode() if n.op == "VarHandleOp" and "shared_name" in n.attr else ""
+            out[shared or n.name] = n
+    return out
+
+
+def initial_values(graph) -> dict[str, str]:
+    """Variable op name -> its initial-value tensor name, from a tf.Graph's variable collections."""
+    out = {}
+    with graph.as_default():
+        for v in tf1.global_variables() + tf1.local_variables():
+            try:
+                out[v.op.name] = v.initial_value.name
+            except (AttributeError, ValueError):
+                continue
+    return out
+
+
+def reference(graph, input_t, output_t, ckpt, feed: Optional[dict] = None) -> Callable[[], GatedRun]:
+    """A maker of the gated run of `output_t` from `input_t` in a tf.Graph (for a lazy reference)."""
+    inits = initial_values(graph)
+    feed_names = {(k.name if hasattr(k, "name") else k): v for k, v in (feed or {}).items()}
+    return lambda: GatedRun(graph, input_t.name, output_t.name, ckpt, feed_names, inits)
