@@ -61,7 +61,8 @@ ALLOWED = frozenset(STRUCTURE | VARIABLES | SHAPES | MATH | NN | CONTROL_FLOW | 
 
 # stateful ops that may run: variables (values fed by ckptkit's reader), random ops, and control-flow ops
 # TensorFlow marks stateful because their bodies could be (the gateway checks the bodies)
-STATEFUL_ALLOWED = frozenset(VARIABLES | RANDOM | {"If", "While", "Case", "StatefulPartitionedCall"})
+# (CheckNumerics is marked stateful only so it is not merged away: it can fail a run, nothing else)
+STATEFUL_ALLOWED = frozenset(VARIABLES | RANDOM | {"If", "While", "Case", "StatefulPartitionedCall", "CheckNumerics"})
 
 # ops cut from control edges without a warning: training's own bookkeeping, which can change nothing outside
 # the session (moving-average updates, assertions, step counters)

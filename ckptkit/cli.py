@@ -57,7 +57,8 @@ def _add_source(p: argparse.ArgumentParser, ckpt_optional: bool = False) -> None
 
 def _add_builder(g) -> None:
     g.add_argument("--builder", metavar="MODULE:FUNCTION",
-                   help="your network code as the topology: FUNCTION(inputs, **builder args) returns the output "
+                   help="your network code as the topology (this RUNS your Python: use only code you trust): "
+                        "FUNCTION(inputs, **builder args) returns the output "
                         "(or (logits, end_points)); MODULE importable from here, or path/to/file.py; needs "
                         "--input-shape")
     g.add_argument("--builder-arg", metavar="KEY=VALUE", action="append",

@@ -352,13 +352,26 @@ class GatedRun:
             self.close()
             raise CkptkitError(f"checkpoint {getattr(ckpt, 'prefix', '')} does not fit the graph "
                                f"({str(err).splitlines()[0][:200]}): check --arch/--meta") from None
+        self._random = [(n.name, n.op) for body in [checked.graph_def.node] +
+                        [f.node_def for f in checked.graph_def.library.function]
+                        for n in body if allowlist.is_random(n.op)]
         self._input = g.get_tensor_by_name(_tensor_name(input_name))
         self._output = g.get_tensor_by_name(_tensor_name(output_name))
         self._feed = {g.get_tensor_by_name(_tensor_name(k)): v for k, v in (feed or {}).items()
                       if _exists(g, _tensor_name(k))}
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self._sess.run(self._output, {self._input: x, **self._feed})
+        y = self._sess.run(self._output, {self._input: x, **self._feed})
+        if self._random:  # a random op survived the inference rewrite: a second run must agree
+            again = self._sess.run(self._output, {self._input: x, **self._feed})
+            if not np.array_equal(y, again, equal_nan=True):
+                name, kind = self._random[0]
+                raise CkptkitError(f"the TensorFlow reference is not deterministic: random op {name} ({kind}) still "
+                                   "shapes its output (a dropout or noise layer ckptkit does not recognise), so no "
+                                   "export can be judged against it: give --arch NAME or --builder for an "
+                                   "inference-mode reference")
+            self._random = []  # deterministic on real inputs: once is enough
+        return y
 
     def close(self) -> None:
         if self._sess is not None:

@@ -69,6 +69,9 @@ def import_add(w: Walker, t) -> str:
     if bn is not None:
         return emit_bn(w, t, *bn)
     a, b = t.op.inputs
+    for x, c in ((a, b), (b, a)):  # additive noise (GaussianNoise in training): nothing at inference
+        if C.is_noise(w, c) and not C.is_random(w, x):
+            return w.convert(x)
     for x, c in ((a, b), (b, a)):
         value = w.const(c)
         if value is not None:
@@ -101,7 +104,7 @@ def import_mul(w: Walker, t) -> str:
     if t.op.type == "Mul":
         # dropout (TF1 form): x / keep * floor(keep + random)
         for x, m in ((a, b), (b, a)):
-            if C.is_random(w, m) and not C.is_random(w, x):
+            if C.is_noise(w, m) and not C.is_random(w, x):
                 return w.convert(C.strip_dropout_scale(w, x))
     value, x = w.const(b), a
     if value is None and t.op.type == "Mul":
@@ -129,8 +132,9 @@ def import_max_min(w: Walker, t) -> str:
 @register("SelectV2", "Select")
 def import_select(w: Walker, t) -> str:
     cond, yes, no = t.op.inputs
-    if C.is_random(w, cond):  # dropout (TF2 form): where(random >= rate, x * scale, 0)
-        return w.convert(C.strip_dropout_scale(w, yes))
+    if C.is_noise(w, cond):  # dropout (TF2 form): where(random >= rate, x * scale, 0), or where(drop, 0, x)
+        kept = yes if C.carries_data(w, yes) or not C.carries_data(w, no) else no
+        return w.convert(C.strip_dropout_scale(w, kept))
     raise UnsupportedOpError(f"{t.op.type} {t.op.name} is not a dropout mask; ckptkit cannot convert it")
 
 

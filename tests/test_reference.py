@@ -1,0 +1,92 @@
+"""The verification reference cannot produce noise: every dropout / noise spelling of a training graph is
+resolved to its inference path (in the importer and, independently, in the reference rewrite), and a
+random op that survives is reported as such instead of blaming the export.
+
+Each net is saved from a *training* graph where the noise is applied unconditionally (as a script with
+`is_training=True` leaves it); the export must match TensorFlow's inference graph of the same checkpoint,
+built independently with no noise at all.
+"""
+import numpy as np
+import pytest
+
+from ckptkit import testing as T
+from ckptkit._tf import tf, tf1
+from ckptkit.compat import slim
+
+SHAPE = (16, 16, 3)
+
+
+def _noise(kind: str, net, is_training):
+    _tf = tf()
+    if is_training is False:
+        return net
+    if kind == "slim_dropout":  # TF 2.21: SelectV2(GreaterEqual(RandomUniform, rate), x * 1/keep, 0)
+        return slim().dropout(net, 0.5, is_training=True, scope="Dropout")
+    if kind == "keep_prob_placeholder":  # TF1 scripts: a scalar keep_prob placeholder
+        keep = tf1.placeholder_with_default(0.7, [], name="keep_prob")
+        return tf1.nn.dropout(net, keep_prob=keep)
+    if kind == "keras_dropout":
+        import tf_keras
+
+        return tf_keras.layers.Dropout(0.3)(net, training=True)
+    if kind == "where_drop_zero_else_x":
+        drop = _tf.random.uniform(_tf.shape(net)) < 0.3
+        return _tf.where(drop, _tf.zeros_like(net), net / 0.7)
+    if kind == "gaussian_noise":
+        return net + _tf.random.normal(_tf.shape(net), stddev=0.5)
+    if kind == "residual_dropout":  # a branch holding a dropout is data, not noise: x + dropout(fc(x))
+        branch = slim().fully_connected(net, int(net.shape[-1]), scope="branch")
+        return net + slim().dropout(branch, 0.5, is_training=True, scope="BranchDropout")
+    raise AssertionError(kind)
+
+
+def noisy_net(kind: str):
+    def net_fn(inputs, is_training=False):
+        s = slim()
+        bn = dict(normalizer_fn=s.batch_norm, normalizer_params=dict(is_training=is_training, scale=True))
+        net = s.conv2d(inputs, 8, 3, stride=2, scope="conv1", **bn)
+        net = s.flatten(net)
+        net = s.fully_connected(net, 16, scope="fc", **bn)
+        if kind == "residual_dropout" and is_training is False:  # same variables, no dropout
+            net = net + s.fully_connected(net, 16, scope="branch")
+        else:
+            net = _noise(kind, net, is_training)
+        return s.fully_connected(net, 10, activation_fn=None, scope="logits")
+
+    return net_fn
+
+
+KINDS = ["slim_dropout", "keep_prob_placeholder", "keras_dropout", "where_drop_zero_else_x", "gaussian_noise",
+         "residual_dropout"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_noise_spellings_export_and_match_an_independent_inference_graph(kind, tmp_path):
+    import onnxruntime as ort
+
+    import ckptkit
+
+    builder = noisy_net(kind)
+    prefix = T.save_model(builder, SHAPE, str(tmp_path / kind / "model.ckpt"))
+    out = str(tmp_path / "m.onnx")
+    ckptkit.export(ckptkit.load(prefix), "onnx", out)  # verified against the rewritten training graph: no wolf
+    x = T.random_input(SHAPE, batch=4)
+    expected = T.inference_output(builder, SHAPE, prefix, x)
+    sess = ort.InferenceSession(out, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0].reshape(expected.shape)
+    assert np.max(np.abs(got - expected)) <= 1e-4 * max(1.0, np.max(np.abs(expected)))
+
+
+def test_a_random_reference_is_reported_as_such():
+    """A builder graph still in training mode draws a new mask each run: the gateway says so, naming the op."""
+    from ckptkit.errors import CkptkitError
+    from ckptkit.gateway import GatedRun
+
+    g = tf().Graph()
+    with g.as_default():
+        x = tf1.placeholder(tf().float32, [None, *SHAPE], name="input")
+        y = tf().nn.dropout(slim().flatten(x), rate=0.5)
+    run = GatedRun(g, x.name, y.name, None)
+    with pytest.raises(CkptkitError, match=r"not deterministic: random op .*RandomUniform"):
+        run(T.random_input(SHAPE))
+    run.close()
