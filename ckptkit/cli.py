@@ -372,10 +372,9 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 
 
 def _data_options(args) -> dict:
-    return dict(batch_size=args.batch_size, max_samples=args.max_samples, preprocess=args.preprocess, mean=args.mean,
-                std=args.std, resize=args.resize, mode=args.mode, device=args.device, seed=args.seed,
-                image_key=args.image_key, frozen=args.graph, input_name=args.input, output_name=args.output,
-                input_shape=args.input_shape, **_topology(args))
+    from . import options
+
+    return {**options.from_args(args), **_topology(args)}
 
 
 class _Formatter(argparse.HelpFormatter):

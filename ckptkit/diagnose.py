@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import shlex
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
@@ -24,6 +23,7 @@ STALE_MEAN_SHIFT = 0.25  # max |stored mean - data mean| / data std of a channel
 STALE_LOG_VAR = math.log(1.5)  # max |log(stored var / data var)|
 STALE_OUTPUT = 0.05  # relative change of the outputs
 DRIFT_SAMPLES = 256
+_NOT_OPTIONS = ("progress", "progress_total", "before_work")  # callbacks, not measurement options
 
 
 @dataclass
@@ -87,24 +87,20 @@ def _output_drift(graph, statistics: dict, batches, limit: int = DRIFT_SAMPLES):
     return drift, (float(np.mean(agree)) if agree else None)
 
 
-def recalibrate_command(checkpoint: str, data: str, preprocessing: Optional[dict], topology: dict) -> str:
-    """The `ckptkit recalibrate` command line for the same checkpoint, data and topology options."""
+def recalibrate_command(checkpoint: str, data: str, preprocessing: Optional[dict], options: dict) -> str:
+    """The `ckptkit recalibrate` command that reproduces what was measured: the same checkpoint, data,
+    topology and data options (`options`, as given to `diagnose`), and the preprocessing that was used
+    (`preprocessing`, also when it came from a record), spelled by ckptkit.options' one table."""
+    from . import options as flags
     from .checkpoint import resolve_prefix
 
     if os.path.isdir(checkpoint):  # runs/x/ -> runs/x-recalibrated/model.ckpt
         out = os.path.join(checkpoint.rstrip("/") + "-recalibrated", os.path.basename(resolve_prefix(checkpoint)))
     else:
         out = checkpoint + "-recalibrated"
-    words = ["ckptkit", "recalibrate", checkpoint, "--data", data]
-    for flag, key in (("--meta", "meta"), ("--arch", "arch"), ("--graph", "frozen"), ("--input", "input_name"),
-                      ("--output", "output_name"), ("--input-shape", "input_shape")):
-        if topology.get(key):
-            words += [flag, str(topology[key])]
-    for k, v in (topology.get("arch_args") or {}).items():
-        words += ["--arch-arg", f"{k}={v}"]
-    if preprocessing:
-        words += ["--preprocess", preprocessing["preset"]]
-    return " ".join(shlex.quote(w) for w in words + ["-o", out])
+    given = {k: v for k, v in options.items() if k not in ("preprocess", "mean", "std", "resize")}
+    measured = {**given, **flags.preprocessing_options(preprocessing)}
+    return flags.command(["ckptkit", "recalibrate", checkpoint, "--data", data, *flags.to_words(measured), "-o", out])
 
 
 def diagnose(checkpoint: str, data: str, *, model=None, **options) -> Diagnosis:
@@ -124,8 +120,6 @@ def diagnose(checkpoint: str, data: str, *, model=None, **options) -> Diagnosis:
     """
     from .recalibrate import measure
 
-    topology = {k: options.get(k) for k in ("meta", "arch", "frozen", "input_name", "output_name", "input_shape",
-                                            "arch_args")}
     model, samples, result = measure(checkpoint, data, model=model, **options)
     layers = [{**row, "verdict": _layer_verdict(row)} for row in result.report]
     counts = {v: sum(1 for r in layers if r["verdict"] == v) for v in VERDICTS}
@@ -136,6 +130,6 @@ def diagnose(checkpoint: str, data: str, *, model=None, **options) -> Diagnosis:
     if not layers:
         raise CkptkitError("the graph has no BatchNorm: nothing to diagnose")
     command = None if verdict == "healthy" else recalibrate_command(
-        checkpoint, data, result.preprocessing, topology)
+        checkpoint, data, result.preprocessing, {k: v for k, v in options.items() if k not in _NOT_OPTIONS})
     return Diagnosis(verdict, layers, drift, agreement, result.samples, command, result.data,
                      result.preprocessing, counts)

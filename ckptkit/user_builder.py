@@ -78,4 +78,5 @@ def resolve(spec: str, builder_args: Optional[dict] = None) -> Callable:
         return out
 
     build.__name__ = func
+    build.ckptkit_spec, build.ckptkit_args = spec, dict(builder_args or {})  # for advice that repeats the command
     return build
