@@ -83,3 +83,22 @@ def prefer_low_memory() -> None:
     samples. A TF_ENABLE_ONEDNN_OPTS the user set wins; once TensorFlow is imported this does nothing."""
     if "tensorflow" not in sys.modules:
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+def eager(fn):
+    """Run `fn` with eager execution whatever the process chose: slim-era scripts (and --builder modules)
+    start with `tf.compat.v1.disable_v2_behavior()`, which ckptkit's Keras, recalibration and verification
+    code cannot run under. ckptkit builds its TF1 graphs explicitly, so they work either way."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if "tensorflow" not in sys.modules:  # nobody could have turned eager execution off
+            return fn(*args, **kwargs)
+        from tensorflow.python.eager import context
+
+        if context.executing_eagerly():
+            return fn(*args, **kwargs)
+        with context.eager_mode():
+            return fn(*args, **kwargs)
+
+    return wrapper

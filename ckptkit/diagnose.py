@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from ._tf import tf
+from ._tf import eager, tf
 from .errors import CkptkitError
 from .tf_exec import inference_bn, run_graph, weight_tensors
 
@@ -103,6 +103,7 @@ def recalibrate_command(checkpoint: str, data: str, preprocessing: Optional[dict
     return flags.command(["ckptkit", "recalibrate", checkpoint, "--data", data, *flags.to_words(measured), "-o", out])
 
 
+@eager
 def diagnose(checkpoint: str, data: str, *, model=None, **options) -> Diagnosis:
     """Judge the stored BatchNorm statistics of `checkpoint` against `data`; nothing is written.
 

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ._tf import eager
 from .checkpoint import input_files
 from .errors import CkptkitError, VerificationError
 from .health import check_finite, gate, statistics_issues
@@ -114,6 +115,7 @@ def check_options(tolerance: Optional[float] = None, verify_data: Optional[str] 
         raise CkptkitError(f"--verify-data {verify_data} does not exist: give a .npy or .npz file of NHWC samples")
 
 
+@eager
 def export(model: Model, fmt: str, path: str, *, fold: bool = True, check: bool = True,
            verify_data: Optional[str] = None, tolerance: Optional[float] = None,
            allow_bad_statistics: bool = False, **options) -> ExportResult:
@@ -180,6 +182,7 @@ def check_formats(formats: list[str]) -> None:
         raise CkptkitError(f"--to {','.join(formats)} names a format twice: list each once")
 
 
+@eager
 def export_many(model: Model, formats: list[str], folder: str, **options) -> list[ExportResult]:
     """Export `model` to each of `formats` as FOLDER/NAME.<ext>, from one import and one TF reference run
     (each output published whole on its own; the first failure stops and is raised).

@@ -19,7 +19,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from .batchnorm import BNUnit, check_health, find_units, units_from_graph
-from ._tf import prefer_low_memory
+from ._tf import eager, prefer_low_memory
 from .checkpoint import Checkpoint, check_output_prefix, write_checkpoint
 from . import validate
 from .errors import CkptkitError
@@ -112,6 +112,7 @@ def _scaled(weights: np.ndarray, unit: BNUnit, s: np.ndarray) -> np.ndarray:
     return scale_outputs_inplace(weights, unit.layer.layout, s)
 
 
+@eager
 def fold_checkpoint(checkpoint: str, output: str, *, eps: Optional[float] = None, meta: Optional[str] = None,
                     arch: Optional[str] = None, arch_args: Optional[dict] = None, use_meta: bool = True,
                     builder=None, input_shape=None, input_name: Optional[str] = None,

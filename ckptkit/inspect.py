@@ -5,6 +5,7 @@ from typing import Optional
 
 import numpy as np
 
+from ._tf import eager
 from .batchnorm import check_health
 from .checkpoint import Checkpoint
 from .fold import find_fold_units
@@ -13,6 +14,7 @@ from .meta_scan import scan_units
 JSON_VERSION = 1
 
 
+@eager
 def inspect_checkpoint(path: str, *, meta: Optional[str] = None, arch: Optional[str] = None,
                        arch_args: Optional[dict] = None, builder=None, input_shape=None, use_meta: bool = True,
                        graph: bool = False) -> dict:

@@ -20,7 +20,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ._tf import tf
+from ._tf import eager, tf
 from .checkpoint import Checkpoint, check_output_prefix, input_files, write_checkpoint
 from .publish import check_outputs, publish_file
 from . import validate
@@ -465,6 +465,7 @@ def _check_new_statistics(stats: dict) -> None:
                                "Nothing was written")
 
 
+@eager
 def measure(checkpoint: str, data: str, *, model=None, batch_size: int = 32, max_samples: Optional[int] = None,
             preprocess: Optional[str] = None, mean=None, std=None, resize: Optional[str] = None,
             mode: str = "precise", device: Optional[str] = None, seed: int = 0, image_key: str = "image/encoded",
@@ -515,6 +516,7 @@ def measure(checkpoint: str, data: str, *, model=None, batch_size: int = 32, max
     return model, samples, result
 
 
+@eager
 def recalibrate(checkpoint: str, data: str, output: Optional[str] = None, *, model=None,
                 report_path: Optional[str] = None, plot_path: Optional[str] = None, **options) -> Recalibration:
     """Recompute the moving statistics of `checkpoint` from `data`; write `output` if given.

@@ -13,7 +13,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from ._tf import tf, tf1
+from ._tf import eager, tf, tf1
 from .checkpoint import Checkpoint
 from .errors import CkptkitError
 from .ir import Graph
@@ -31,6 +31,7 @@ class LazyReference:
         self._make, self._fn, self.kind = make, None, kind
         self._last: Optional[tuple[bytes, np.ndarray]] = None  # several exports verify on the same inputs
 
+    @eager
     def __call__(self, x: np.ndarray) -> np.ndarray:
         key = np.ascontiguousarray(x).tobytes() + str(x.shape).encode()
         if self._last is not None and self._last[0] == key:
@@ -535,6 +536,7 @@ def _union(parts: list[Topology]) -> Topology:
     return Topology(Graph(nodes, inputs, outputs, parts[0].graph.name), parts[0].source, skipped)
 
 
+@eager
 def load(checkpoint: Optional[str] = None, *, meta: Optional[str] = None, arch: Optional[str] = None,
          frozen: Optional[str] = None, builder: Optional[Builder] = None, input_name: Optional[str] = None,
          output_name: Optional[str] = None, input_shape=None, arch_args: Optional[dict] = None,

@@ -7,6 +7,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ._tf import eager
 from .errors import CkptkitError
 
 TOLERANCE = 1e-4  # relative: max |ours - tf| / max |tf|
@@ -78,6 +79,7 @@ def verification_inputs(shape: tuple, data: Optional[str] = None, batch: int = 4
     return arr
 
 
+@eager
 def verify(reference: Callable[[np.ndarray], np.ndarray], candidate: Callable[[np.ndarray], np.ndarray],
            inputs: np.ndarray, tolerance: float = TOLERANCE) -> Comparison:
     """Run both on the same inputs and compare; one output per input sample is part of being right.

@@ -1,0 +1,57 @@
+"""Slim-era pipelines start with `tf.compat.v1.disable_v2_behavior()`: every library call and a --builder
+module doing it behave as in eager mode (a fresh process each: the switch is process-wide)."""
+import os
+import subprocess
+import sys
+import textwrap
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+FIXTURE = os.path.join(ROOT, "fixtures", "mobilenet_v2_tiny", "model.ckpt")
+DIGITS = os.path.join(ROOT, "fixtures", "digits")
+
+
+def _python(code: str, cwd: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, capture_output=True, text=True,
+                          timeout=900)
+
+
+def test_every_library_call_works_after_disable_v2_behavior(tmp_path):
+    got = _python(f"""
+        import tensorflow as tf
+        tf.compat.v1.disable_v2_behavior()
+        import ckptkit
+        out = {str(tmp_path)!r}
+        model = ckptkit.load({FIXTURE!r})
+        results = ckptkit.export_many(model, ["onnx", "keras", "caffe"], out + "/all")
+        assert [r.comparison.ok for r in results] == [True, True, True]
+        ckptkit.export(model, "keras", out + "/m.h5")
+        ckptkit.fold_checkpoint({FIXTURE!r}, out + "/folded/model.ckpt")
+        broken = {DIGITS + "/broken"!r}
+        d = ckptkit.diagnose(broken, {DIGITS + "/calibration"!r}, preprocess="unit", max_samples=64)
+        assert d.verdict == "never updated", d.verdict
+        r = ckptkit.recalibrate(broken, {DIGITS + "/calibration"!r}, out + "/recal/model.ckpt", preprocess="unit",
+                                max_samples=64)
+        assert r.statistics
+        assert ckptkit.inspect_checkpoint(broken)["batchnorm"]
+        assert not tf.executing_eagerly()  # the user's choice is left as it was
+        print("all ok")
+    """, str(tmp_path))
+    assert got.returncode == 0 and "all ok" in got.stdout, got.stderr[-3000:]
+
+
+def test_a_builder_module_that_disables_v2_behavior(tmp_path):
+    module = tmp_path / "tf1_net.py"
+    module.write_text(textwrap.dedent("""
+        import tensorflow as tf
+        tf.compat.v1.disable_v2_behavior()
+        from ckptkit.testing import mobilenet_v2_net
+
+        def build(inputs):
+            return mobilenet_v2_net(inputs, is_training=False)
+    """))
+    for fmt, out in (("to-keras", "m.keras"), ("to-onnx", "m.onnx"), ("to-caffe", "m")):
+        got = subprocess.run([sys.executable, "-m", "ckptkit.cli", "-q", fmt, FIXTURE, "--builder", "tf1_net.py:build",
+                              "--input-shape", "32,32,3", "-o", str(tmp_path / out)], cwd=str(tmp_path),
+                             capture_output=True, text=True, timeout=900)
+        assert got.returncode == 0, got.stderr[-3000:]
+        assert "verified against TensorFlow" in got.stdout
