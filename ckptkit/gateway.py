@@ -30,6 +30,7 @@ from .errors import CkptkitError
 log = logging.getLogger("ckptkit")
 
 MAX_TENSOR_BYTES = int(float(os.environ.get("CKPTKIT_MAX_TENSOR_BYTES", 4 * 2**30)))
+ASSIGN_BATCH_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -341,13 +342,22 @@ class GatedRun:
         self._graph = g
         self._sess = tf1.Session(graph=g)
         try:
-            for key, ph, assign, dtype in assigns:  # one tensor in flight at a time: weights held once
-                if key in init_tensors:
-                    value = self._sess.run(g.get_tensor_by_name(_tensor_name(init_tensors[key])))
-                else:
-                    value = ckpt.get(key)
-                self._sess.run(assign, {ph: np.asarray(value, dtype)})
-                del value
+            if init_tensors:  # the initial values the checkpoint lacks, through the checked graph
+                keys = [key for key, *_ in assigns if key in init_tensors]
+                fetched = self._sess.run([g.get_tensor_by_name(_tensor_name(init_tensors[k])) for k in keys])
+                initial = dict(zip(keys, fetched))
+            # a few runs of ASSIGN_BATCH_BYTES each (every run of new fetches costs TF a graph pruning),
+            # so that at most one batch of values is in flight beside the variables
+            batch: dict = {}
+            ops, size = [], 0
+            for i, (key, ph, assign, dtype) in enumerate(assigns):
+                value = np.asarray(initial[key] if key in init_tensors else ckpt.get(key), dtype)
+                batch[ph], size = value, size + value.nbytes
+                ops.append(assign)
+                if size >= ASSIGN_BATCH_BYTES or i == len(assigns) - 1:
+                    self._sess.run(ops, batch)
+                    batch, ops, size = {}, [], 0
+            initial = None
         except _tf.errors.OpError as err:
             self.close()
             raise CkptkitError(f"checkpoint {getattr(ckpt, 'prefix', '')} does not fit the graph "
