@@ -519,6 +519,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _output_folder(args) -> str:
+    """The folder a writing command publishes into (its lock is held for the whole command)."""
+    path = os.path.abspath(args.output_path)
+    if args.func is cmd_export or args.output_path.endswith(("/", os.sep)) or os.path.isdir(path):
+        return path
+    return os.path.dirname(path)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -529,7 +545,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log.setLevel(level)
     log.propagate = False
     try:
-        return args.func(args)
+        from .publish import hold
+
+        with hold(_output_folder(args)) if getattr(args, "output_path", None) else _nothing():
+            return args.func(args)
     except CkptkitError as err:
         if args.debug:
             raise
@@ -538,7 +557,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"ckptkit: error: {err}", file=sys.stderr)
         return EXIT_VERIFY if isinstance(err, VerificationError) else EXIT_ERROR
     except KeyboardInterrupt:
-        print("ckptkit: interrupted", file=sys.stderr)
+        from .publish import PUBLISHED
+
+        done = f"published before it: {', '.join(PUBLISHED)}; nothing else" if PUBLISHED else "nothing"
+        print(f"ckptkit: interrupted: {done} was replaced (outputs are published only once written and "
+              "verified)", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `ckptkit inspect ... | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush

@@ -139,6 +139,19 @@ def export(model: Model, fmt: str, path: str, *, fold: bool = True, check: bool 
         >>> ckptkit.export(ckptkit.load("fixtures/mobilenet_v2_tiny"), "onnx", "out/m.onnx").comparison.ok
         True
     """
+    final_paths, graph, write = _planned(model, fmt, path, fold, check, verify_data, tolerance, allow_bad_statistics,
+                                         options)
+    protected = input_files(model.checkpoint.prefix) if model.checkpoint is not None else []
+    with Stage(os.path.dirname(final_paths[0]), protect=protected, what=f"the {fmt} export") as st:
+        staged, comparison = write(st)
+        st.publish(list(zip(staged, final_paths)))
+    return ExportResult(final_paths, graph, comparison, format=fmt)
+
+
+def _planned(model: Model, fmt: str, path: str, fold: bool, check: bool, verify_data: Optional[str],
+             tolerance: Optional[float], allow_bad_statistics: bool, options: dict):
+    """Everything checked before a file is written: (final paths, graph to write, write(stage) -> (staged
+    paths, comparison)), the write verifying in the target runtime before anything is published."""
     if fmt not in FORMATS:
         raise CkptkitError(f"unknown format {fmt}: choose one of {', '.join(FORMATS)}")
     from converters import base
@@ -154,7 +167,8 @@ def export(model: Model, fmt: str, path: str, *, fold: bool = True, check: bool 
     graph = prepare(model, fold, allow_bad_statistics)
     writer.require(graph)  # every node the target cannot express, named at once, before anything is written
     final_paths = check_outputs(writer.destinations(path, graph), protected)
-    with Stage(os.path.dirname(final_paths[0]), protect=protected, what=f"the {fmt} export") as st:
+
+    def write(st: Stage):
         staged = [st.path(p) for p in final_paths]
         with phase(f"write {fmt}"):
             writer.write(graph, staged[0], opts)
@@ -167,8 +181,9 @@ def export(model: Model, fmt: str, path: str, *, fold: bool = True, check: bool 
             comparison = verify(model.reference, run, inputs, tol)
             if not comparison.ok:
                 raise VerificationError(f"{fmt} export does not match TensorFlow: {comparison}; nothing was written")
-        st.publish(list(zip(staged, final_paths)))
-    return ExportResult(final_paths, graph, comparison, format=fmt)
+        return staged, comparison
+
+    return final_paths, graph, write
 
 
 EXTENSIONS = {"onnx": ".onnx", "keras": ".keras", "caffe": ".prototxt"}
@@ -184,8 +199,9 @@ def check_formats(formats: list[str]) -> None:
 
 @eager
 def export_many(model: Model, formats: list[str], folder: str, **options) -> list[ExportResult]:
-    """Export `model` to each of `formats` as FOLDER/NAME.<ext>, from one import and one TF reference run
-    (each output published whole on its own; the first failure stops and is raised).
+    """Export `model` to each of `formats` as FOLDER/NAME.<ext>, from one import and one TF reference run,
+    published as one set once every format is written and verified (the first failure stops, is raised,
+    and replaces nothing; an old file never stands beside a new one).
 
     Args:
         model: from `ckptkit.load`.  formats: e.g. ["onnx", "keras", "caffe"].  folder: the output folder.
@@ -206,8 +222,21 @@ def export_many(model: Model, formats: list[str], folder: str, **options) -> lis
     writer_only = {k for keys in per_format.values() for k in keys}
     for fmt in formats:  # every format's refusals before the first file is written (BatchNorm: all can)
         writer_for(fmt).require(model.graph)
-    results = []
-    for fmt in formats:
-        own = {k: v for k, v in options.items() if k not in writer_only or k in per_format.get(fmt, ())}
-        results.append(export(model, fmt, os.path.join(folder, name + EXTENSIONS[fmt]), **own))
+    keys = {"fold": True, "check": True, "verify_data": None, "tolerance": None, "allow_bad_statistics": False}
+    common = {k: options.get(k, default) for k, default in keys.items()}
+    plans = []
+    for fmt in formats:  # every output path and option checked before the first file is written
+        own = {k: v for k, v in options.items() if k in per_format.get(fmt, ())}
+        unknown = set(options) - set(keys) - writer_only
+        if unknown:
+            raise TypeError(f"export_many() got unknown option(s) {', '.join(sorted(unknown))}")
+        plans.append((fmt, *_planned(model, fmt, os.path.join(folder, name + EXTENSIONS[fmt]), options=own, **common)))
+    protected = input_files(model.checkpoint.prefix) if model.checkpoint is not None else []
+    results, sets = [], []
+    with Stage(os.path.dirname(plans[0][1][0]), protect=protected, what="the export") as st:
+        for fmt, final_paths, graph, write in plans:  # all written and verified, then published as one
+            staged, comparison = write(st)
+            sets.append(list(zip(staged, final_paths)))
+            results.append(ExportResult(final_paths, graph, comparison, format=fmt))
+        st.publish_sets(sets)
     return results

@@ -6,16 +6,23 @@ it, never a mix. Publication removes the old set's *key* file first (the one a r
 .prototxt), then the rest of the old set, places the new non-key files, and places the new key last, each
 with an atomic rename inside one folder.
 
+Concurrent writers into one folder are refused: a Stage (and a command, with `hold`) holds an advisory lock
+(flock on a per-folder lock file in the temp dir) from its first write to its publication, so two ckptkit runs never interleave their sets. Ctrl-C and
+SIGTERM wait for the renames of a publication to finish (a few milliseconds).
+
 A process killed at any point leaves at most its staging folder `.ckptkit-HOST-PID.START-*` (removed by the
 next ckptkit run that writes into that folder, once that process is gone) and, if killed during the
 renames, new non-key files without their key (unreadable as an output, replaced by the next run).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import glob
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -154,6 +161,79 @@ def check_outputs(paths: Iterable[str], protect: Iterable[str] = ()) -> list[str
     return paths
 
 
+PUBLISHED: list[str] = []  # every file this process published, in order (what an interruption reports)
+_HELD: dict[str, tuple[int, int]] = {}  # folder -> (fd, depth): this process's locks (a Stage inside a Stage)
+
+
+def _lock_path(key: str) -> str:
+    """The lock file of an output folder (which may not exist yet): one per folder path, in the temp dir."""
+    import hashlib
+
+    locks = os.path.join(tempfile.gettempdir(), f"ckptkit-locks-{os.getuid()}")
+    os.makedirs(locks, mode=0o700, exist_ok=True)
+    return os.path.join(locks, hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest() + ".lock")
+
+
+def _lock(folder: str) -> None:
+    """An exclusive advisory lock on an output folder, or a one-line refusal naming it."""
+    key = os.path.realpath(folder)
+    if key in _HELD:
+        fd, depth = _HELD[key]
+        _HELD[key] = (fd, depth + 1)
+        return
+    try:
+        fd = os.open(_lock_path(key), os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:  # no writable temp dir: no lock, as before
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        os.close(fd)
+        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise CkptkitError(f"another ckptkit is writing into {folder} right now: wait for it to finish, or "
+                               "choose another -o (two runs into one folder would mix their outputs)") from None
+        return
+    _HELD[key] = (fd, 1)
+
+
+def _unlock(folder: str) -> None:
+    key = os.path.realpath(folder)
+    if key not in _HELD:
+        return
+    fd, depth = _HELD[key]
+    if depth > 1:
+        _HELD[key] = (fd, depth - 1)
+        return
+    del _HELD[key]
+    os.close(fd)  # closing the last descriptor releases the flock
+
+
+@contextlib.contextmanager
+def hold(folder: str):
+    """Hold the output folder's lock for a whole command (from before the model is read to its last
+    publication): a second run into the same folder is refused at once instead of mixing outputs."""
+    _lock(folder)
+    try:
+        yield
+    finally:
+        _unlock(folder)
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Ctrl-C / SIGTERM during the renames of a publication are delivered once they are done."""
+    blocked = {signal.SIGINT, signal.SIGTERM}
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    except (AttributeError, ValueError, OSError):  # not the main thread, or no such call: publish as is
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 class Stage:
     """A staging folder beside the outputs; `publish` moves what was written there into place.
 
@@ -176,11 +256,24 @@ class Stage:
         ensure_parent(os.path.join(self.target, "x"))
         self.created = _make_folders(self.target)
         self.published = False
+        try:
+            _lock(self.target)
+        except CkptkitError:
+            self._remove_created()
+            raise
         self.folder = make_stage(self.target)
         return self
 
     def __exit__(self, kind, err, tb) -> bool:
         shutil.rmtree(self.folder, ignore_errors=True)
+        _unlock(self.target)
+        self._remove_created()
+        if err is not None and not isinstance(err, CkptkitError) and is_disk_full(err):
+            raise CkptkitError(f"no space left writing {self.what} in {self.target}: free some space or choose "
+                               "another -o; nothing was written") from None
+        return False
+
+    def _remove_created(self) -> None:
         if self.created and not self.published:  # folders made for an output that never came
             folder = self.target
             while True:
@@ -191,10 +284,6 @@ class Stage:
                 if folder == self.created:
                     break
                 folder = os.path.dirname(folder)
-        if err is not None and not isinstance(err, CkptkitError) and is_disk_full(err):
-            raise CkptkitError(f"no space left writing {self.what} in {self.target}: free some space or choose "
-                               "another -o; nothing was written") from None
-        return False
 
     def path(self, name: str) -> str:
         return os.path.join(self.folder, os.path.basename(name))
@@ -202,19 +291,30 @@ class Stage:
     def publish(self, files: Sequence[tuple[str, str]], replaces: Iterable[str] = ()) -> list[str]:
         """Move staged files to their final paths: files[0] is the key. `replaces` are other existing files
         of the old set (shards of another count, an obsolete record) removed before anything is placed."""
-        finals = [os.path.abspath(f) for _, f in files]
+        return self.publish_sets([list(files)], replaces)
+
+    def publish_sets(self, sets: Sequence[Sequence[tuple[str, str]]], replaces: Iterable[str] = ()) -> list[str]:
+        """Publish several sets (one per format) as one: every old key goes first, then the rest of every
+        old set, then each new set's other files and its key. Interrupted, the folder holds no old file
+        beside a new one; Ctrl-C waits for the renames."""
+        sets = [list(s) for s in sets if s]
+        finals = [os.path.abspath(f) for s in sets for _, f in s]
+        keys = [os.path.abspath(s[0][1]) for s in sets]
         if any(os.path.dirname(f) != self.target for f in finals):
             raise ValueError("every file of one publication lives in its staging folder's parent")
         refuse_input_files(finals + list(replaces), self.protect)  # checked again: the folder may have changed
         for f in finals:
             if os.path.isdir(f) and not os.path.islink(f):
                 raise CkptkitError(f"output {f} is a folder: give a file name")
-        for old in [finals[0]] + [f for f in list(replaces) + finals[1:] if f != finals[0]]:
-            if os.path.lexists(old):
-                os.remove(old)
-        for src, dst in list(files[1:]) + [files[0]]:
-            os.replace(src, dst)
-        self.published = True
+        with _signals_deferred():
+            for old in keys + [f for f in list(replaces) + finals if f not in keys]:
+                if os.path.lexists(old):
+                    os.remove(old)
+            for files in sets:
+                for src, dst in list(files[1:]) + [files[0]]:
+                    os.replace(src, dst)
+            self.published = True
+            PUBLISHED.extend(finals)
         return finals
 
 
