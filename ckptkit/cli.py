@@ -282,12 +282,16 @@ def cmd_diagnose(args) -> int:
         for bar in bars:
             bar.close()
     if args.json:
-        return _emit(d.to_json(), 0 if d.verdict == "healthy" else EXIT_FINDINGS)
+        return _emit(d.to_json(), 0 if d.verdict in ("healthy", "inconclusive") else EXIT_FINDINGS)
     counts = ", ".join(f"{n} {v}" for v, n in d.counts.items() if n)
-    print(f"diagnosis: {d.verdict.upper()} ({counts} of {len(d.layers)} BatchNorm layer(s))")
+    print(f"diagnosis: {d.verdict.upper()} ({counts} of {len(d.layers)} BatchNorm layer(s), {d.samples} samples)")
+    if d.reason:
+        print(f"  {d.reason}")
     if d.output_drift is not None:
         agree = f", top-1 unchanged for {d.top1_agreement:.1%} of samples" if d.top1_agreement is not None else ""
-        print(f"  outputs move by {d.output_drift:.1%} when the stored statistics are replaced by the data's{agree}")
+        noise = f" (sampling noise alone: {d.output_noise:.1%})" if d.output_noise is not None else ""
+        print(f"  outputs move by {d.output_drift:.1%}{noise} when the stored statistics are replaced by the "
+              f"data's{agree}")
     else:
         print("  output drift: not measurable (statistics are missing)")
     if d.data:
@@ -295,7 +299,7 @@ def cmd_diagnose(args) -> int:
     _layer_table(d.layers, args.top, "--json lists all", verdict=True)
     if d.command:
         print(f"fix: {d.command}")
-    return 0 if d.verdict == "healthy" else EXIT_FINDINGS
+    return 0 if d.verdict in ("healthy", "inconclusive") else EXIT_FINDINGS
 
 
 def cmd_recalibrate(args) -> int:

@@ -276,6 +276,8 @@ class Samples:
     skipped_files: list[tuple[str, str]] = field(default_factory=list)  # image files found but unusable, with why
     damaged_records: list[str] = field(default_factory=list)  # TFRecord files that fail their checksums
     other_files: int = 0  # files of unknown type, ignored
+    found_images: int = 0  # usable image files found (before --max-samples picked some)
+    max_samples: Optional[int] = None
     used_images: set = field(default_factory=set)
     used_records: int = 0
     used_arrays: int = 0
@@ -309,13 +311,16 @@ class Samples:
         found = len(self.images) + len(self.skipped_files) + self.record_files + len(self.damaged_records) + self.arrays
         parts = []
         if self.images or self.skipped_files:
-            parts.append(f"{len(self.used_images)} of {len(self.images) + len(self.skipped_files)} image files")
+            offered = max(len(self.images), self.found_images) + len(self.skipped_files)
+            parts.append(f"{len(self.used_images)} of {offered} image files")
         if self.record_files or self.damaged_records:
             parts.append(f"{self.used_records} of {self.records} TFRecord examples in {self.record_files} of "
                          f"{self.record_files + len(self.damaged_records)} TFRecord file(s)")
         if self.arrays:
             parts.append(f"{self.used_arrays} of {self.arrays} array samples")
         text = "used " + ", ".join(parts) if found else "used nothing"
+        if self.max_samples:
+            text += f" (--max-samples {self.max_samples})"
         if self.other_files:
             text += f" ({self.other_files} file(s) of other types ignored)"
         return text
@@ -376,6 +381,7 @@ def dataset(root: str, shape: tuple, *, batch_size: int = 32, max_samples: Optio
                            "--preprocess inception|vgg|unit|none (slim: inception for inception/mobilenet nets, vgg "
                            "for vgg/resnet_v1; none = raw 0-255)")
     images, skipped = _usable_images(images)
+    found_images = len(images) if max_samples else 0  # what --max-samples picked from
     budget = max_samples if max_samples else None
 
     def decode(raw):
@@ -429,7 +435,7 @@ def dataset(root: str, shape: tuple, *, batch_size: int = 32, max_samples: Optio
         limit = None if workers > 1 else n_arrays  # one process: the first n_arrays finite rows
         if not parts:
             return Samples(_ArrayBatches(chunks, batch_size, limit), count, False, channels=c, arrays=n_arrays,
-                           skipped_files=skipped, other_files=others)
+                           skipped_files=skipped, other_files=others, max_samples=max_samples)
         spec = _tf.TensorSpec((None,) + tuple(shape), _tf.float32)
         ds_arrays = _tf.data.Dataset.from_generator(chunks, output_signature=spec).unbatch()
         ds_arrays = ds_arrays.take(limit) if limit is not None else ds_arrays
@@ -452,4 +458,4 @@ def dataset(root: str, shape: tuple, *, batch_size: int = 32, max_samples: Optio
         ds = ds.prefetch(_tf.data.AUTOTUNE)
     return Samples(ds, count, bool(images or records), channels=c, images=images, records=n_records,
                    record_files=len(records), arrays=n_arrays, skipped_files=skipped, damaged_records=bad_records,
-                   other_files=others)
+                   other_files=others, found_images=found_images, max_samples=max_samples)

@@ -196,6 +196,7 @@ class Recalibration:
     samples: int
     mode: str
     files: list[str] = field(default_factory=list)
+    halves: list = field(default_factory=list, repr=False)  # the two halves' {BN: (mean, variance)}: the noise
     preprocessing: Optional[dict] = None  # how images were turned into inputs (None: arrays as they are)
     data: Optional[dict] = None  # where the samples came from and how many of the files were usable
 
@@ -339,13 +340,20 @@ def _report(graph: Graph, full: dict, halves: list, order: list[str]) -> list[di
         if old_v is not None and np.all(old_v > 0) and np.all(np.isfinite(old_v)):
             var_ratio = float(np.max(np.abs(np.log((old_v + eps) / (new_v + eps)))))
         a, b = halves[0].get(name), halves[1].get(name)
-        stability = None
+        stability = mean_noise = log_var_noise = None
         if a is not None and b is not None and a.n and b.n:
             stability = float(np.max(np.abs(a.mean - b.mean) / std))
+            # standard error of the full-data estimate, from the two halves' difference (n_a n_b / n^2 weights
+            # unequal halves), pooled over channels (in the channel's std; log variance as it is)
+            weight = math.sqrt(a.n * b.n) / (a.n + b.n)
+            mean_noise = float(np.sqrt(np.mean(((a.mean - b.mean) / std * weight) ** 2)))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                d = np.log((a.variance + eps) / (b.variance + eps)) * weight
+            log_var_noise = float(np.sqrt(np.mean(d ** 2))) if np.all(np.isfinite(d)) else None
         rows.append({"layer": name, "variables": {k: node.sources.get(k) for k in ("mean", "variance")},
                      "channels": int(new_m.size), "samples": int(full[name].n), "mean_shift": mean_shift,
-                     "log_variance_ratio": var_ratio, "split_half_mean_diff": stability, "flags": flags,
-                     "order": position})
+                     "log_variance_ratio": var_ratio, "split_half_mean_diff": stability, "mean_noise": mean_noise,
+                     "log_variance_noise": log_var_noise, "flags": flags, "order": position})
     drift = lambda r: (r["mean_shift"] if r["mean_shift"] is not None else math.inf) + (  # noqa: E731
         r["log_variance_ratio"] if r["log_variance_ratio"] is not None else math.inf)
     return sorted(rows, key=drift, reverse=True)
@@ -470,7 +478,7 @@ def measure(checkpoint: str, data: str, *, model=None, batch_size: int = 32, max
             preprocess: Optional[str] = None, mean=None, std=None, resize: Optional[str] = None,
             mode: str = "precise", device: Optional[str] = None, seed: int = 0, image_key: str = "image/encoded",
             progress: Optional[Progress] = None, progress_total: Optional[Callable[[int], None]] = None,
-            before_work: Optional[Callable[[], None]] = None, **load_args):
+            before_work: Optional[Callable[[], None]] = None, min_batches: int = 0, **load_args):
     """(model, samples, Recalibration): the statistics of `data` per BN, nothing written. `before_work` runs
     once the options are checked, before the model is loaded (output checks)."""
     from .cluster import from_environment
@@ -498,9 +506,18 @@ def measure(checkpoint: str, data: str, *, model=None, batch_size: int = 32, max
     else:
         prep = preprocessing(preprocess, mean, std, channels, resize)
     devices = resolve_devices(device, cluster.job if cluster else None)
-    samples = dataset(data, model.input_shape[1:], batch_size=batch_size, max_samples=max_samples,
-                      preprocess=prep, image_key=image_key, seed=seed,
-                      shard=(cluster.rank, cluster.workers) if cluster else (0, 1))
+    make = lambda size: dataset(data, model.input_shape[1:], batch_size=size, max_samples=max_samples,  # noqa: E731
+                                preprocess=prep, image_key=image_key, seed=seed,
+                                shard=(cluster.rank, cluster.workers) if cluster else (0, 1))
+    samples = make(batch_size)
+    if min_batches and samples.count and samples.count < min_batches * batch_size:
+        # the noise of the estimate comes from its halves (alternate batches): small data needs small batches;
+        # precise statistics are pooled exactly, whatever the batch size
+        quiet, log.disabled = log.disabled, True  # its skipped files were named by the first listing
+        try:
+            samples = make(max(2, samples.count // min_batches))
+        finally:
+            log.disabled = quiet
     full, halves, order, seen = estimate(model.graph, samples, mode=mode, device=devices, progress=progress,
                                          samples=samples.count, progress_total=progress_total, cluster=cluster)
     used = samples.summary()
@@ -508,7 +525,9 @@ def measure(checkpoint: str, data: str, *, model=None, batch_size: int = 32, max
         raise CkptkitError(f"no usable samples in --data {data}: every sample was skipped (see the warnings)")
     stats = {n: (full[n].mean.astype(np.float32), full[n].variance.astype(np.float32)) for n in order}
     _check_new_statistics(stats)
-    result = Recalibration(stats, _report(model.graph, full, halves, order), seen, mode,
+    halves_stats = [{n: (h[n].mean.astype(np.float32), h[n].variance.astype(np.float32)) for n in order
+                     if n in h and h[n].n} for h in halves]
+    result = Recalibration(stats, _report(model.graph, full, halves, order), seen, mode, halves=halves_stats,
                            preprocessing=prep.to_json() if (prep is not None and samples.has_images) else None,
                            data={"source": os.path.abspath(data), "used": used, **samples.to_json()},
                            checkpoint=ckpt_prefix)

@@ -71,6 +71,7 @@ def test_stale_statistics_are_told_from_noise(healthy, tmp_path):
     assert slightly.verdict == "healthy"
     stale = diagnose(_shifted(healthy, tmp_path / "b", 1.0), CALIBRATION, preprocess="unit")
     assert stale.verdict == "stale" and stale.counts["stale"] == 3 and stale.output_drift > 0.05
+    assert "noise" in stale.reason
     assert all(r["mean_shift"] > 0.9 for r in stale.layers)
 
 
@@ -82,3 +83,41 @@ def test_text_report_and_exit_codes(healthy):
     assert run.returncode == 1 and "diagnosis: NEVER UPDATED" in run.stdout and "fix: ckptkit recalibrate" in run.stdout
     run = cli("diagnose", BROKEN, "--data", CALIBRATION)
     assert run.returncode == 2 and "--preprocess" in run.stderr.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def healthy_subset(tmp_path_factory):
+    """Statistics from 250 of the calibration images (seed 1): right, but not the very numbers a smaller
+    diagnosis sample gives (as a trained EMA is not)."""
+    out = str(tmp_path_factory.mktemp("healthy_subset") / "model.ckpt")
+    recalibrate(BROKEN, CALIBRATION, out, preprocess="unit", max_samples=250, seed=1)
+    return out
+
+
+@pytest.mark.parametrize("samples", [32, 48, 100, 500])
+def test_a_healthy_checkpoint_is_never_called_stale_on_small_data(healthy_subset, samples):
+    d = diagnose(healthy_subset, CALIBRATION, max_samples=samples, seed=2)
+    assert d.verdict in ("healthy", "inconclusive"), (d.verdict, d.reason)
+    assert d.command is None  # no fix is advised on noise
+    assert d.output_drift is not None and d.output_drift <= 2.0  # a ratio on a sane base
+    if d.verdict == "inconclusive":
+        assert d.samples_needed and d.samples_needed > samples and "too few to tell" in d.reason
+    assert all(r["verdict"] in ("healthy", "inconclusive") for r in d.layers)
+
+
+@pytest.mark.parametrize("samples", [32, 100, 500])
+def test_a_stale_checkpoint_is_called_stale_from_32_samples_on(healthy_subset, tmp_path, samples):
+    d = diagnose(_shifted(healthy_subset, tmp_path / "s", 1.0), CALIBRATION, preprocess="unit", max_samples=samples,
+                 seed=2)
+    assert d.verdict == "stale" and d.command and d.counts["stale"] >= 1, (d.verdict, d.reason)
+    assert "noise" in d.reason
+    stale = [r for r in d.layers if r["verdict"] == "stale"]
+    assert all(max(r["mean_z"] or 0, r["log_variance_z"] or 0) > 2 for r in stale)  # consistent with the layers
+
+
+def test_inconclusive_is_said_with_the_samples_needed(healthy_subset):
+    run = cli("diagnose", healthy_subset, "--data", CALIBRATION, "--max-samples", "32", "--seed", "2", "-q")
+    assert run.returncode == 0, run.stderr
+    first = run.stdout.splitlines()[0]
+    assert first.startswith(("diagnosis: HEALTHY", "diagnosis: INCONCLUSIVE")), run.stdout
+    assert "fix:" not in run.stdout and "32 samples" in first
