@@ -15,7 +15,7 @@ JOBS   ?= 2
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test]" --config-settings editable_mode=compat
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -46,7 +46,7 @@ test-fast: setup
 	$(PY) -m pytest -n $(JOBS) -m fast tests
 
 bench: setup
-	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) -m pip install -q -e ".[bench]" --config-settings editable_mode=compat
 	$(PY) bench/run.py
 
 fixtures: setup

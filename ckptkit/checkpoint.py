@@ -26,6 +26,9 @@ _DATA_SUFFIX = re.compile(r"\.data-\d{5}-of-\d{5}$")
 _V1_SHARD = re.compile(r"-\d{5}-of-\d{5}$")
 
 
+SIDECAR = ".ckptkit.json"  # beside a checkpoint ckptkit wrote: how its statistics were made (recalibrate)
+
+
 def resolve_prefix(path: str) -> str:
     """Turn a prefix, any file of a checkpoint, or a folder into the checkpoint prefix."""
     path = os.fspath(path)

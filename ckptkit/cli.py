@@ -407,8 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show tracebacks and debug logging")
     parser = _Parser(
         prog="ckptkit",
-        description="Checkpoint conversion and surgery for TensorFlow-slim CNNs: inspect BatchNorm, fold it, "
-                    "and export exactly to ONNX and Keras.")
+        description="Checkpoint conversion and surgery for TensorFlow-slim CNNs: inspect and diagnose BatchNorm, "
+                    "recalibrate its statistics, fold it, and export exactly to ONNX, Keras and Caffe (each export "
+                    "verified against TensorFlow).")
     parser.add_argument("--version", action="version", version=f"ckptkit {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors and results")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")

@@ -5,6 +5,7 @@ and only then renamed into place, so a failed export leaves nothing behind.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -42,6 +43,11 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
     format: str = ""
 
+    def __repr__(self) -> str:  # the graph holds every weight: a summary, not the IR
+        return f"ExportResult(format={self.format!r}, files={self.files!r}, comparison={self.comparison})"
+
+    __str__ = __repr__
+
     def to_json(self) -> dict:
         return {"format_version": 1, "format": self.format, "files": self.files,
                 "verification": self.comparison.to_json() if self.comparison is not None else None,
@@ -71,12 +77,18 @@ def prepare(model: Model, fold: bool = True, allow_bad_statistics: bool = False)
     return graph
 
 
+def _recorded(model: Model) -> Optional[dict]:
+    """The preprocessing recorded beside the checkpoint by `recalibrate` (and carried by `fold`), if any."""
+    from .recalibrate import recorded_preprocessing
+
+    return recorded_preprocessing(model.checkpoint.prefix) if model.checkpoint is not None else None
+
+
 def _recorded_range(model: Model) -> Optional[tuple[float, float]]:
     """The input range of the preprocessing recorded beside the checkpoint by `recalibrate`, if any."""
     from .data import preprocessing
-    from .recalibrate import recorded_preprocessing
 
-    rec = recorded_preprocessing(model.checkpoint.prefix) if model.checkpoint is not None else None
+    rec = _recorded(model)
     if not rec:
         return None
     try:
@@ -165,6 +177,9 @@ def _planned(model: Model, fmt: str, path: str, fold: bool, check: bool, verify_
     protected = input_files(model.checkpoint.prefix) if model.checkpoint is not None else []
     path = check_destination(fmt, path, protected)
     graph = prepare(model, fold, allow_bad_statistics)
+    recorded = _recorded(model)
+    if recorded:  # how the statistics were made follows the model (ONNX metadata_props)
+        graph.metadata["ckptkit.preprocessing"] = json.dumps(recorded, sort_keys=True)
     writer.require(graph)  # every node the target cannot express, named at once, before anything is written
     final_paths = check_outputs(writer.destinations(path, graph), protected)
 

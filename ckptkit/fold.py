@@ -20,7 +20,7 @@ import numpy as np
 
 from .batchnorm import BNUnit, check_health, find_units, units_from_graph
 from ._tf import eager, prefer_low_memory
-from .checkpoint import Checkpoint, check_output_prefix, write_checkpoint
+from .checkpoint import SIDECAR, Checkpoint, check_output_prefix, write_checkpoint
 from . import validate
 from .errors import CkptkitError
 from .health import check_finite, gate
@@ -211,10 +211,20 @@ def fold_checkpoint(checkpoint: str, output: str, *, eps: Optional[float] = None
     def graph_file(staged: str) -> dict:
         content = graph_writer(staged) if graph_writer else None
         report.graph = out + ".meta" if content else None
-        return {out + ".meta": content}  # None removes an older output's graph, which no longer fits
+        # the record of how the statistics were made (recalibrate's preprocessing) follows the folded weights:
+        # the next recalibrate, diagnose or verification reads the same preprocessing; None removes an old one
+        return {out + ".meta": content, out + SIDECAR: _read_sidecar(ckpt.prefix)}
 
     report.files = write_checkpoint(out, tensors(), protect=[ckpt.prefix], before_publish=graph_file)
     return report
+
+
+def _read_sidecar(prefix: str) -> Optional[bytes]:
+    try:
+        with open(prefix + SIDECAR, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def _graph_writer(ckpt: Checkpoint, fold_units: dict, report: FoldReport, **topology):

@@ -47,6 +47,8 @@ class Graph:
     output_names: list[str] = field(default_factory=list)
     # BatchNorm/affine node -> the layer it was folded into, "into LAYER" (after it) or "forward into LAYER"
     folded: dict[str, str] = field(default_factory=dict)
+    # what travels with the model into the exports (ONNX metadata_props): e.g. the recorded preprocessing
+    metadata: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._index = {n.name: n for n in self.nodes}
@@ -61,7 +63,7 @@ class Graph:
         nodes = [Node(n.name, n.op, list(n.inputs), n.shape, copy.deepcopy(n.attrs), dict(n.params), dict(n.sources))
                  for n in self.nodes]
         return Graph(nodes, list(self.inputs), list(self.outputs), self.name, list(self.input_names),
-                     list(self.output_names), dict(self.folded))
+                     list(self.output_names), dict(self.folded), dict(self.metadata))
 
     def consumers(self) -> dict[str, list[str]]:
         users: dict[str, list[str]] = {n.name: [] for n in self.nodes}
@@ -84,7 +86,7 @@ class Graph:
         for n in nodes:
             n.inputs = [follow(i) for i in n.inputs]
         return Graph(nodes, list(self.inputs), [follow(o) for o in self.outputs], self.name, list(self.input_names),
-                     list(self.output_names), dict(self.folded))
+                     list(self.output_names), dict(self.folded), dict(self.metadata))
 
     def count(self, op: str) -> int:
         return sum(1 for n in self.nodes if n.op == op)

@@ -144,7 +144,8 @@ def hoist_channel_ops(graph: Graph) -> Graph:
             n.inputs = [r.name if x == node.name else x for x in n.inputs]
         graph.outputs = [r.name if o == node.name else o for o in graph.outputs]
         nodes[j], nodes[i] = moved, after
-    return Graph(nodes, graph.inputs, graph.outputs, graph.name, graph.input_names, graph.output_names, graph.folded)
+    return Graph(nodes, graph.inputs, graph.outputs, graph.name, graph.input_names, graph.output_names, graph.folded,
+                 graph.metadata)
 
 
 def merge_reshapes(graph: Graph) -> Graph:

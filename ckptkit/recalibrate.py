@@ -21,7 +21,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ._tf import eager, tf
-from .checkpoint import Checkpoint, check_output_prefix, input_files, write_checkpoint
+from .checkpoint import SIDECAR, Checkpoint, check_output_prefix, input_files, write_checkpoint
 from .publish import check_outputs, publish_file
 from . import validate
 from .errors import CkptkitError
@@ -444,7 +444,6 @@ def figure(result: "Recalibration"):
     return fig
 
 
-SIDECAR = ".ckptkit.json"  # beside a checkpoint ckptkit wrote: how its statistics were made
 
 
 def recorded_preprocessing(prefix: str) -> Optional[dict]:

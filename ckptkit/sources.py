@@ -100,13 +100,22 @@ def _parse_shape(text: Optional[str]) -> Optional[tuple[int, int, int]]:
     return h, w, c
 
 
-def _tensor(graph, name: str, what: str):
+def _tensor(graph, name: str, what: str, candidates: Sequence[str] = ()):
+    """The tensor `name` names (an op's first output when no :N is given), or one line with the nearest
+    names and the detected candidates."""
+    import difflib
+
     name = name if ":" in name else name + ":0"
     try:
         return graph.get_tensor_by_name(name)
     except (KeyError, ValueError):
-        raise CkptkitError(f"{what} {name} is not in the graph: check the name (`ckptkit inspect` lists none; "
-                           "look it up in Netron or TensorBoard)") from None
+        ops = [op.name for op in graph.get_operations()]
+        near = difflib.get_close_matches(name.split(":")[0], ops, n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(near)}? " if near else ""
+        listed = f"candidates: {', '.join(candidates)}" if candidates else "`ckptkit inspect CKPT --graph` lists " \
+            "the candidates"
+        raise CkptkitError(f"{what} {name} is not in the graph: {hint}({listed}; any op name works, as Netron "
+                           "shows it)") from None
 
 
 def _build(builder: Builder, input_shape: Sequence[int]):
@@ -265,7 +274,7 @@ def _pick_input(probe, input_name: Optional[str], what: str, input_shape) -> tup
             names = ", ".join(t.op.name for t in cands) or "none"
             raise CkptkitError(f"cannot tell the input of {what} (4-D float placeholders: {names}): pass --input NAME")
         input_name = cands[0].name
-    old_in = _tensor(probe, input_name, "input")
+    old_in = _tensor(probe, input_name, "--inputs", [t.name for t in _candidate_inputs(probe)])
     shape = _parse_shape(input_shape)
     recorded = old_in.shape.as_list()[1:] if old_in.shape.rank == 4 else None
     if shape is not None and recorded and recorded[-1] is not None and shape[-1] != recorded[-1]:
@@ -283,7 +292,7 @@ def _pick_input(probe, input_name: Optional[str], what: str, input_shape) -> tup
 def _pick_output(graph, x, output_name: Optional[str], what: str):
     """The output tensor: named, or the only candidate (see _candidate_outputs)."""
     if output_name is not None:
-        return _tensor(graph, output_name, "output")
+        return _tensor(graph, output_name, "--outputs", [t.name for t in _all_outputs(graph, x)])
     cands = _candidate_outputs(graph, x)
     if len(cands) != 1:
         logits, sinks = _output_candidates(graph, x)
@@ -430,6 +439,7 @@ def from_meta(ckpt: Checkpoint, meta: str, input_name=None, output_name=None, in
     mgd, g, x, old_in = _meta_graphs(ckpt, meta, input_name, input_shape)
     out = _pick_output(g, x, output_name, meta)
     graph = import_graph(g, x, out, ValueSource(ckpt, weights), model_name(out.name, ckpt.prefix))
+    graph.input_names = [old_in.name]  # the graph's own input name (exports keep it), not our placeholder's
     reference = _inference_reference(mgd, meta, ckpt, old_in, out.name, graph.input_shape[1:], graph)
     return Model(graph, ckpt, reference, f"--meta {meta}")
 
@@ -462,13 +472,14 @@ def _frozen_graphs(path: str, input_name=None, input_shape=None):
             first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
             raise CkptkitError(f"graph {path} does not build at input size {','.join(map(str, shape))} ({first}): "
                                "export at the size it was made for") from None
-    return g, x
+    return g, x, old_in.name
 
 
 def from_frozen(path: str, ckpt: Optional[Checkpoint], input_name=None, output_name=None, input_shape=None) -> Model:
-    g, x = _frozen_graphs(path, input_name, input_shape)
+    g, x, old_name = _frozen_graphs(path, input_name, input_shape)
     out = _pick_output(g, x, output_name, path)
     graph = import_graph(g, x, out, ValueSource(ckpt), model_name(out.name, path))
+    graph.input_names = [old_name]
     return Model(graph, ckpt, _session_reference(g, x, out, ckpt), f"--graph {path}")
 
 
@@ -583,5 +594,5 @@ def load(checkpoint: Optional[str] = None, *, meta: Optional[str] = None, arch: 
         raise CkptkitError(f"no topology for {ckpt.prefix}: no .meta beside it; pass --arch NAME, --meta PATH or --graph frozen.pb")
     model = from_meta(ckpt, meta, input_name, output_name, input_shape, weights)
     if beside:
-        model.source = f"the graph beside the checkpoint ({meta})"
+        model.source = f"{meta} (the .meta beside the checkpoint)"
     return model

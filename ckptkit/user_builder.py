@@ -53,9 +53,18 @@ def resolve(spec: str, builder_args: Optional[dict] = None) -> Callable:
         module = _module(spec, part)
     except CkptkitError:
         raise
-    except Exception as err:  # the user's module failed to import: say so on one line
-        raise CkptkitError(f"--builder {spec}: importing {part} failed ({type(err).__name__}: {_first_line(err)}); "
-                           "run it from the folder that holds it, or give path/to/file.py") from None
+    except ModuleNotFoundError as err:  # the module itself, or something it imports, is not importable
+        missing = err.name or ""
+        own = part.endswith(".py") or missing == part or part.startswith(missing + ".")
+        if own and not part.endswith(".py"):
+            raise CkptkitError(f"--builder {spec}: no module {part} here ({os.getcwd()}): run ckptkit from the folder "
+                               "that holds it, or give path/to/file.py") from None
+        raise CkptkitError(f"--builder {spec}: {part} imports {missing}, which is not installed here: install it, or "
+                           f"add the folder holding it to PYTHONPATH") from None
+    except Exception as err:  # the user's module failed while importing: say so on one line
+        raise CkptkitError(f"--builder {spec}: importing {part} failed in its own code ({type(err).__name__}: "
+                           f"{_first_line(err)}): fix the module, or give a file that only defines the network") \
+            from None
     fn = getattr(module, func, None)
     if not callable(fn):
         raise CkptkitError(f"--builder {spec}: {part} has no function {func}")

@@ -106,6 +106,9 @@ def build(graph: Graph, opset: int = DEFAULT_OPSET, nchw: bool = False):
                           outputs, b.inits)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name="ckptkit")
     model.ir_version = IR_VERSION
+    for key, value in sorted(graph.metadata.items()):  # shown by Netron, read by onnx.load(...).metadata_props
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
     return model
 
 

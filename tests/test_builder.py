@@ -73,10 +73,12 @@ def test_fold_from_builder_file_folds_the_transposed_conv_on_its_output_axis(sav
 @pytest.mark.parametrize("spec, words", [
     ("my_nets.py", "is not MODULE:FUNCTION"),
     ("my_nets.py:nope", "has no function nope"),
-    ("missing_module:f", "importing missing_module failed"),
+    ("missing_module:f", "no module missing_module here"),
+    ("imports_missing.py:f", "imports not_installed_anywhere, which is not installed"),
 ])
 def test_bad_builder_is_one_line(saved, tmp_path, spec, words):
     root, prefix = saved
+    (root / "imports_missing.py").write_text("import not_installed_anywhere\n\ndef f(x):\n    return x\n")
     out = ckptkit("to-onnx", prefix, "--builder", spec, "--input-shape", "8,8,3", "-o", str(tmp_path / "m.onnx"),
                   cwd=str(root))
     assert out.returncode == 2 and "Traceback" not in out.stderr

@@ -39,7 +39,8 @@ def test_tensorflow_start_up_chatter_stays_off_stderr():
     (["inspect", "/nonexistent/model.ckpt"], "no checkpoint at /nonexistent/model.ckpt"),
     (["fold", FIXTURE, "-o", FIXTURE], "is the input checkpoint"),
     (["to-onnx", FIXTURE, "--arch", "resnet_v9", "-o", "x.onnx"], "unknown --arch resnet_v9"),
-    (["to-onnx", FIXTURE, "--output", "nope", "-o", "x.onnx"], "output nope:0 is not in the graph"),
+    (["to-onnx", FIXTURE, "--output", "nope", "-o", "x.onnx"], "--outputs nope:0 is not in the graph"),
+    (["to-onnx", FIXTURE, "--output", "logits", "-o", "x.onnx"], "did you mean logits_1?"),
     (["to-onnx", FIXTURE, "--input-shape", "32x32", "-o", "x.onnx"], "--input-shape 32x32 is not H,W,C"),
 ])
 def test_errors_are_one_line(args, message, tmp_path):

@@ -1,0 +1,66 @@
+"""Small frictions a new user met (issue 23, item 5), each checked where it happened."""
+import json
+import os
+import subprocess
+import sys
+
+import onnx
+
+from ckptkit import testing as T
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+FIXTURE = os.path.join(ROOT, "fixtures", "mobilenet_v2_tiny", "model.ckpt")
+DIGITS = os.path.join(ROOT, "fixtures", "digits")
+
+
+def _ckptkit(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "ckptkit.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600)
+
+
+def test_import_from_the_folder_holding_the_clone(tmp_path):
+    """A folder named ckptkit (the clone) in the current folder must not shadow the package."""
+    os.symlink(ROOT, tmp_path / "ckptkit")
+    got = subprocess.run([sys.executable, "-c", "import ckptkit, os; print(ckptkit.__file__); ckptkit.load"],
+                         cwd=str(tmp_path), capture_output=True, text=True)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.strip().endswith(os.path.join("ckptkit", "__init__.py"))
+
+
+def test_the_onnx_input_keeps_the_graphs_input_name(tmp_path):
+    def net(inputs, is_training=False):
+        return T.mobilenet_v2_net(inputs, is_training=is_training)
+
+    prefix = T.save_model(net, (32, 32, 3), str(tmp_path / "ck" / "model.ckpt"))
+    # rename nothing: the training graph's input is `input`; pass it as tf2onnx users spell it
+    out = str(tmp_path / "m.onnx")
+    run = _ckptkit("-q", "to-onnx", prefix, "--inputs", "input:0", "-o", out)
+    assert run.returncode == 0, run.stderr
+    assert onnx.load(out).graph.input[0].name == "input:0"
+
+
+def test_fold_and_export_carry_the_recorded_preprocessing(tmp_path):
+    recal, folded, out = (str(tmp_path / d / "model.ckpt") for d in ("recal", "folded", "onnx"))
+    assert _ckptkit("-q", "recalibrate", os.path.join(DIGITS, "broken"), "--data", os.path.join(DIGITS, "calibration"),
+                    "--preprocess", "none", "--mean", "127.5", "--std", "127.5", "--max-samples", "64",
+                    "-o", recal).returncode == 0
+    run = _ckptkit("-q", "fold", recal, "-o", folded)
+    assert run.returncode == 0, run.stderr
+    with open(recal + ".ckptkit.json") as a, open(folded + ".ckptkit.json") as b:
+        assert json.load(a) == json.load(b)
+    run = _ckptkit("-q", "to-onnx", folded, "-o", out + ".onnx")
+    assert run.returncode == 0, run.stderr
+    meta = {p.key: p.value for p in onnx.load(out + ".onnx").metadata_props}
+    assert json.loads(meta["ckptkit.preprocessing"])["mean"] == [127.5]
+
+
+def test_an_export_result_prints_short(tmp_path):
+    import ckptkit
+
+    result = ckptkit.export(ckptkit.load(FIXTURE), "onnx", str(tmp_path / "m.onnx"))
+    assert len(str(result)) < 400 and "m.onnx" in str(result)
+
+
+def test_top_level_help_names_every_format():
+    run = _ckptkit("--help")
+    assert run.returncode == 0 and all(f in run.stdout for f in ("ONNX", "Keras", "Caffe"))
