@@ -31,7 +31,10 @@ class Refuse(importlib.abc.MetaPathFinder):
 
 @functools.lru_cache(maxsize=None)
 def tf():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # 3: TensorFlow's C++ errors too (`E0000 ... Premature end of JPEG data`): ckptkit names every file it
+    # could not decode itself, and every failure that matters reaches it as an exception; CKPTKIT_TF_LOGS=1
+    # (or a TF_CPP_MIN_LOG_LEVEL of your own) shows them
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if os.environ.get("CKPTKIT_TF_LOGS") == "1" else "3")
     import logging
 
     # TensorFlow's C++ start-up notes (oneDNN, CUDA probing) go straight to fd 2 and ignore

@@ -64,3 +64,17 @@ def test_an_export_result_prints_short(tmp_path):
 def test_top_level_help_names_every_format():
     run = _ckptkit("--help")
     assert run.returncode == 0 and all(f in run.stdout for f in ("ONNX", "Keras", "Caffe"))
+
+
+def test_tensorflows_own_decoder_errors_stay_off_stderr(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    for i in range(4):
+        Image.fromarray((np.random.default_rng(i).random((8, 8)) * 255).astype("uint8")).save(tmp_path / f"{i}.jpg")
+    data = (tmp_path / "0.jpg").read_bytes()
+    (tmp_path / "0.jpg").write_bytes(data[:-20])  # truncated: libjpeg complains in C++
+    run = _ckptkit("-q", "diagnose", os.path.join(DIGITS, "broken"), "--data", str(tmp_path), "--preprocess", "unit")
+    assert run.returncode in (0, 1), run.stderr
+    assert "E0000" not in run.stderr and "Premature end" not in run.stderr, run.stderr
+    assert f"skipping {tmp_path / '0.jpg'}" in run.stderr
