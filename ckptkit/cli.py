@@ -552,7 +552,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         from .publish import hold
 
-        with hold(_output_folder(args)) if getattr(args, "output_path", None) else _nothing():
+        # a writing command holds its output folder from start to end; TF_CONFIG workers share one -o and only
+        # the chief writes (its publication still takes the lock)
+        writes = getattr(args, "output_path", None) and not os.environ.get("TF_CONFIG")
+        with hold(_output_folder(args)) if writes else _nothing():
             return args.func(args)
     except CkptkitError as err:
         if args.debug:
