@@ -218,11 +218,14 @@ def _output_candidates(graph, input_t) -> tuple[list, list]:
     """(what the loss compares with the labels, i.e. the logits; sinks): float rank-2/4 tensors computed
     from the input alone (no labels, no training ops), the sinks being those nothing else of that kind
     consumes."""
-    others = [op for op in graph.get_operations() if (op.type == "Placeholder" and op is not input_t.op
-              and op.outputs[0].shape.rank not in (0, None)) or op.type in _PIPELINE_OPS]  # labels, masks
-    tainted = _downstream(others)
+    # labels, masks: other placeholders, and the pipeline's other outputs (a tf.data iterator or a queue gives
+    # images and labels from one op: only the labels' consumers are tainted)
+    others = [t for op in graph.get_operations() for t in op.outputs
+              if t is not input_t and ((op.type == "Placeholder" and op is not input_t.op and t.shape.rank not in
+                                        (0, None)) or op.type in _PIPELINE_OPS)]
+    tainted = _downstream([c for t in others for c in t.consumers()])
     inference = set()
-    for name in _downstream([input_t.op]) - tainted:
+    for name in _downstream([input_t.op]) - tainted - {input_t.op.name}:  # the input is never an output
         op = graph.get_operation_by_name(name)
         if name.split("/")[0] in _TRAINING_SCOPES or op.type.startswith("Assign") or "AssignMovingAvg" in name:
             continue
