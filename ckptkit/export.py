@@ -77,6 +77,16 @@ def prepare(model: Model, fold: bool = True, allow_bad_statistics: bool = False)
     return graph
 
 
+def _float64(model: Model):
+    """The model's IR in float64 (built only if a verification needs it)."""
+    def run(x):
+        from .tf_exec import float64_fn
+
+        return float64_fn(model.graph)(x)
+
+    return run
+
+
 def _recorded(model: Model) -> Optional[dict]:
     """The preprocessing recorded beside the checkpoint by `recalibrate` (and carried by `fold`), if any."""
     from .recalibrate import recorded_preprocessing
@@ -193,7 +203,7 @@ def _planned(model: Model, fmt: str, path: str, fold: bool, check: bool, verify_
             inputs = verification_inputs(graph.input_shape, verify_data, value_range=_recorded_range(model))
             with phase("verify: target runtime"):
                 run = writer.runner(staged[0], graph, opts)
-            comparison = verify(model.reference, run, inputs, tol)
+            comparison = verify(model.reference, run, inputs, tol, float64=_float64(model))
             if not comparison.ok:
                 raise VerificationError(f"{fmt} export does not match TensorFlow: {comparison}; nothing was written")
         return staged, comparison

@@ -90,3 +90,39 @@ def test_a_random_reference_is_reported_as_such():
     with pytest.raises(CkptkitError, match=r"not deterministic: random op .*RandomUniform"):
         run(T.random_input(SHAPE))
     run.close()
+
+
+def _arrays(tf_err: float, export_err: float, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    exact = rng.normal(0, 1, (4, 10))
+    scale = np.abs(exact).max()
+    ref = exact + tf_err * scale * np.sign(rng.normal(size=exact.shape))
+    got = exact + export_err * scale * np.sign(rng.normal(size=exact.shape))
+    return ref, got, exact
+
+
+@pytest.mark.parametrize("tf_err, export_err, ok, words", [
+    (7.3e-4, 4.9e-4, True, "at least as close to float64 as TensorFlow"),  # inception_v4's case, as reported
+    (7.3e-4, 1.5e-3, False, "the export is wrong"),  # the export is further from float64 than TF
+    (5e-3, 4e-3, False, "FAILED"),  # beyond float32 rounding: no rescue
+])
+def test_precision_verdict_tells_rounding_from_a_wrong_export(tf_err, export_err, ok, words):
+    from ckptkit.verify import compare, precision_verdict
+
+    ref, got, exact = _arrays(tf_err, export_err)
+    first = compare(ref, got, 1e-4)
+    assert not first.ok
+    judged = precision_verdict(first, ref, got, exact)
+    assert judged.ok is ok and words in str(judged), str(judged)
+
+
+def test_the_float64_evaluation_is_the_model():
+    """The yardstick must be the same model: the IR in float64 agrees with TensorFlow's float32 run."""
+    import ckptkit
+    from ckptkit.tf_exec import float64_fn
+
+    model = ckptkit.load(T.__file__.replace("ckptkit/testing.py", "fixtures/mobilenet_v2_tiny"))
+    x = T.random_input((32, 32, 3), batch=4)
+    exact, ref = float64_fn(model.graph)(x), model.reference(x)
+    assert exact.dtype == np.float64
+    assert np.abs(exact - ref).max() <= 1e-5 * np.abs(exact).max()
