@@ -29,7 +29,10 @@ IF_OPS = {"If", "StatelessIf"}
 DECLINE_OPS = {"Switch", "RefSwitch", "Merge", "RefMerge", "Enter", "Exit", "While", "StatelessWhile"}
 # what a BN that follows no layer follows, as the importer names it
 NOT_A_LAYER = {"Add": "Add", "AddV2": "Add", "MaxPool": "MaxPool", "AvgPool": "AvgPool", "ConcatV2": "Concat"}
-_SOURCES = {"Const", "Placeholder", "PlaceholderWithDefault", "SpaceToBatchND"} | VARIABLE_OPS | READ_OPS | PASS_THROUGH | IF_OPS
+# where images enter a training graph: the importer replaces them by its input placeholder
+_PIPELINES = {"IteratorGetNext", "IteratorGetNextSync", "QueueDequeueV2", "QueueDequeueManyV2", "QueueDequeueUpToV2"}
+_SOURCES = {"Const", "Placeholder", "PlaceholderWithDefault", "SpaceToBatchND"} | VARIABLE_OPS | READ_OPS | \
+    PASS_THROUGH | IF_OPS | _PIPELINES
 _GRADIENTS = re.compile(r"(^|/)gradients(_\d+)?/")
 # DataType -> (numpy dtype, TensorProto field of its values)
 _CONST_TYPES = {1: (np.float32, "float_val"), 3: (np.int32, "int_val"), 9: (np.int64, "int64_val"),
@@ -329,7 +332,8 @@ class _Scan:
             seen.add((id(s), node.name))
             if node.op not in HANDLERS and node.op not in _SOURCES:
                 raise Declined(f"{node.op} {node.name} on the way to {bn.name}")
-            if node.op in ("Placeholder", "PlaceholderWithDefault", "Const") or node.op in VARIABLE_OPS:
+            if node.op in ("Placeholder", "PlaceholderWithDefault", "Const") or node.op in VARIABLE_OPS \
+                    or node.op in _PIPELINES:
                 continue
             stack.extend((s, *ref) for ref in s.data_inputs(node))
 
