@@ -22,6 +22,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
+from . import noise
+
 log = logging.getLogger("ckptkit")
 
 _ASSIGN_OPS = {"AssignSubVariableOp", "AssignSub", "AssignVariableOp", "Assign", "AssignAddVariableOp", "AssignAdd"}
@@ -131,41 +133,6 @@ def _is_random(tensor, depth: int = 6) -> bool:
     return False
 
 
-_DATA_SOURCES = {"Placeholder", "PlaceholderWithDefault", "IteratorGetNext", "IteratorGetNextSync", "QueueDequeueV2",
-                 "QueueDequeueManyV2", "QueueDequeueUpToV2", "VariableV2", "Variable", "VarHandleOp"}
-
-
-def _is_data_source(op) -> bool:
-    """Where data enters: inputs, pipelines, variables; a scalar placeholder (keep_prob) is a setting."""
-    if op.type in ("Placeholder", "PlaceholderWithDefault"):
-        return op.outputs[0].shape.rank != 0
-    return op.type in _DATA_SOURCES
-
-
-def _provenance(tensor, limit: int = 64) -> tuple[bool, bool]:
-    """(carries data, holds a random op): values depending on an input, variable or pipeline (through
-    anything but a shape), and made by a random op. Past `limit` ops: data."""
-    stack, seen, random = [tensor.op], set(), False
-    while stack:
-        op = stack.pop()
-        if op.name in seen:
-            continue
-        seen.add(op.name)
-        if len(seen) > limit or _is_data_source(op):
-            return True, random
-        random = random or op.type.startswith(("Random", "StatelessRandom", "TruncatedNormal"))
-        if op.type not in ("Shape", "ShapeN", "Size", "Rank", "ZerosLike", "OnesLike"):
-            stack.extend(t.op for t in op.inputs)
-    return False, random
-
-
-def _is_noise(tensor) -> bool:
-    """A mask or noise tensor: made by a random op from settings and the data's *shape* only (a residual
-    branch holding a dropout somewhere is data, not noise)."""
-    data, random = _provenance(tensor)
-    return random and not data
-
-
 def _ref(tensor) -> str:
     """GraphDef input spelling of a tensor."""
     return tensor.op.name if tensor.value_index == 0 else tensor.name
@@ -175,15 +142,15 @@ def _dropout_input(op):
     """The tensor a dropout or noise op would pass through at inference (None if `op` is neither): where a
     random value meets the data path (a Select on a random condition, a Mul by a random mask, an Add of
     random noise), the data input goes through."""
-    if op.type in ("SelectV2", "Select") and _is_noise(op.inputs[0]):
+    if op.type in ("SelectV2", "Select") and noise.is_noise(op.inputs[0]):
         # keep the branch that carries data: `where(keep, x / keep_prob, 0)` or `where(drop, 0, x)`
         yes, no = op.inputs[1], op.inputs[2]
-        kept = yes if _provenance(yes)[0] or not _provenance(no)[0] else no
+        kept = yes if noise.provenance(yes)[0] or not noise.provenance(no)[0] else no
     elif op.type in ("Mul", "Add", "AddV2"):
         a, b = op.inputs
-        if _is_noise(b) and not _is_random(a):
+        if noise.is_noise(b) and not _is_random(a):
             kept = a
-        elif _is_noise(a) and not _is_random(b):
+        elif noise.is_noise(a) and not _is_random(b):
             kept = b
         else:
             return None
@@ -194,9 +161,9 @@ def _dropout_input(op):
     # dropout scales the kept units by 1/keep before masking: inference skips both
     if kept.op.type in ("RealDiv", "Mul"):  # by a constant or a keep_prob setting
         a, b = kept.op.inputs
-        if _provenance(b) == (False, False) and _provenance(a)[0]:
+        if noise.is_setting(b) and noise.provenance(a)[0]:
             return a
-        if kept.op.type == "Mul" and _provenance(a) == (False, False) and _provenance(b)[0]:
+        if kept.op.type == "Mul" and noise.is_setting(a) and noise.provenance(b)[0]:
             return b
     return kept
 

@@ -276,3 +276,24 @@ def digits_data() -> tuple[np.ndarray, np.ndarray]:
     y = d.target.astype(np.int64)
     order = np.random.default_rng(0).permutation(len(x))
     return x[order], y[order]
+
+
+def save_tf_data_net(prefix: str, convs: int = 2) -> str:
+    """A small slim CNN fed by a tf.data iterator (images and labels from one IteratorGetNext), trained graph
+    and checkpoint saved as slim's train scripts leave them (BN in training mode, never updated)."""
+    _tf, s = tf(), slim()
+    g = _tf.Graph()
+    with g.as_default():
+        ds = _tf.data.Dataset.from_tensor_slices((np.zeros((8, 16, 16, 3), np.float32), np.zeros(8, np.int64)))
+        net, labels = tf1.data.make_one_shot_iterator(ds.batch(4).repeat()).get_next()
+        with s.arg_scope([s.conv2d], normalizer_fn=s.batch_norm,
+                         normalizer_params=dict(is_training=True, scale=True)):
+            for i in range(convs):
+                net = s.conv2d(net, 8, 3, stride=1 + i % 2, scope=f"conv{i + 1}")
+        logits = s.fully_connected(s.flatten(net), 10, activation_fn=None, scope="logits")
+        tf1.train.GradientDescentOptimizer(0.1).minimize(tf1.losses.sparse_softmax_cross_entropy(labels, logits))
+        with tf1.Session() as sess:
+            sess.run(tf1.global_variables_initializer())
+            os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
+            tf1.train.Saver().save(sess, prefix)
+    return prefix

@@ -82,23 +82,7 @@ def test_tensorflows_own_decoder_errors_stay_off_stderr(tmp_path):
 
 def test_inspect_lists_the_output_of_a_net_fed_by_tf_data(tmp_path):
     """images and labels come from one IteratorGetNext: only the labels' consumers are training-only."""
-    import numpy as np
-
-    from ckptkit._tf import tf, tf1
-    from ckptkit.compat import slim
-
-    _tf, s = tf(), slim()
-    g = _tf.Graph()
-    with g.as_default():
-        ds = _tf.data.Dataset.from_tensor_slices((np.zeros((8, 16, 16, 3), np.float32), np.zeros(8, np.int64)))
-        images, labels = tf1.data.make_one_shot_iterator(ds.batch(4).repeat()).get_next()
-        net = s.conv2d(images, 8, 3, normalizer_fn=s.batch_norm, normalizer_params=dict(is_training=True),
-                       scope="conv1")
-        logits = s.fully_connected(s.flatten(net), 10, activation_fn=None, scope="logits")
-        tf1.train.GradientDescentOptimizer(0.1).minimize(tf1.losses.sparse_softmax_cross_entropy(labels, logits))
-        with tf1.Session() as sess:
-            sess.run(tf1.global_variables_initializer())
-            tf1.train.Saver().save(sess, str(tmp_path / "model.ckpt"))
-    run = _ckptkit("inspect", str(tmp_path), "--graph")
+    prefix = T.save_tf_data_net(str(tmp_path / "model.ckpt"), convs=1)
+    run = _ckptkit("inspect", prefix, "--graph")
     outputs = [line.split()[1] for line in run.stdout.splitlines() if line.strip().startswith("output ")]
     assert outputs == ["logits/BiasAdd:0"], run.stdout

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from ckptkit import testing as T
@@ -88,21 +87,7 @@ def test_inspect_with_its_meta_imports_no_tensorflow():
 
 def test_scan_reads_a_graph_fed_by_tf_data(tmp_path):
     """slim's train scripts feed images from a tf.data iterator or a queue, not a placeholder."""
-    from ckptkit._tf import tf, tf1
-    from ckptkit.compat import slim
+    from ckptkit.testing import save_tf_data_net
 
-    _tf, s = tf(), slim()
-    g = _tf.Graph()
-    with g.as_default():
-        ds = _tf.data.Dataset.from_tensor_slices((np.zeros((8, 16, 16, 3), np.float32), np.zeros(8, np.int64)))
-        images, labels = tf1.data.make_one_shot_iterator(ds.batch(4).repeat()).get_next()
-        with s.arg_scope([s.conv2d], normalizer_fn=s.batch_norm, normalizer_params=dict(is_training=True,
-                                                                                        scale=True)):
-            net = s.conv2d(s.conv2d(images, 8, 3, scope="conv1"), 8, 3, stride=2, scope="conv2")
-        logits = s.fully_connected(s.flatten(net), 10, activation_fn=None, scope="logits")
-        tf1.train.GradientDescentOptimizer(0.1).minimize(tf1.losses.sparse_softmax_cross_entropy(labels, logits))
-        with tf1.Session() as sess:
-            sess.run(tf1.global_variables_initializer())
-            tf1.train.Saver().save(sess, str(tmp_path / "model.ckpt"))
-    units = _assert_same(str(tmp_path / "model.ckpt"))
+    units = _assert_same(save_tf_data_net(str(tmp_path / "model.ckpt")))
     assert sorted(u.scope for u in units) == ["conv1/BatchNorm", "conv2/BatchNorm"]

@@ -29,6 +29,17 @@ KINDS = {
 }
 
 
+def _writer(target: str):
+    """A py_func body that writes `target` (kept alive: TensorFlow's registry holds it weakly)."""
+    def write(a):
+        with open(target, "w") as f:
+            f.write("pwned")
+        return a
+
+    _KEEP_ALIVE.append(write)
+    return write
+
+
 def hostile_net(kind: str, target: str):
     def side_effect(_tf, net):
         if kind in ("write", "cond_write"):
@@ -45,12 +56,7 @@ def hostile_net(kind: str, target: str):
         if kind == "huge_fill":
             return _tf.reduce_max(_tf.fill([1 << 17, 1 << 17, 8], 0.0))
         if kind == "py_func":
-            def write(a):
-                with open(target, "w") as f:
-                    f.write("pwned")
-                return a
-            _KEEP_ALIVE.append(write)
-            return tf1.py_func(write, [_tf.reduce_sum(net)], _tf.float32)
+            return tf1.py_func(_writer(target), [_tf.reduce_sum(net)], _tf.float32)
         if kind == "while_write":
             def body(i):
                 with _tf.control_dependencies([_tf.io.write_file(target, "pwned")]):
@@ -68,13 +74,8 @@ def hostile_net(kind: str, target: str):
                     return _tf.identity(net)
             net = _tf.cond(is_training, lambda: _tf.identity(net), writing_branch)
         elif kind == "py_func_data":
-            def write(a):
-                with open(target, "w") as f:
-                    f.write("pwned")
-                return a
-            _KEEP_ALIVE.append(write)
             shape = net.shape
-            net = tf1.py_func(write, [net], _tf.float32)
+            net = tf1.py_func(_writer(target), [net], _tf.float32)
             net.set_shape(shape)
         elif kind == "huge_fill_data":
             net = net + _tf.fill([1 << 17, 1 << 17, 8], 0.0)[0, :8, :8][None]

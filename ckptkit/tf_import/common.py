@@ -5,6 +5,7 @@ from typing import Optional
 
 import numpy as np
 
+from .. import noise
 from ..errors import CkptkitError, UnsupportedOpError
 from ..ir import same_pads
 from .walker import Walker
@@ -78,51 +79,21 @@ def is_random(w: Walker, tensor, depth: int = 6) -> bool:
     return False
 
 
-_DATA_SOURCES = {"Placeholder", "PlaceholderWithDefault", "IteratorGetNext", "IteratorGetNextSync", "QueueDequeueV2",
-                 "QueueDequeueManyV2", "QueueDequeueUpToV2", "VariableV2", "Variable", "VarHandleOp"}
-
-
-def _is_data_source(op) -> bool:
-    """Where data enters: inputs, pipelines, variables; a scalar placeholder (keep_prob) is a setting."""
-    if op.type in ("Placeholder", "PlaceholderWithDefault"):
-        return op.outputs[0].shape.rank != 0
-    return op.type in _DATA_SOURCES
-
-
-_SHAPE_ONLY = ("Shape", "ShapeN", "Size", "Rank", "ZerosLike", "OnesLike")  # read a tensor's shape, not values
-
-
-def provenance(w: Walker, tensor, limit: int = 64) -> tuple[bool, bool]:
-    """(carries data, holds a random op): whether a tensor's values depend on the input, a variable or a
-    pipeline (through anything but its shape), and whether a random op made it. Past `limit` ops: data."""
-    stack, seen, random = [w.resolve(tensor)], set(), False
-    while stack:
-        t = stack.pop()
-        if t.op.name in seen:
-            continue
-        seen.add(t.op.name)
-        if len(seen) > limit or w.resolve(t) is w.resolve(w.input) or _is_data_source(t.op):
-            return True, random
-        random = random or t.op.type.startswith(("Random", "StatelessRandom", "TruncatedNormal"))
-        if t.op.type not in _SHAPE_ONLY:
-            stack.extend(w.resolve(i) for i in t.op.inputs)
-    return False, random
+def _how(w: Walker) -> dict:
+    return {"resolve": w.resolve, "is_input": lambda t: w.resolve(t) is w.resolve(w.input)}
 
 
 def is_noise(w: Walker, tensor) -> bool:
-    """A dropout mask or additive noise: made by a random op from settings and the data's *shape* only
-    (a branch that holds a dropout somewhere but carries data is not noise)."""
-    data, random = provenance(w, tensor)
-    return random and not data
+    """A dropout mask or additive noise (see ckptkit.noise): nothing at inference."""
+    return noise.is_noise(tensor, **_how(w))
 
 
 def is_setting(w: Walker, tensor) -> bool:
-    """A value fixed for the run (constants, a scalar keep_prob placeholder): no data, no randomness."""
-    return provenance(w, tensor) == (False, False)
+    return noise.is_setting(tensor, **_how(w))
 
 
 def carries_data(w: Walker, tensor) -> bool:
-    return provenance(w, tensor)[0]
+    return noise.provenance(tensor, **_how(w))[0]
 
 
 def strip_dropout_scale(w: Walker, tensor):
