@@ -509,7 +509,7 @@ def measure(checkpoint: str, data: str, *, model=None, batch_size: int = 32, max
                                 preprocess=prep, image_key=image_key, seed=seed,
                                 shard=(cluster.rank, cluster.workers) if cluster else (0, 1))
     samples = make(batch_size)
-    if min_batches and samples.count and samples.count < min_batches * batch_size:
+    if min_batches and cluster is None and samples.count and samples.count < min_batches * batch_size:
         # the noise of the estimate comes from its halves (alternate batches): small data needs small batches;
         # precise statistics are pooled exactly, whatever the batch size
         quiet, log.disabled = log.disabled, True  # its skipped files were named by the first listing
