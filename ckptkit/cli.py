@@ -10,6 +10,7 @@ import logging
 import os
 import shlex
 import sys
+import threading
 from typing import Optional, Sequence
 
 from . import __version__
@@ -549,6 +550,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log.handlers = [handler]  # not added again when main() runs again in one process
     log.setLevel(level)
     log.propagate = False
+    from .publish import guard_interrupts
+
+    with guard_interrupts() if threading.current_thread() is threading.main_thread() else _nothing():
+        return _main(args)
+
+
+def _main(args) -> int:
+    from .publish import PUBLISHED, interrupted
+
+    del PUBLISHED[:]  # what this run publishes (main() may run several times in one process)
+
     try:
         from .publish import hold
 
@@ -556,7 +568,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # the chief writes (its publication still takes the lock)
         writes = getattr(args, "output_path", None) and not os.environ.get("TF_CONFIG")
         with hold(_output_folder(args)) if writes else _nothing():
-            return args.func(args)
+            code = args.func(args)
+        if interrupted():  # a Ctrl-C that a finalizer swallowed: the command still did not finish as asked
+            raise KeyboardInterrupt
+        return code
     except CkptkitError as err:
         if args.debug:
             raise
@@ -565,8 +580,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"ckptkit: error: {err}", file=sys.stderr)
         return EXIT_VERIFY if isinstance(err, VerificationError) else EXIT_ERROR
     except KeyboardInterrupt:
-        from .publish import PUBLISHED
-
         done = f"published before it: {', '.join(PUBLISHED)}; nothing else" if PUBLISHED else "nothing"
         print(f"ckptkit: interrupted: {done} was replaced (outputs are published only once written and "
               "verified)", file=sys.stderr)

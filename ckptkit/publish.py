@@ -219,19 +219,55 @@ def hold(folder: str):
         _unlock(folder)
 
 
+_INTERRUPTS: list[int] = []  # signals the command-line guard caught (see guard_interrupts)
+_PUBLISHING = [False]
+
+
+def _on_interrupt(signum, frame) -> None:
+    _INTERRUPTS.append(signum)
+    if not _PUBLISHING[0]:  # during the renames: remembered, raised once they are done
+        raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
-def _signals_deferred():
-    """Ctrl-C / SIGTERM during the renames of a publication are delivered once they are done."""
-    blocked = {signal.SIGINT, signal.SIGTERM}
-    try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
-    except (AttributeError, ValueError, OSError):  # not the main thread, or no such call: publish as is
-        yield
-        return
+def guard_interrupts():
+    """For the command line: Ctrl-C and SIGTERM raise KeyboardInterrupt as usual, and are also *remembered*,
+    so that one raised where it is swallowed (a finalizer running TensorFlow's __del__) still stops the next
+    publication; during a publication's renames they wait until the renames are done. The previous
+    handlers come back on exit."""
+    del _INTERRUPTS[:]
+    old = {sig: signal.signal(sig, _on_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def interrupted() -> bool:
+    return bool(_INTERRUPTS)
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Ctrl-C / SIGTERM during the renames of a publication are delivered once they are done; one that came
+    earlier (and was lost) stops the publication before anything is replaced."""
+    if _INTERRUPTS:
+        raise KeyboardInterrupt
+    blocked = {signal.SIGINT, signal.SIGTERM}
+    try:  # library use without the guard: block them in this thread, best effort
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    except (AttributeError, ValueError, OSError):  # not the main thread, or no such call
+        old = None
+    _PUBLISHING[0] = True
+    try:
+        yield
+    finally:
+        _PUBLISHING[0] = False
+        if old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    if _INTERRUPTS:
+        raise KeyboardInterrupt
 
 
 class Stage:
