@@ -5,6 +5,7 @@ TensorFlow is imported only inside the commands, so `ckptkit --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -533,14 +534,6 @@ def _output_folder(args) -> str:
     return os.path.dirname(path)
 
 
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -552,7 +545,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log.propagate = False
     from .publish import guard_interrupts
 
-    with guard_interrupts() if threading.current_thread() is threading.main_thread() else _nothing():
+    main_thread = threading.current_thread() is threading.main_thread()
+    with guard_interrupts() if main_thread else contextlib.nullcontext():
         return _main(args)
 
 
@@ -567,7 +561,7 @@ def _main(args) -> int:
         # a writing command holds its output folder from start to end; TF_CONFIG workers share one -o and only
         # the chief writes (its publication still takes the lock)
         writes = getattr(args, "output_path", None) and not os.environ.get("TF_CONFIG")
-        with hold(_output_folder(args)) if writes else _nothing():
+        with hold(_output_folder(args)) if writes else contextlib.nullcontext():
             code = args.func(args)
         if interrupted():  # a Ctrl-C that a finalizer swallowed: the command still did not finish as asked
             raise KeyboardInterrupt

@@ -237,7 +237,7 @@ def tensor_bytes(shape: Iterable[Optional[int]], dtype) -> int:
     n = 1
     for d in shape:
         n *= max(int(d), 1) if d is not None and int(d) >= 0 else 1
-    return n * max(np.dtype(dtype).itemsize if not isinstance(dtype, int) else 4, 1)
+    return n * np.dtype(dtype).itemsize
 
 
 def _too_big(what: str, nbytes: int) -> CkptkitError:
