@@ -129,8 +129,8 @@ def _run_export(args, fmt: str, fold: bool, **options) -> int:
         log.info("%d BatchNorm layer(s) fold into no layer before or after them and were kept", kept)
     for f in result.files:
         print(f"wrote {f}")
-    if result.comparison is not None:
-        print(f"verified against TensorFlow: {result.comparison}")
+    for comparison in result.comparisons:
+        print(f"verified against TensorFlow in {comparison.runtime}: {comparison}")
     return 0
 
 
@@ -230,19 +230,31 @@ def cmd_export(args) -> int:
     results = export_many(model, formats, args.output_path, fold=args.bn == "fold", check=not args.no_verify,
                           verify_data=args.verify_data, tolerance=args.tolerance,
                           allow_bad_statistics=args.allow_bad_statistics, opset=args.opset, nchw=args.nchw,
-                          relu6=args.relu6)
+                          relu6=args.relu6, caffe_runtime=args.caffe_runtime)
     if args.json:
         return _emit({"format_version": 1, "exports": [r.to_json() for r in results]})
     for fmt, result in zip(formats, results):
         for f in result.files:
             print(f"wrote {f}")
-        if result.comparison is not None:
-            print(f"  {fmt} verified against TensorFlow: {result.comparison}")
+        for comparison in result.comparisons:
+            print(f"  {fmt} verified against TensorFlow in {comparison.runtime}: {comparison}")
     return 0
 
 
+def _consumers_help() -> str:
+    from converters.caffe_consumers import CONSUMERS
+
+    return "; ".join(f"{c.name}: {c.label} (tolerance {c.tolerance:g}; {c.install})" for c in CONSUMERS.values()) + "."
+
+
+def _add_caffe_runtime(p) -> None:
+    p.add_argument("--caffe-runtime", default="", metavar="NAMES",
+                   help="Caffe consumers to verify in, comma-separated (opencv, mnn), each required to be installed; "
+                        "default: every installed one, each within its own tolerance")
+
+
 def cmd_to_caffe(args) -> int:
-    return _run_export(args, "caffe", args.bn == "fold", relu6=args.relu6)
+    return _run_export(args, "caffe", args.bn == "fold", relu6=args.relu6, caffe_runtime=args.caffe_runtime)
 
 
 def _layer_table(rows: list[dict], top: int, more: str, verdict: bool = False) -> None:
@@ -472,10 +484,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(p)
     p.set_defaults(func=cmd_to_keras)
 
-    p = add_parser("to-caffe", help="export to Caffe (.prototxt + .caffemodel), verified with OpenCV",
+    p = add_parser("to-caffe", help="export to Caffe (.prototxt + .caffemodel), verified in each installed "
+                                    "Caffe consumer",
                        description="Export to Caffe: BatchNorm folded (default) or as BatchNorm+Scale; TF's SAME "
-                                   "padding, average pooling and flatten order mapped exactly; checked with OpenCV "
-                                   "4.x's Caffe importer (tolerance 1e-3).")
+                                   "padding, average pooling and flatten order mapped exactly, in layers every "
+                                   "consumer reads alike; checked in every installed consumer: " + _consumers_help())
     _add_source(p, ckpt_optional=True)
     p.add_argument("-o", dest="output_path", required=True, metavar="OUT",
                    help="writes OUT.prototxt and OUT.caffemodel (or OUT/NAME.* when OUT is a folder)")
@@ -484,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "relu6: OpenCV's ReLU6 layer (not in BVLC Caffe); clip: the Clip layer of recent BVLC "
                         "Caffe, which OpenCV 4.x and most Caffe builds cannot load (so it cannot be verified here: "
                         "needs --no-verify)")
+    _add_caffe_runtime(p)
     _add_export(p, keep_help="keep Caffe BatchNorm+Scale layers")
     p.set_defaults(func=cmd_to_caffe)
 
@@ -498,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nchw", action="store_true", help="ONNX: NCHW input and 4-D outputs")
     p.add_argument("--relu6", choices=["portable", "relu6", "clip"], default="portable",
                    help="Caffe ReLU6 spelling (see to-caffe --help)")
+    _add_caffe_runtime(p)
     _add_export(p)
     p.set_defaults(func=cmd_export)
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass, field, replace
+from typing import Callable, Optional
+
+import numpy as np
 
 from ._tf import eager
 from .checkpoint import input_files
@@ -39,9 +41,14 @@ def writer_for(fmt: str):
 class ExportResult:
     files: list[str]
     graph: Graph
-    comparison: Optional[Comparison] = None
+    comparisons: list[Comparison] = field(default_factory=list)  # one per runtime verified in; [] with check=False
     notes: list[str] = field(default_factory=list)
     format: str = ""
+
+    @property
+    def comparison(self) -> Optional[Comparison]:
+        """The verification nearest its tolerance (the only one, except Caffe with several consumers)."""
+        return max(self.comparisons, key=lambda c: c.max_rel / c.tolerance, default=None)
 
     def __repr__(self) -> str:  # the graph holds every weight: a summary, not the IR
         return f"ExportResult(format={self.format!r}, files={self.files!r}, comparison={self.comparison})"
@@ -51,6 +58,7 @@ class ExportResult:
     def to_json(self) -> dict:
         return {"format_version": 1, "format": self.format, "files": self.files,
                 "verification": self.comparison.to_json() if self.comparison is not None else None,
+                "verifications": [c.to_json() for c in self.comparisons],
                 "batchnorm_kept": self.graph.count("BatchNorm"), "batchnorm_folded": self.graph.folded,
                 "model": self.graph.name,
                 "inputs": self.graph.input_names, "outputs": self.graph.output_names}
@@ -75,6 +83,20 @@ def prepare(model: Model, fold: bool = True, allow_bad_statistics: bool = False)
     check_finite(((f"{n.name}/{k}", v) for n in graph for k, v in n.params.items() if v is not None),
                  "parameter", "the checkpoint holds NaN/inf or its statistics overflow; run ckptkit inspect on it")
     return graph
+
+
+def _once(fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """fn, computed once per input batch (one TF reference run for every runtime a format is verified in)."""
+    memo: dict = {}
+
+    def run(x: np.ndarray) -> np.ndarray:
+        key = (x.shape, x.tobytes())
+        if key not in memo:
+            memo.clear()
+            memo[key] = fn(x)
+        return memo[key]
+
+    return run
 
 
 def _float64(model: Model):
@@ -165,9 +187,9 @@ def export(model: Model, fmt: str, path: str, *, fold: bool = True, check: bool 
                                          options)
     protected = input_files(model.checkpoint.prefix) if model.checkpoint is not None else []
     with Stage(os.path.dirname(final_paths[0]), protect=protected, what=f"the {fmt} export") as st:
-        staged, comparison = write(st)
+        staged, comparisons = write(st)
         st.publish(list(zip(staged, final_paths)))
-    return ExportResult(final_paths, graph, comparison, format=fmt)
+    return ExportResult(final_paths, graph, comparisons, format=fmt)
 
 
 def _planned(model: Model, fmt: str, path: str, fold: bool, check: bool, verify_data: Optional[str],
@@ -182,7 +204,7 @@ def _planned(model: Model, fmt: str, path: str, fold: bool, check: bool, verify_
     if unknown:
         raise TypeError(f"export() got unknown writer option(s) {', '.join(sorted(unknown))}")
     writer = writer_for(fmt)
-    opts = writer.make_options(options)
+    opts = writer.make_options(dict(options, fold=fold))  # a writer may write differently when folding (Caffe)
     check_options(tolerance, verify_data)
     protected = input_files(model.checkpoint.prefix) if model.checkpoint is not None else []
     path = check_destination(fmt, path, protected)
@@ -191,22 +213,27 @@ def _planned(model: Model, fmt: str, path: str, fold: bool, check: bool, verify_
     if recorded:  # how the statistics were made follows the model (ONNX metadata_props)
         graph.metadata["ckptkit.preprocessing"] = json.dumps(recorded, sort_keys=True)
     writer.require(graph)  # every node the target cannot express, named at once, before anything is written
+    writer.check(graph, opts)  # and what a runtime it is verified in would misread
     final_paths = check_outputs(writer.destinations(path, graph), protected)
 
     def write(st: Stage):
         staged = [st.path(p) for p in final_paths]
         with phase(f"write {fmt}"):
             writer.write(graph, staged[0], opts)
-        comparison = None
+        comparisons = []
         if check:
-            tol = tolerance if tolerance is not None else writer.tolerance
             inputs = verification_inputs(graph.input_shape, verify_data, value_range=_recorded_range(model))
-            with phase("verify: target runtime"):
-                run = writer.runner(staged[0], graph, opts)
-            comparison = verify(model.reference, run, inputs, tol, float64=_float64(model))
-            if not comparison.ok:
-                raise VerificationError(f"{fmt} export does not match TensorFlow: {comparison}; nothing was written")
-        return staged, comparison
+            reference, exact = _once(model.reference), _once(_float64(model))
+            for runtime in writer.runtimes(staged[0], graph, opts):  # Caffe: every installed consumer
+                with phase("verify: target runtime"):
+                    run = runtime.load()
+                tol = tolerance if tolerance is not None else runtime.tolerance
+                comparison = replace(verify(reference, run, inputs, tol, float64=exact), runtime=runtime.label)
+                if not comparison.ok:
+                    raise VerificationError(f"{fmt} export does not match TensorFlow in {runtime.label}: {comparison}; "
+                                            "nothing was written")
+                comparisons.append(comparison)
+        return staged, comparisons
 
     return final_paths, graph, write
 
@@ -260,8 +287,8 @@ def export_many(model: Model, formats: list[str], folder: str, **options) -> lis
     results, sets = [], []
     with Stage(os.path.dirname(plans[0][1][0]), protect=protected, what="the export") as st:
         for fmt, final_paths, graph, write in plans:  # all written and verified, then published as one
-            staged, comparison = write(st)
+            staged, comparisons = write(st)
             sets.append(list(zip(staged, final_paths)))
-            results.append(ExportResult(final_paths, graph, comparison, format=fmt))
+            results.append(ExportResult(final_paths, graph, comparisons, format=fmt))
         st.publish_sets(sets)
     return results

@@ -11,7 +11,6 @@ from ._tf import eager
 from .errors import CkptkitError
 
 TOLERANCE = 1e-4  # relative: max |ours - tf| / max |tf|
-OPENCV_TOLERANCE = 1e-3
 
 
 PRECISION_LIMIT = 1e-3  # float32 rounding alone is believed up to this relative error from float64 (deep nets)
@@ -26,6 +25,7 @@ class Comparison:
     # against a float64 evaluation of the model, when float32 rounding was in question (see precision_verdict)
     tf_from_float64: Optional[float] = None
     export_from_float64: Optional[float] = None
+    runtime: str = ""  # the program the export ran in ("onnxruntime 1.23.2", "MNN 3.6.1")
 
     @property
     def ok(self) -> bool:

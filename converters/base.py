@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, fields
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from ckptkit import ops
 from ckptkit.errors import CkptkitError
@@ -16,6 +16,13 @@ from ckptkit.ir import Graph
 
 # target name -> module defining WRITER
 MODULES = {"onnx": "converters.onnx", "keras": "converters.keras", "caffe": "converters.caffe"}
+
+
+class Runtime(NamedTuple):
+    """One program a written model is verified in: its name and version, how to load the files, its tolerance."""
+    label: str  # "onnxruntime 1.23.2", "MNN 3.6.1"
+    load: Callable[[], Callable]  # () -> (NHWC batch -> output)
+    tolerance: float
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,7 @@ class Writer:
     suffixes: tuple[str, ...] = ()  # accepted output suffixes; the first is the default
     options: type = NoOptions  # a dataclass of the writer's typed options
     tolerance: float = 1e-4  # relative, for verification against TensorFlow
+    runtime_package: str = ""  # the distribution that runs the files (its version names the runtime)
 
     def destinations(self, path: str, graph: Optional[Graph]) -> list[str]:
         """The files `path` names (the first one is the one a reader opens)."""
@@ -59,12 +67,30 @@ class Writer:
         """Refuse, naming every node at once, a graph this target cannot express."""
         ops.require(self.prepare(graph), self.name, self.label or self.name)
 
+    def check(self, graph: Graph, options: object) -> None:
+        """Refuse, before anything is written, what a runtime the files are verified in would misread."""
+
     def write(self, graph: Graph, path: str, options: object) -> list[str]:
         raise NotImplementedError
+
+    def runtimes(self, path: str, graph: Graph, options: object) -> list[Runtime]:
+        """Every runtime the written files are verified in (one, except Caffe: each installed consumer)."""
+        return [Runtime(package_label(self.runtime_package or self.label), lambda: self.runner(path, graph, options),
+                        self.tolerance)]
 
     def runner(self, path: str, graph: Graph, options: object) -> Callable:
         """A function NHWC batch -> output running the written files in the target's runtime."""
         raise NotImplementedError
+
+
+def package_label(package: str) -> str:
+    """'onnxruntime 1.23.2': a distribution and its installed version."""
+    import importlib.metadata
+
+    try:
+        return f"{package} {importlib.metadata.version(package)}"
+    except importlib.metadata.PackageNotFoundError:
+        return package
 
 
 def option_names() -> dict[str, tuple[str, ...]]:

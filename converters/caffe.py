@@ -1,4 +1,5 @@
-"""IR -> Caffe (OUT.prototxt + OUT.caffemodel), exact to TF, verified with OpenCV 4.x's Caffe importer.
+"""IR -> Caffe (OUT.prototxt + OUT.caffemodel), exact to TF, verified in every installed Caffe consumer
+(OpenCV 4.x's importer, MNN: converters/caffe_consumers.py).
 
 Caffe is NCHW with symmetric padding only and rounds pooling output sizes up. The
 exact mappings used here:
@@ -8,7 +9,11 @@ exact mappings used here:
     see the extra padding (for SAME: k+1 with a zero first row, pad (total+1)/2).
   * MAX pool: pad = top pad; windows are clipped to the input, so padding never wins.
   * AVE pool: Caffe divides by the window clipped to input+pad, TF by the real cells only;
-    a Scale layer (axis 2, two axes) multiplies by the exact ratio map.
+    the same pooling of ones (Power 0*x+1) gives their ratio, divided out with Power -1 and
+    Eltwise PROD (a spatial Scale layer would be exact in BVLC/OpenCV, but MNN misreads it).
+  * Per-channel x*s + t (a BatchNorm left over by --bn fold, Mul/Add by constants, ReLU6's
+    shift) on NCHW blobs: a 1x1 depthwise Convolution, read alike everywhere; --bn keep:
+    BatchNorm (three blobs, scale factor 1) + Scale, as BVLC writes it.
   * Output-size mismatches from Caffe's ceil rounding are refused with a clear error.
   * InnerProduct after a spatial flatten: Caffe flattens C,H,W where TF flattens H,W,C,
     so the weight rows are permuted.
@@ -18,6 +23,8 @@ exact mappings used here:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -28,9 +35,12 @@ from ckptkit import ops
 from ckptkit.errors import CkptkitError
 from ckptkit.ir import Graph, UniqueNames
 
-from .base import Writer, write_node
+from . import caffe_consumers
+from .base import Runtime, Writer, write_node
 
-TOLERANCE = 1e-3  # OpenCV's float kernels differ slightly from TF's
+log = logging.getLogger("ckptkit")
+
+TOLERANCE = 1e-3  # OpenCV's float kernels differ slightly from TF's (each consumer states its own)
 RELU6_MODES = ("portable", "relu6", "clip")
 BN_MODES = ("fold", "keep")
 
@@ -81,9 +91,10 @@ class Builder:
     """What an op's Caffe writer gets: `layer(...)` adds a layer (and its blobs), `pb` is caffe_pb2,
     `flat_from` records 2-D tensors flattened from (H, W, C) (Caffe flattens C, H, W)."""
 
-    def __init__(self, graph: Graph, relu6: str):
+    def __init__(self, graph: Graph, relu6: str, batchnorm_layers: bool = True):
         self.g = graph
         self.relu6 = relu6
+        self.batchnorm_layers = batchnorm_layers  # False: a BatchNorm is written as its per-channel Scale
         self.n = _Net(_safe(graph.name))
         self.pb = self.n.pb
         self.top: dict[str, str] = {}
@@ -114,6 +125,19 @@ class Builder:
         blobs = [scale] + ([shift] if shift is not None else [])
         return self.layer(name, "Scale", [bottom], blobs, scale_param=param)
 
+    def channel_affine(self, name: str, bottom: str, scale: np.ndarray, shift: Optional[np.ndarray], rank: int) -> str:
+        """bottom * scale + shift per channel. On NCHW blobs a 1x1 depthwise convolution (group = C): the same
+        single multiply-add per value as a Scale layer, and every consumer reads convolutions alike (MNN 3.6
+        computes a Scale layer that does not follow a convolution wrongly). On N x C blobs a Scale layer."""
+        if rank != 4:
+            return self.scale(name, bottom, scale, shift)
+        channels = int(scale.shape[0])
+        param = self.pb.ConvolutionParameter(num_output=channels, bias_term=shift is not None, group=channels,
+                                             kernel_h=1, kernel_w=1, stride_h=1, stride_w=1, pad_h=0, pad_w=0)
+        blobs = [np.asarray(scale, np.float32).reshape(channels, 1, 1, 1)] + (
+            [np.asarray(shift, np.float32)] if shift is not None else [])
+        return self.layer(name, "Convolution", [bottom], blobs, convolution_param=param)
+
     def crop(self, name: str, bottom: str, size: tuple[int, int], extra: tuple[int, int], offset: tuple[int, int]) -> str:
         """bottom[:, :, oh:oh+H, ow:ow+W] where bottom is (H, W) + `extra` big. Caffe's Crop takes its size from
         a reference blob: a stride-1 max pool of window extra+1 over the bottom has exactly that size."""
@@ -142,19 +166,20 @@ def fuse_pads(graph: Graph) -> Graph:
     return graph.rebuild([n for n in keep if n.name in used or n.op == "Input"])
 
 
-def build(graph: Graph, relu6: str = "portable"):
-    """(net prototxt message, weights message)."""
+def build(graph: Graph, relu6: str = "portable", batchnorm_layers: bool = True):
+    """(net prototxt message, weights message). `batchnorm_layers`: BatchNorm+Scale layers (--bn keep), else each
+    BatchNorm left in the graph becomes one Scale layer."""
     if relu6 not in RELU6_MODES:
         raise CkptkitError(f"--relu6 {relu6} is unknown: choose one of {', '.join(RELU6_MODES)}")
     WRITER.require(graph)
-    net = Builder(fuse_pads(graph), relu6).write()
+    net = Builder(fuse_pads(graph), relu6, batchnorm_layers).write()
     return net.net, net.weights
 
 
-def export(graph: Graph, path: str, *, relu6: str = "portable", **_) -> list[str]:
+def export(graph: Graph, path: str, *, relu6: str = "portable", batchnorm_layers: bool = True, **_) -> list[str]:
     from google.protobuf import text_format
 
-    net, weights = build(graph, relu6)
+    net, weights = build(graph, relu6, batchnorm_layers)
     prototxt, caffemodel = destinations(path, graph)
     with open(prototxt, "w") as f:
         f.write(text_format.MessageToString(net))
@@ -165,35 +190,32 @@ def export(graph: Graph, path: str, *, relu6: str = "portable", **_) -> list[str
 
 def runner(path: str, graph: Optional[Graph] = None, **_):
     """Runs the written model in OpenCV 4.x's Caffe importer (a test/verify dependency)."""
-    try:
-        import cv2
-    except ImportError:
-        raise CkptkitError("verifying Caffe output needs OpenCV 4.x: pip install 'ckptkit[caffe]' (or "
-                           "'opencv-python-headless<5'), or pass --no-verify") from None
-    if not hasattr(cv2, "dnn") or not hasattr(cv2.dnn, "readNetFromCaffe"):
-        raise CkptkitError(f"OpenCV {cv2.__version__} has no Caffe importer (OpenCV 5 dropped it): "
-                           "pip install 'opencv-python-headless<5', or pass --no-verify")
-    prototxt, caffemodel = path, path[: -len(".prototxt")] + ".caffemodel"
-    net = cv2.dnn.readNetFromCaffe(prototxt, caffemodel)
-    if hasattr(net, "enableWinograd"):  # Winograd convolution trades precision for speed: measure the export
-        net.enableWinograd(False)
+    return caffe_consumers.CONSUMERS["opencv"].runner(path, graph)
 
-    def run(x: np.ndarray) -> np.ndarray:
-        net.setInput(np.ascontiguousarray(x.transpose(0, 3, 1, 2), np.float32))
-        y = np.asarray(net.forward())
-        y = y.transpose(0, 2, 3, 1) if y.ndim == 4 else y.reshape(y.shape[0], -1)
-        if graph is not None:  # OpenCV may drop unit spatial axes: give TF's output shape back
-            want = (y.shape[0],) + tuple(graph[graph.outputs[0]].shape[1:])
-            if y.size == int(np.prod(want)):
-                y = y.reshape(want)
-        return y
 
-    return run
+def mnn_misreads(graph: Graph, batchnorm_layers: bool) -> list[str]:
+    """Nodes MNN 3.6 computes wrongly from these Caffe files: a BatchNorm layer that does not directly follow a
+    (non-grouped) convolution used by nothing else. MNN folds that one into the convolution; any other, its
+    BatchNorm (and Scale) layers compute garbage: measured 0.6-1.0 relative error after a pool, an Eltwise, a
+    ReLU, a depthwise or a shared convolution."""
+    if not batchnorm_layers:
+        return []
+    graph = fuse_pads(graph)
+    users = graph.consumers()
+    wrong = []
+    for node in graph.nodes:
+        if node.op == "BatchNorm":
+            src = graph[node.inputs[0]]
+            if ops.get(src.op).layout != "HWIO" or len(users[src.name]) != 1:
+                wrong.append(node.name)
+    return wrong
 
 
 @dataclass(frozen=True)
 class Options:
     relu6: str = "portable"  # portable | relu6 | clip
+    caffe_runtime: str = ""  # comma-separated consumers to verify in (converters/caffe_consumers.py); "": installed
+    fold: bool = True  # from export(): BatchNorms left over are written as Scale layers, not BatchNorm+Scale
 
 
 class CaffeWriter(Writer):
@@ -205,15 +227,35 @@ class CaffeWriter(Writer):
     def check_options(self, options: Options) -> None:
         if options.relu6 not in RELU6_MODES:
             raise CkptkitError(f"--relu6 {options.relu6} is unknown: choose one of {', '.join(RELU6_MODES)}")
+        caffe_consumers.names(options.caffe_runtime)  # refuses unknown names
+
+    def check(self, graph: Graph, options: Options) -> None:
+        wrong = mnn_misreads(graph, not options.fold)
+        if not wrong:
+            return
+        shown = ", ".join(wrong[:3]) + (f" and {len(wrong) - 3} more" if len(wrong) > 3 else "")
+        advice = ("use --bn fold (each becomes a per-channel 1x1 convolution, read alike by every consumer), "
+                  "or export to ONNX for MNN")
+        if "mnn" in caffe_consumers.names(options.caffe_runtime) or (
+                not options.caffe_runtime and caffe_consumers.CONSUMERS["mnn"].version() is not None):
+            raise CkptkitError(f"MNN misreads a Caffe BatchNorm layer that does not directly follow a convolution "
+                               f"({shown}): {advice}; or --caffe-runtime opencv if the files are not for MNN")
+        log.warning("warning: MNN would misread %d of these Caffe BatchNorm layers (%s), which do not directly "
+                    "follow a convolution: for MNN, %s", len(wrong), shown, advice)
 
     def prepare(self, graph: Graph) -> Graph:
         return fuse_pads(graph)
 
     def write(self, graph: Graph, path: str, options: Options) -> list[str]:
-        return export(graph, path, relu6=options.relu6)
+        return export(graph, path, relu6=options.relu6, batchnorm_layers=not options.fold)
 
     def runner(self, path: str, graph: Graph, options: Options):
         return runner(path, graph)
+
+    def runtimes(self, path: str, graph: Graph, options: Options) -> list[Runtime]:
+        return [Runtime(f"{consumer.label} {version}", functools.partial(consumer.runner, path, graph),
+                        consumer.tolerance) for consumer, version in caffe_consumers.select(
+                            caffe_consumers.names(options.caffe_runtime))]
 
 
 WRITER = CaffeWriter()

@@ -105,7 +105,7 @@ def runner(path: str, **_):
 
 
 class KerasWriter(Writer):
-    name, label, suffixes = "keras", "Keras", EXTENSIONS
+    name, label, suffixes, runtime_package = "keras", "Keras", EXTENSIONS, "keras"
 
     def destinations(self, path: str, graph: Optional[Graph]) -> list[str]:
         return destinations(path, graph)

@@ -154,7 +154,7 @@ class Options:
 
 
 class OnnxWriter(Writer):
-    name, label, suffixes, options = "onnx", "ONNX", (".onnx",), Options
+    name, label, suffixes, options, runtime_package = "onnx", "ONNX", (".onnx",), Options, "onnxruntime"
 
     def destinations(self, path: str, graph: Optional[Graph]) -> list[str]:
         return [path]  # any name: onnxruntime does not care

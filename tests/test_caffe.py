@@ -1,4 +1,5 @@
-"""Caffe export (BatchNorm folded and kept): OpenCV 4.x's Caffe importer reproduces TF's own output."""
+"""Caffe export (BatchNorm folded and kept): every Caffe consumer installed (OpenCV 4.x's importer, MNN)
+reproduces TF's own output, each run here on the written files independently of the export's own check."""
 import os
 
 import numpy as np
@@ -6,23 +7,44 @@ import pytest
 
 from ckptkit import testing as T
 from ckptkit._tf import tf
+from ckptkit.errors import CkptkitError
 from ckptkit.export import export
 from ckptkit.sources import load
 from conftest import NETS, rel_error
 from converters.caffe import runner
+from converters.caffe_consumers import CONSUMERS
+
+INSTALLED = [c for c in CONSUMERS.values() if c.version() is not None]
+# nets with a BatchNorm that does not directly follow a plain convolution: --bn keep cannot be read by MNN
+BN_AFTER_OTHER_LAYERS = {"variants", "mobilenet_v2", "resnet_v2_50"}
+
+
+def test_every_consumer_this_suite_verifies_in_is_installed():
+    """CI installs OpenCV 4.x and MNN (the test extra): a missing one would silently skip its checks."""
+    assert {c.name for c in INSTALLED} == set(CONSUMERS)
 
 
 @pytest.mark.parametrize("bn", ["fold", "keep"])
 @pytest.mark.parametrize("name", list(NETS))
-def test_caffe_matches_tf(store, reference, tmp_path, name, bn):
+def test_caffe_matches_tf_in_every_consumer(store, reference, tmp_path, name, bn):
     prefix = store(name)
-    result = export(load(prefix), "caffe", str(tmp_path / "net"), fold=bn == "fold")
+    runtimes = {}
+    if bn == "keep" and name in BN_AFTER_OTHER_LAYERS:
+        with pytest.raises(CkptkitError, match="MNN misreads a Caffe BatchNorm layer"):
+            export(load(prefix), "caffe", str(tmp_path / "net"), fold=False)
+        assert not os.listdir(tmp_path)
+        runtimes = {"caffe_runtime": "opencv"}
+    result = export(load(prefix), "caffe", str(tmp_path / "net"), fold=bn == "fold", **runtimes)
     prototxt, caffemodel = result.files
     assert prototxt.endswith("net.prototxt") and os.path.getsize(caffemodel) > 0
+    assert [c.runtime.split()[0] for c in result.comparisons] == (["OpenCV"] if runtimes else ["OpenCV", "MNN"])
     text = open(prototxt).read()
-    assert ('type: "BatchNorm"' in text) == (bn == "keep" or name == "resnet_v2_50")
+    assert ('type: "BatchNorm"' in text) == (bn == "keep")
     x = T.random_input(NETS[name][1], batch=2, seed=5)
-    assert rel_error(reference(name, prefix, x), runner(prototxt, graph=result.graph)(x)) < 1e-3
+    ref = reference(name, prefix, x)
+    assert rel_error(ref, runner(prototxt, graph=result.graph)(x)) < CONSUMERS["opencv"].tolerance
+    if not runtimes:
+        assert rel_error(ref, CONSUMERS["mnn"].runner(prototxt, result.graph)(x)) < CONSUMERS["mnn"].tolerance
 
 
 def test_native_relu6_types(store, tmp_path):
@@ -91,14 +113,48 @@ layer {
   }
 }
 layer {
+  name: "AvgPool2D/ones"
+  type: "Power"
+  bottom: "Relu"
+  top: "AvgPool2D/ones"
+  power_param {
+    power: 1.0
+    scale: 0.0
+    shift: 1.0
+  }
+}
+layer {
+  name: "AvgPool2D/real_share"
+  type: "Pooling"
+  bottom: "AvgPool2D/ones"
+  top: "AvgPool2D/real_share"
+  pooling_param {
+    pool: AVE
+    kernel_h: 3
+    kernel_w: 3
+    stride_h: 2
+    stride_w: 2
+    pad_h: 1
+    pad_w: 1
+  }
+}
+layer {
+  name: "AvgPool2D/rescale"
+  type: "Power"
+  bottom: "AvgPool2D/real_share"
+  top: "AvgPool2D/rescale"
+  power_param {
+    power: -1.0
+  }
+}
+layer {
   name: "AvgPool2D"
-  type: "Scale"
+  type: "Eltwise"
   bottom: "AvgPool2D/caffe_pool"
+  bottom: "AvgPool2D/rescale"
   top: "AvgPool2D"
-  scale_param {
-    axis: 2
-    num_axes: 2
-    bias_term: false
+  eltwise_param {
+    operation: PROD
   }
 }
 '''
@@ -106,7 +162,8 @@ layer {
 
 def test_exact_prototxt_for_a_small_net(tmp_path):
     """5x5 input. Conv 2x2/2 SAME has pads (0,1): written as a 3x3 kernel with a zero first row and
-    column and pad 1. AVE 3x3/2 SAME on 3x3 has pads (1,1); Caffe counts the padded cells, so a
-    Scale (axis 2, two axes) rescales each position."""
+    column and pad 1. AVE 3x3/2 SAME on 3x3 has pads (1,1); Caffe counts the padded cells, so the same
+    pooling of ones (Power 0*x+1) measures real cells / Caffe's divisor, inverted (Power -1) and multiplied in
+    (Eltwise PROD): layers every consumer reads alike (a spatial Scale layer is misread by MNN)."""
     result = export(load(builder=small_net, input_shape=(5, 5, 1)), "caffe", str(tmp_path / "net"))
     assert open(result.files[0]).read() == EXPECTED_PROTOTXT

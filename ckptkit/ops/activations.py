@@ -28,7 +28,8 @@ def _relu6_caffe(c, node, bottom):
     if c.relu6 == "clip":
         return c.layer(name, "Clip", [bottom], clip_param=c.pb.ClipParameter(min=0.0, max=6.0))
     r = c.layer(name + "/relu", "ReLU", [bottom])
-    shifted = c.scale(name + "/minus6", r, np.ones(channels, np.float32), np.full(channels, -6.0, np.float32))
+    shifted = c.channel_affine(name + "/minus6", r, np.ones(channels, np.float32), np.full(channels, -6.0, np.float32),
+                               len(node.shape))
     excess = c.layer(name + "/excess", "ReLU", [shifted])
     param = c.pb.EltwiseParameter(operation=c.pb.EltwiseParameter.SUM, coeff=[1.0, -1.0])
     return c.layer(name, "Eltwise", [r, excess], eltwise_param=param)

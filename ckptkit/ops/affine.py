@@ -63,4 +63,4 @@ def to_keras(k, node, xs):
 @AFFINE.writer("caffe")
 def to_caffe(c, node, bottoms):
     scale, _ = scale_and_shift(node)
-    return c.scale(node.name, bottoms[0], scale, node.params.get("shift"))
+    return c.channel_affine(node.name, bottoms[0], scale, node.params.get("shift"), len(node.shape))

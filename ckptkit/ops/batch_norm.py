@@ -185,7 +185,10 @@ def to_keras(k, node, xs):
 @BATCH_NORM.writer("caffe")
 def to_caffe(c, node, bottoms):
     p = node.params
-    bn_affine(node)  # refuses missing/invalid statistics
+    scale, shift = bn_affine(node)  # refuses missing/invalid statistics
+    if not c.batchnorm_layers:  # --bn fold, nothing to fold into: x*s + t per channel
+        return c.channel_affine(node.name, bottoms[0], scale.astype(np.float32), shift.astype(np.float32),
+                                len(node.shape))
     param = c.pb.BatchNormParameter(use_global_stats=True, eps=float(node.attrs.epsilon))
     # Caffe's BatchNorm blobs: mean * f, variance * f, f  (f = 1); gamma/beta go to a Scale layer
     bn = c.layer(node.name, "BatchNorm", bottoms, [p["mean"], p["variance"], np.ones(1, np.float32)],

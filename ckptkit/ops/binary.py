@@ -163,15 +163,22 @@ def _caffe(name: str):
     def write(c, node, bottoms):
         pb, n = c.pb, node.name
         side = broadcast_side(node, c.g)
-        if side is not None:  # Mul by a per-channel gate: Scale with the gate as second bottom, flattened to [N, C]
-            gate = c.layer(n + "/gate", "Flatten", [bottoms[side]], flatten_param=pb.FlattenParameter(axis=1))
-            return c.layer(n, "Scale", [bottoms[1 - side], gate], scale_param=pb.ScaleParameter(axis=0, num_axes=2))
         E = pb.EltwiseParameter
+        if side is not None:
+            # Mul by a per-channel gate (N,C,1,1), e.g. squeeze-excite: spread over H x W by a ones-kernel grouped
+            # Deconvolution (each value times 1: exact), then Eltwise PROD. (A Scale with the gate as second
+            # bottom is BVLC's spelling, but MNN 3.6 crashes converting it.)
+            h, w, ch = node.shape[1:]
+            param = pb.ConvolutionParameter(num_output=ch, bias_term=False, group=ch, kernel_h=h, kernel_w=w,
+                                            stride_h=1, stride_w=1)
+            spread = c.layer(n + "/spread", "Deconvolution", [bottoms[side]], [np.ones((ch, 1, h, w), np.float32)],
+                             convolution_param=param)
+            return c.layer(n, "Eltwise", [bottoms[1 - side], spread], eltwise_param=E(operation=E.PROD))
         if name == "Minimum":  # min(a, b) = -max(-a, -b)
             ones = np.ones(node.shape[-1], np.float32)
-            neg = [c.scale(f"{n}/neg{i}", x, -ones, None) for i, x in enumerate(bottoms)]
+            neg = [c.channel_affine(f"{n}/neg{i}", x, -ones, None, len(node.shape)) for i, x in enumerate(bottoms)]
             m = c.layer(n + "/max", "Eltwise", neg, eltwise_param=E(operation=E.MAX))
-            return c.scale(n, m, -ones, None)
+            return c.channel_affine(n, m, -ones, None, len(node.shape))
         param = {"Add": E(operation=E.SUM), "Sub": E(operation=E.SUM, coeff=[1.0, -1.0]),
                  "Mul": E(operation=E.PROD), "Maximum": E(operation=E.MAX)}[name]
         return c.layer(n, "Eltwise", bottoms, eltwise_param=param)

@@ -164,5 +164,14 @@ def to_caffe(c, node, bottoms):
                    (oh, ow))
     if ratio is None:
         return y
-    # Caffe divided by cells that include padding; rescale each position to TF's real-cell mean.
-    return c.scale(node.name, y, ratio.astype(np.float32), None, axis=2)
+    # Caffe divided by cells that include padding. The same pooling of a tensor of ones gives, per position,
+    # real cells / Caffe's divisor: dividing by it gives TF's real-cell mean. (A Scale layer over the spatial
+    # axes holding the ratio map is exact in BVLC Caffe and OpenCV but misread by MNN; Power, Pooling and
+    # Eltwise PROD are read alike by every consumer.)
+    ones = c.layer(node.name + "/ones", "Power", bottoms, power_param=pb.PowerParameter(power=1, scale=0, shift=1))
+    share = c.layer(node.name + "/real_share", "Pooling", [ones], pooling_param=param)
+    if crop:
+        share = c.crop(node.name + "/real_share_crop", share, (out_h, out_w), (ch - out_h, cw - out_w), (oh, ow))
+    inverse = c.layer(node.name + "/rescale", "Power", [share], power_param=pb.PowerParameter(power=-1))
+    return c.layer(node.name, "Eltwise", [y, inverse],
+                   eltwise_param=pb.EltwiseParameter(operation=pb.EltwiseParameter.PROD))
