@@ -85,6 +85,21 @@ def prepare(model: Model, fold: bool = True, allow_bad_statistics: bool = False)
     return graph
 
 
+def _mismatch(fmt: str, failure: tuple[str, str], passed: list[Comparison]) -> str:
+    """One line: where the export fails and, when another runtime reproduces TensorFlow from the same files,
+    that the files are right and this runtime reads them differently."""
+    runtime, what = failure
+    text = f"{fmt} export {what}" if what.startswith("does not match") else f"{fmt} export: {what.rstrip('.')}"
+    if passed:
+        others = ", ".join(f"{c.runtime} ({c.max_rel:.2g})" for c in passed)
+        name, keep = runtime.split()[0], ",".join(c.runtime.split()[0].lower() for c in passed)
+        advice = f"export to ONNX for {name}, or " if what.startswith("does not match") else ""
+        text += (f"; {others} reproduce{'s' if len(passed) == 1 else ''} TensorFlow from the same files, so "
+                 f"{name} reads them differently: {advice}leave it out with --caffe-runtime {keep} if the files "
+                 f"are not for {name}")
+    return text + "; nothing was written"
+
+
 def _once(fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
     """fn, computed once per input batch (one TF reference run for every runtime a format is verified in)."""
     memo: dict = {}
@@ -224,15 +239,26 @@ def _planned(model: Model, fmt: str, path: str, fold: bool, check: bool, verify_
         if check:
             inputs = verification_inputs(graph.input_shape, verify_data, value_range=_recorded_range(model))
             reference, exact = _once(model.reference), _once(_float64(model))
-            for runtime in writer.runtimes(staged[0], graph, opts):  # Caffe: every installed consumer
-                with phase("verify: target runtime"):
-                    run = runtime.load()
+            runtimes = writer.runtimes(staged[0], graph, opts)  # Caffe: every installed consumer
+            failures = []  # (runtime, what went wrong): a comparison beyond tolerance, or files it cannot run
+            for runtime in runtimes:
                 tol = tolerance if tolerance is not None else runtime.tolerance
-                comparison = replace(verify(reference, run, inputs, tol, float64=exact), runtime=runtime.label)
-                if not comparison.ok:
-                    raise VerificationError(f"{fmt} export does not match TensorFlow in {runtime.label}: {comparison}; "
-                                            "nothing was written")
+                try:
+                    with phase("verify: target runtime"):
+                        run = runtime.load()
+                    comparison = replace(verify(reference, run, inputs, tol, float64=exact), runtime=runtime.label)
+                except VerificationError:
+                    raise
+                except CkptkitError as err:
+                    if len(runtimes) == 1:
+                        raise
+                    failures.append((runtime.label, str(err)))
+                    continue
                 comparisons.append(comparison)
+                if not comparison.ok:
+                    failures.append((runtime.label, f"does not match TensorFlow in {runtime.label}: {comparison}"))
+            if failures:
+                raise VerificationError(_mismatch(fmt, failures[0], [c for c in comparisons if c.ok]))
         return staged, comparisons
 
     return final_paths, graph, write

@@ -118,8 +118,8 @@ def _mnn_runner(prototxt: str, graph: Optional[Graph] = None):
                                    "--caffe-runtime opencv to verify without it") from None
             if done.returncode != 0 or not os.path.isfile(y_path):
                 last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-                raise CkptkitError(f"MNN cannot load the Caffe files ({last[:300]}): this Caffe export will not run "
-                                   "in MNN; export to ONNX for MNN instead (mnnconvert -f ONNX)")
+                raise CkptkitError(f"MNN cannot run these Caffe files ({last[:300]}): export to ONNX for MNN "
+                                   "(mnnconvert -f ONNX)")
             return _as_tf_output(np.load(y_path), graph)
 
     return run
