@@ -230,6 +230,9 @@ class CaffeWriter(Writer):
         caffe_consumers.names(options.caffe_runtime)  # refuses unknown names
 
     def check(self, graph: Graph, options: Options) -> None:
+        from .onnx import check_protobuf_size
+
+        check_protobuf_size(graph, "a .caffemodel", "export to Keras instead (.keras has no such limit)")
         wrong = mnn_misreads(graph, not options.fold)
         if not wrong:
             return

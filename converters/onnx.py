@@ -112,6 +112,22 @@ def build(graph: Graph, opset: int = DEFAULT_OPSET, nchw: bool = False):
     return model
 
 
+PROTOBUF_LIMIT = 2**31 - 1  # bytes: protobuf cannot serialise a message this large (an ONNX model, a .caffemodel)
+ROOM_FOR_GRAPH = 16 * 2**20  # bytes kept free for the graph and metadata beside the weights
+
+
+def weight_bytes(graph: Graph) -> int:
+    return sum(int(v.nbytes) for node in graph for v in node.params.values() if v is not None)
+
+
+def check_protobuf_size(graph: Graph, what: str, instead: str) -> None:
+    """Refuse, before anything is written, weights that one protobuf message cannot hold."""
+    size = weight_bytes(graph)
+    if size > PROTOBUF_LIMIT - ROOM_FOR_GRAPH:
+        raise CkptkitError(f"this model's weights are {size / 2**30:.2f} GiB, and {what} is one protobuf message, "
+                           f"which cannot reach 2 GiB: {instead}")
+
+
 def export(graph: Graph, path: str, *, opset: int = DEFAULT_OPSET, nchw: bool = False) -> str:
     """Write `graph` to `path` as ONNX; onnx.checker must pass."""
     import onnx
@@ -161,6 +177,10 @@ class OnnxWriter(Writer):
 
     def check_options(self, options: Options) -> None:
         check_opset(options.opset)
+
+    def check(self, graph: Graph, options: Options) -> None:
+        check_protobuf_size(graph, "an ONNX model written by ckptkit", "ckptkit does not write ONNX external "
+                            "data yet; export to Keras (.keras has no such limit)")
 
     def write(self, graph: Graph, path: str, options: Options) -> list[str]:
         return [export(graph, path, opset=options.opset, nchw=options.nchw)]
