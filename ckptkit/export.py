@@ -97,6 +97,8 @@ def _mismatch(fmt: str, failure: tuple[str, str], passed: list[Comparison]) -> s
         text += (f"; {others} reproduce{'s' if len(passed) == 1 else ''} TensorFlow from the same files, so "
                  f"{name} reads them differently: {advice}leave it out with --caffe-runtime {keep} if the files "
                  f"are not for {name}")
+    elif not what.startswith("does not match"):
+        text += "; pass --no-verify to write it unverified"
     return text + "; nothing was written"
 
 

@@ -76,13 +76,23 @@ def _opencv_runner(prototxt: str, graph: Optional[Graph] = None):
     if not hasattr(cv2, "dnn") or not hasattr(cv2.dnn, "readNetFromCaffe"):
         raise CkptkitError(f"OpenCV {cv2.__version__} has no Caffe importer (OpenCV 5 dropped it): "
                            "pip install 'opencv-python-headless<5', or pass --no-verify")
-    net = cv2.dnn.readNetFromCaffe(prototxt, _caffemodel(prototxt))
+    def cannot(err) -> CkptkitError:  # e.g. a layer type this OpenCV lacks (Clip), found at load or first run
+        why = next((line.split("error: ", 1)[-1] for line in str(err).splitlines() if "error" in line), str(err))
+        return CkptkitError(f"OpenCV {cv2.__version__} cannot run these Caffe files ({why.strip()[:200]})")
+
+    try:
+        net = cv2.dnn.readNetFromCaffe(prototxt, _caffemodel(prototxt))
+    except cv2.error as err:
+        raise cannot(err) from None
     if hasattr(net, "enableWinograd"):  # Winograd convolution trades precision for speed: measure the export
         net.enableWinograd(False)
 
     def run(x: np.ndarray) -> np.ndarray:
         net.setInput(np.ascontiguousarray(x.transpose(0, 3, 1, 2), np.float32))
-        return _as_tf_output(np.asarray(net.forward()), graph)
+        try:
+            return _as_tf_output(np.asarray(net.forward()), graph)
+        except cv2.error as err:
+            raise cannot(err) from None
 
     return run
 

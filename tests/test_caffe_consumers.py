@@ -117,3 +117,14 @@ def test_weights_one_protobuf_cannot_hold_are_refused_in_one_line_before_writing
     assert len(str(err.value).splitlines()) == 1 and list(tmp_path.iterdir()) == []
     monkeypatch.undo()
     assert export(model, fmt, str(tmp_path / ("m.onnx" if fmt == "onnx" else "m"))).comparison.ok
+
+
+def test_files_no_installed_consumer_can_run_are_refused_in_one_line(tmp_path):
+    """--relu6 clip writes BVLC's Clip layer, which OpenCV 4.x cannot create (was a cv2.error traceback)."""
+    from test_ops import hard_sigmoid
+
+    model = load(builder=lambda x: hard_sigmoid(conv(x, 4, 3)), input_shape=(8, 8, 3))
+    with pytest.raises(CkptkitError, match=r"OpenCV [\d.]+ cannot run these Caffe files \(.*Clip.*no-verify") as err:
+        export(model, "caffe", str(tmp_path / "m"), relu6="clip")
+    assert len(str(err.value).splitlines()) == 1 and list(tmp_path.iterdir()) == []
+    assert 'type: "Clip"' in open(export(model, "caffe", str(tmp_path / "m"), relu6="clip", check=False).files[0]).read()
