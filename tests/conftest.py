@@ -68,23 +68,13 @@ def rel_error(ref: np.ndarray, got: np.ndarray) -> float:
 FIXTURE = os.path.join(os.path.dirname(__file__), "..", "fixtures", "mobilenet_v2_tiny", "model.ckpt")
 
 
-# `make test-fast` (pytest -m fast): the TF-free unit tests, the op cases in ONNX, one network per format,
-# the reader against TensorFlow, the quick CLI checks. Node ids matching any of these are marked `fast`.
-FAST = ("test_units.py", "test_bundle.py::test_every_dtype", "test_bundle.py::test_reading_imports",
-        "test_ops.py::test_case_in_the_target_runtime_matches_tf[", "test_ops.py::test_every_op",
-        "test_ops.py::test_the_readme", "test_onnx.py::test_onnx_from_training_meta[mobilenet_v2-fold]",
-        "test_keras.py::test_keras_matches_tf[mobilenet_v2-True-keras]", "test_caffe.py::test_caffe_matches_tf[mobilenet_v2-fold]",
-        "test_cli.py::test_option_values_are_checked_before_any_work", "test_publish.py::test_sweep",
-        "test_multiworker.py::test_bad_tf_config", "test_cli.py::test_tensorflow_start_up_chatter",
-        "test_meta_scan.py::test_inspect_with_its_meta", "test_meta_scan.py::test_scan_declines_a_damaged")
+def quick(names) -> list:
+    """Parameter values with the first one in the quick tier: `@pytest.mark.parametrize("name", quick(NETS))`."""
+    names = list(names)
+    return [pytest.param(names[0], marks=pytest.mark.fast)] + names[1:]
 
 
 def pytest_configure(config):
+    # `make test-fast` (pytest -m fast): the TF-free unit tests, the op cases in ONNX, one network per format, the
+    # reader against TensorFlow, the quick CLI checks; each marked where it is defined (--strict-markers)
     config.addinivalue_line("markers", "fast: the quick development tier (`make test-fast`)")
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if any(pattern in item.nodeid for pattern in FAST) and not (
-                "test_case_in_the_target_runtime_matches_tf[" in item.nodeid and not item.nodeid.endswith("-onnx]")):
-            item.add_marker(pytest.mark.fast)

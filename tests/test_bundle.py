@@ -54,6 +54,7 @@ def test_every_tensor_of_real_checkpoints_matches_tensorflow(store):
         assert_same(prefix)
 
 
+@pytest.mark.fast
 def test_every_dtype_matches_tensorflow(tmp_path):
     values = save_dtypes(str(tmp_path / "d"))
     assert_same(str(tmp_path / "d"))
@@ -130,6 +131,7 @@ def test_damaged_files_through_both_readers(tmp_path, which, mode, pos):
             assert got[name].tobytes() == expected[name].tobytes(), name
 
 
+@pytest.mark.fast
 def test_reading_imports_no_tensorflow():
     code = ("import sys; from ckptkit.checkpoint import Checkpoint; c = Checkpoint(sys.argv[1]); "
             "[c.get(n) for n in c.names]; assert 'tensorflow' not in sys.modules, 'tensorflow imported'")

@@ -25,6 +25,7 @@ def test_help_does_not_import_tensorflow():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
 
+@pytest.mark.fast
 def test_tensorflow_start_up_chatter_stays_off_stderr():
     """The checkpoint is read without TensorFlow; the .meta beside it still imports TensorFlow, whose C++
     start-up lines (oneDNN, CUDA, absl) must not reach the user."""
@@ -136,6 +137,7 @@ def test_outputs_go_into_new_folders(tmp_path):
     (["recalibrate", FIXTURE, "--data", ".", "--mode", "fast"], "--mode: invalid choice: 'fast'"),
     (["recalibrate", FIXTURE, "--data", ".", "--device", ","], "--device ',' names no device"),
 ])
+@pytest.mark.fast
 def test_option_values_are_checked_before_any_work(args, message, tmp_path):
     out = ckptkit(*args, "-o", str(tmp_path / "out" / "model.x"), cwd=tmp_path)
     assert out.returncode == 2, out.stderr

@@ -67,6 +67,7 @@ def test_scan_declines_what_it_does_not_know(store, name):
     assert scan_units(ckpt, ckpt.meta_path) is None
 
 
+@pytest.mark.fast
 def test_scan_declines_a_damaged_graph(tmp_path):
     ckpt = Checkpoint(DIGITS)
     meta = tmp_path / "model.ckpt.meta"
@@ -74,6 +75,7 @@ def test_scan_declines_a_damaged_graph(tmp_path):
     assert scan_units(ckpt, str(meta)) is None
 
 
+@pytest.mark.fast
 def test_inspect_with_its_meta_imports_no_tensorflow():
     code = ("import sys, ckptkit\n"
             f"info = ckptkit.inspect_checkpoint({DIGITS!r})\n"

@@ -132,6 +132,7 @@ def test_more_workers_than_batches(tmp_path):
     ('{"cluster": {"worker": ["localhost:1"], "ps": ["localhost:2"]}, "task": {"type": "worker", "index": 0}}',
      "lists ps tasks"),
 ])
+@pytest.mark.fast
 def test_bad_tf_config_is_one_line(tmp_path, config, message):
     (code, out, err), = _finish([_recalibrate(["--data", IMAGES, "--preprocess", "unit", "-o",
                                                str(tmp_path / "o" / "model.ckpt")], {"TF_CONFIG": config})])

@@ -25,6 +25,7 @@ from converters.caffe_consumers import CONSUMERS
 INSTALLED = [c for c in CONSUMERS.values() if c.version() is not None]
 
 import test_layers
+from conftest import quick
 
 TARGETS = {"onnx": ".onnx", "keras": ".keras", "caffe": ""}
 
@@ -137,7 +138,7 @@ def ops_of(case: Case) -> set[str]:
     return {n.op for n in graph.nodes}
 
 
-@pytest.mark.parametrize("target", list(TARGETS))
+@pytest.mark.parametrize("target", quick(TARGETS))  # every op case in ONNX is in the quick tier
 @pytest.mark.parametrize("name", list(CASES))
 def test_case_in_the_target_runtime_matches_tf(tmp_path, name, target):
     case = CASES[name]
@@ -166,6 +167,7 @@ def test_case_in_the_target_runtime_matches_tf(tmp_path, name, target):
         assert result.comparison.max_rel < writer_for(target).tolerance
 
 
+@pytest.mark.fast
 def test_every_op_has_a_case_in_every_target_that_claims_it():
     covered: set[tuple[str, str]] = set()
     all_cases = [Case(fn, (9, 9, 3)) for fn in test_layers.CASES.values()] + list(CASES.values())
@@ -213,6 +215,7 @@ def test_registering_a_writer_twice_is_an_error():
         ops.get("Relu").writer("onnx")(lambda *a: None)
 
 
+@pytest.mark.fast
 def test_the_readme_recipe_is_the_softplus_module():
     import os
     import re

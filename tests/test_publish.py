@@ -76,6 +76,7 @@ def test_a_crash_at_any_step_of_publication_never_shows_a_mix(tmp_path):
     assert states == {"old", "absent", "new"}, "the crash points did not cover publication"
 
 
+@pytest.mark.fast
 def test_sweep_removes_only_staging_folders_of_dead_processes(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

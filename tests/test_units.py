@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.fast  # TF-free: all of it is in the quick tier
+
 from ckptkit import ops
 from ckptkit.ir import Graph, Node, same_pads
 from ckptkit.layout import in_scale_shape, out_channels, scale_outputs, to_oihw
