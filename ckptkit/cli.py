@@ -247,10 +247,28 @@ def _consumers_help() -> str:
     return "; ".join(f"{c.name}: {c.label} (tolerance {c.tolerance:g}; {c.install})" for c in CONSUMERS.values()) + "."
 
 
-def _add_caffe_runtime(p) -> None:
+def _add_onnx_options(p, prefix: str = "") -> None:
+    """The ONNX writer's flags (to-onnx, export): declared once."""
+    from converters.onnx import DEFAULT_OPSET
+
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help=f"{prefix or 'ONNX '}opset (default {DEFAULT_OPSET}, at least 13)")
+    p.add_argument("--nchw", action="store_true", help=f"{prefix}NCHW input and 4-D outputs instead of TF's NHWC")
+
+
+def _add_caffe_options(p, prefix: str = "") -> None:
+    """The Caffe writer's flags (to-caffe, export): declared once."""
+    from converters.caffe import RELU6_MODES
+    from converters.caffe_consumers import CONSUMERS
+
+    p.add_argument("--relu6", choices=RELU6_MODES, default=RELU6_MODES[0],
+                   help=f"{prefix}portable: relu(x) - relu(relu(x) - 6), loads in every Caffe consumer (default); "
+                        "relu6: OpenCV's ReLU6 layer (not in BVLC Caffe); clip: the Clip layer of recent BVLC "
+                        "Caffe, which neither OpenCV 4.x nor MNN can load (so it cannot be verified here: "
+                        "needs --no-verify)")
     p.add_argument("--caffe-runtime", default="", metavar="NAMES",
-                   help="Caffe consumers to verify in, comma-separated (opencv, mnn), each required to be installed; "
-                        "default: every installed one, each within its own tolerance")
+                   help=f"{prefix}Caffe consumers to verify in, comma-separated ({', '.join(CONSUMERS)}), each "
+                        "required to be installed; default: every installed one, each within its own tolerance")
 
 
 def cmd_to_caffe(args) -> int:
@@ -471,8 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "against TensorFlow's inference output with onnxruntime.")
     _add_source(p, ckpt_optional=True)
     p.add_argument("-o", dest="output_path", required=True, metavar="MODEL.onnx", help="output file")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17, at least 13)")
-    p.add_argument("--nchw", action="store_true", help="NCHW input and output instead of TF's NHWC")
+    _add_onnx_options(p)
     _add_export(p)
     p.set_defaults(func=cmd_to_onnx)
 
@@ -492,12 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source(p, ckpt_optional=True)
     p.add_argument("-o", dest="output_path", required=True, metavar="OUT",
                    help="writes OUT.prototxt and OUT.caffemodel (or OUT/NAME.* when OUT is a folder)")
-    p.add_argument("--relu6", choices=["portable", "relu6", "clip"], default="portable",
-                   help="portable: relu(x) - relu(relu(x) - 6), loads in every Caffe and in OpenCV (default); "
-                        "relu6: OpenCV's ReLU6 layer (not in BVLC Caffe); clip: the Clip layer of recent BVLC "
-                        "Caffe, which OpenCV 4.x and most Caffe builds cannot load (so it cannot be verified here: "
-                        "needs --no-verify)")
-    _add_caffe_runtime(p)
+    _add_caffe_options(p)
     _add_export(p, keep_help="keep Caffe BatchNorm+Scale layers")
     p.set_defaults(func=cmd_to_caffe)
 
@@ -508,11 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", default="onnx,keras,caffe", metavar="FORMATS",
                    help="comma-separated formats from onnx, keras, caffe")
     p.add_argument("-o", dest="output_path", required=True, metavar="DIR", help="output folder (created if missing)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (at least 13)")
-    p.add_argument("--nchw", action="store_true", help="ONNX: NCHW input and 4-D outputs")
-    p.add_argument("--relu6", choices=["portable", "relu6", "clip"], default="portable",
-                   help="Caffe ReLU6 spelling (see to-caffe --help)")
-    _add_caffe_runtime(p)
+    _add_onnx_options(p, prefix="ONNX: ")
+    _add_caffe_options(p, prefix="Caffe: ")
     _add_export(p)
     p.set_defaults(func=cmd_export)
 

@@ -300,15 +300,13 @@ def export_many(model: Model, formats: list[str], folder: str, **options) -> lis
 
     per_format = base.option_names()  # options only that writer takes
     writer_only = {k for keys in per_format.values() for k in keys}
-    for fmt in formats:  # every format's refusals before the first file is written (BatchNorm: all can)
-        writer_for(fmt).require(model.graph)
     keys = {"fold": True, "check": True, "verify_data": None, "tolerance": None, "allow_bad_statistics": False}
     common = {k: options.get(k, default) for k, default in keys.items()}
     unknown = set(options) - set(keys) - writer_only
     if unknown:
         raise TypeError(f"export_many() got unknown option(s) {', '.join(sorted(unknown))}")
     plans = []
-    for fmt in formats:  # every output path and option checked before the first file is written
+    for fmt in formats:  # every format's refusals, output paths and options checked before the first file is written
         own = {k: v for k, v in options.items() if k in per_format.get(fmt, ())}
         plans.append((fmt, *_planned(model, fmt, os.path.join(folder, name + EXTENSIONS[fmt]), options=own, **common)))
     protected = input_files(model.checkpoint.prefix) if model.checkpoint is not None else []
