@@ -1,4 +1,4 @@
-"""Recompute BatchNorm moving statistics exactly from data (see shared RECALIBRATION.md).
+"""Recompute BatchNorm moving statistics exactly from data (see docs/RECALIBRATION.md).
 
 precise:    one pass; every BatchNorm normalises by its batch statistics, all else runs in
             inference mode. Per BN and channel, each batch gives (count, mean, M2) computed
