@@ -182,6 +182,9 @@ def export(graph: Graph, path: str, *, relu6: str = "portable", batchnorm_layers
     net, weights = build(graph, relu6, batchnorm_layers)
     prototxt, caffemodel = destinations(path, graph)
     with open(prototxt, "w") as f:
+        # the model's metadata (e.g. ckptkit.preprocessing: how its statistics were made) as '#' comments,
+        # which every protobuf text parser skips
+        f.writelines(f"# {key}: {' '.join(value.split())}\n" for key, value in sorted(graph.metadata.items()))
         f.write(text_format.MessageToString(net))
     with open(caffemodel, "wb") as f:
         f.write(weights.SerializeToString())

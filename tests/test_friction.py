@@ -52,6 +52,10 @@ def test_fold_and_export_carry_the_recorded_preprocessing(tmp_path):
     assert run.returncode == 0, run.stderr
     meta = {p.key: p.value for p in onnx.load(out + ".onnx").metadata_props}
     assert json.loads(meta["ckptkit.preprocessing"])["mean"] == [127.5]
+    run = _ckptkit("-q", "to-caffe", folded, "-o", out)  # verified in every consumer with the comment header
+    assert run.returncode == 0, run.stderr
+    first = open(out + ".prototxt").readline()
+    assert first.startswith("# ckptkit.preprocessing: ") and json.loads(first.split(": ", 1)[1])["mean"] == [127.5]
 
 
 def test_an_export_result_prints_short(tmp_path):
