@@ -24,7 +24,7 @@ from .checkpoint import SIDECAR, Checkpoint, check_output_prefix, write_checkpoi
 from . import validate
 from .errors import CkptkitError
 from .health import check_finite, gate
-from .layout import scale_outputs_inplace
+from .layout import scale_outputs
 
 log = logging.getLogger("ckptkit")
 SLIM_EPSILON = 1e-3
@@ -108,8 +108,8 @@ def _fold_params(ckpt: Checkpoint, unit: BNUnit, eps: float) -> tuple[np.ndarray
 
 
 def _scaled(weights: np.ndarray, unit: BNUnit, s: np.ndarray) -> np.ndarray:
-    """Weights times the per-output-channel scale, in place (the scale itself is float64-exact)."""
-    return scale_outputs_inplace(weights, unit.layer.layout, s)
+    """Weights times the per-output-channel scale, in place, rounded as the IR fold rounds."""
+    return scale_outputs(weights, unit.layer.layout, s, inplace=True)
 
 
 @eager

@@ -67,19 +67,27 @@ def is_placeholder(array: np.ndarray) -> bool:
     return array.size > 1 and not any(array.strides)
 
 
-def scale_outputs(weights: np.ndarray, layout: str, scale: np.ndarray) -> np.ndarray:
-    """weights * scale per output channel (a new array in the weights' dtype; the product in float64).
-    Unloaded weights (a zero view) stay a zero view: nothing is allocated for a topology-only graph."""
+CHUNK_BYTES = 64 * 2**20  # float64 working memory per step of an in-place scaling
+
+
+def scale_outputs(weights: np.ndarray, layout: str, scale: np.ndarray, *, inplace: bool = False) -> np.ndarray:
+    """weights * scale per output channel: the product in float64, rounded once to the weights' dtype. Both BN
+    folds use it (the IR pass and the checkpoint fold), so both give the same bits.
+
+    inplace: into `weights` when writeable (a copy otherwise), a slab of the first axis at a time, so a big
+    tensor needs no float64 copy (the checkpoint fold streams them). Unloaded weights (a zero view) stay a
+    zero view: nothing is allocated for a topology-only graph."""
     s = np.asarray(scale, np.float64).reshape(out_scale_shape(weights.shape, layout))
     if is_placeholder(weights):
         return weights
-    return (weights.astype(np.float64) * s).astype(weights.dtype)
-
-
-def scale_outputs_inplace(weights: np.ndarray, layout: str, scale: np.ndarray) -> np.ndarray:
-    """As scale_outputs, in place when the array is writeable (the checkpoint fold streams big tensors)."""
+    if not inplace or weights.ndim == 0:
+        return (weights.astype(np.float64) * s).astype(weights.dtype)
     w = weights if weights.flags.writeable else weights.copy()
-    np.multiply(w, np.asarray(scale).reshape(out_scale_shape(w.shape, layout)).astype(w.dtype), out=w)
+    s = s.reshape((1,) * (w.ndim - s.ndim) + s.shape)  # aligned with the weights' axes, to slice with them
+    rows = max(1, CHUNK_BYTES // max(1, 8 * (w.size // max(1, w.shape[0]))))
+    for start in range(0, w.shape[0], rows):
+        part = s if s.shape[0] == 1 else s[start:start + rows]
+        w[start:start + rows] = w[start:start + rows] * part  # float64 product, one rounding on assignment
     return w
 
 

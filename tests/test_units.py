@@ -136,3 +136,18 @@ def test_every_op_declares_typed_attributes_and_an_executor():
     with pytest.raises(ValueError, match="no attribute"):
         ops.get("Conv").make_attrs({"stride": (1, 1)})
     assert in_scale_shape((3, 3, 4, 5), "HWIO") == (4, 1)
+
+
+@pytest.mark.parametrize("layout, shape", [("HWIO", (3, 3, 4, 5)), ("HWCM", (3, 3, 4, 2)), ("OI", (6, 7)),
+                                           ("IO", (7, 6)), ("HWOI", (3, 3, 5, 4))])
+def test_in_place_weight_scaling_slab_by_slab_equals_the_one_rounding(monkeypatch, layout, shape):
+    from ckptkit import layout as L
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=shape).astype(np.float32)
+    scale = rng.uniform(0.5, 2.0, L.out_channels(shape, layout))
+    want = (w.astype(np.float64) * scale.reshape(L.out_scale_shape(shape, layout))).astype(np.float32)
+    monkeypatch.setattr(L, "CHUNK_BYTES", 8)  # one row of the first axis per step
+    got = L.scale_outputs(w.copy(), layout, scale, inplace=True)
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+    assert np.array_equal(L.scale_outputs(w, layout, scale), want)
