@@ -191,9 +191,10 @@ def export(model: Model, fmt: str, path: str, *, fold: bool = True, check: bool 
         verify_data: .npy/.npz NHWC samples to compare on (default: seeded random inputs).
         tolerance: largest relative error (default 1e-4, Caffe 1e-3).
         allow_bad_statistics: export never-updated/invalid statistics, with a warning.
-        options: writer options (onnx: opset, nchw; caffe: relu6).
+        options: writer options (onnx: opset, nchw; caffe: relu6, caffe_runtime).
     Returns:
-        ExportResult: `.files` written, `.comparison` (max errors, ok), `.graph` written.
+        ExportResult: `.files` written, `.comparisons` (one per runtime verified in: Caffe's every installed
+        consumer), `.comparison` (the one nearest its tolerance), `.graph` written.
     Raises:
         VerificationError when the runtime disagrees with TensorFlow (nothing is written).
     Example:
