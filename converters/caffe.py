@@ -94,7 +94,7 @@ class Builder:
     def __init__(self, graph: Graph, relu6: str, batchnorm_layers: bool = True):
         self.g = graph
         self.relu6 = relu6
-        self.batchnorm_layers = batchnorm_layers  # False: a BatchNorm is written as its per-channel Scale
+        self.batchnorm_layers = batchnorm_layers  # False: a BatchNorm is written as channel_affine (x*s + t)
         self.n = _Net(_safe(graph.name))
         self.pb = self.n.pb
         self.top: dict[str, str] = {}
@@ -168,7 +168,7 @@ def fuse_pads(graph: Graph) -> Graph:
 
 def build(graph: Graph, relu6: str = "portable", batchnorm_layers: bool = True):
     """(net prototxt message, weights message). `batchnorm_layers`: BatchNorm+Scale layers (--bn keep), else each
-    BatchNorm left in the graph becomes one Scale layer."""
+    BatchNorm left in the graph becomes its per-channel x*s + t (Builder.channel_affine)."""
     if relu6 not in RELU6_MODES:
         raise CkptkitError(f"--relu6 {relu6} is unknown: choose one of {', '.join(RELU6_MODES)}")
     WRITER.require(graph)
@@ -218,7 +218,7 @@ def mnn_misreads(graph: Graph, batchnorm_layers: bool) -> list[str]:
 class Options:
     relu6: str = "portable"  # portable | relu6 | clip
     caffe_runtime: str = ""  # comma-separated consumers to verify in (converters/caffe_consumers.py); "": installed
-    fold: bool = True  # from export(): BatchNorms left over are written as Scale layers, not BatchNorm+Scale
+    fold: bool = True  # from export(): BatchNorms left over are written as x*s + t, not BatchNorm+Scale
 
 
 class CaffeWriter(Writer):
