@@ -3,7 +3,7 @@
 A Caffe export is "verified" only where it will run. Each consumer here loads the written prototxt +
 caffemodel with its own importer and runs them on the verification inputs; `to-caffe` verifies in every one
 that is installed (or those named with --caffe-runtime) and fails when any disagrees with TensorFlow beyond
-that consumer's own tolerance, set from its measured float32 arithmetic (README: "Caffe consumers").
+that consumer's own tolerance, set from its measured float32 arithmetic (README: to-caffe, "Verified where it will run").
 
   opencv   OpenCV 4.x's Caffe importer (cv2.dnn), in-process, Winograd off.   tolerance 1e-3
   mnn      MNN: its converter (-f CAFFE) then its runtime at precision High,
