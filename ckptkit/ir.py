@@ -125,6 +125,14 @@ def same_pads(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[i
     return total // 2, total - total // 2
 
 
+def bn_gamma_beta(node: Node) -> tuple[np.ndarray, np.ndarray]:
+    """A BatchNorm's gamma and beta, ones and zeros where it has none (slim's scale=False, center=False)."""
+    ch, p = node.shape[-1], node.params
+    gamma = p["gamma"] if p.get("gamma") is not None else np.ones(ch, np.float32)
+    beta = p["beta"] if p.get("beta") is not None else np.zeros(ch, np.float32)
+    return gamma, beta
+
+
 def bn_affine(node: Node) -> tuple[np.ndarray, np.ndarray]:
     """Scale and shift (float64) equal to an inference-mode BatchNorm:
     s = gamma / sqrt(var + eps), t = beta - mean * s."""

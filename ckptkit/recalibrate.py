@@ -26,7 +26,7 @@ from .publish import check_outputs, publish_file
 from . import validate
 from .errors import CkptkitError
 from .health import statistics_issues
-from .ir import Graph, Node, shorten
+from .ir import Graph, Node, bn_gamma_beta, shorten
 from .phases import phase
 from .tf_exec import inference_bn, run_graph, weight_tensors
 
@@ -121,9 +121,7 @@ def _stats_fn(graph: Graph, measure: set[str], fixed: dict[str, tuple[np.ndarray
                         dict(p, mean=mean.astype(np.float32), variance=var.astype(np.float32)))
             return inference_bn(fake, x)
         if _fused(node):  # one fused kernel: normalised output and the batch moments
-            c = node.shape[-1]
-            gamma = p["gamma"] if p.get("gamma") is not None else np.ones(c, np.float32)
-            beta = p["beta"] if p.get("beta") is not None else np.zeros(c, np.float32)
+            gamma, beta = bn_gamma_beta(node)
             y, mean, var, *_ = _tf.raw_ops.FusedBatchNormV3(
                 x=x, scale=gamma, offset=beta, mean=empty, variance=empty,
                 epsilon=max(node.attrs.epsilon, _CUDNN_MIN_EPS), exponential_avg_factor=1.0, data_format="NHWC",

@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import UnsupportedOpError
-from ..ir import bn_affine
+from ..ir import bn_affine, bn_gamma_beta
 from ..tf_import import common as C
 from ..tf_import.walker import Walker, register
 from . import define
@@ -157,17 +157,10 @@ def match_decomposed_bn(w: Walker, t):
 
 
 # ---- writers ---------------------------------------------------------------------------------
-def _gamma_beta(node) -> tuple[np.ndarray, np.ndarray]:
-    ch, p = node.shape[-1], node.params
-    gamma = p["gamma"] if p.get("gamma") is not None else np.ones(ch, np.float32)
-    beta = p["beta"] if p.get("beta") is not None else np.zeros(ch, np.float32)
-    return gamma, beta
-
-
 @BATCH_NORM.writer("onnx")
 def to_onnx(b, node, xs):
     n, p = node.name, node.params
-    gamma, beta = _gamma_beta(node)
+    gamma, beta = bn_gamma_beta(node)
     inputs = [xs[0]] + [b.const(f"{n}/{k}", v.astype(np.float32)) for k, v in
                         (("gamma", gamma), ("beta", beta), ("moving_mean", p["mean"]),
                          ("moving_variance", p["variance"]))]
@@ -193,5 +186,5 @@ def to_caffe(c, node, bottoms):
     # Caffe's BatchNorm blobs: mean * f, variance * f, f  (f = 1); gamma/beta go to a Scale layer
     bn = c.layer(node.name, "BatchNorm", bottoms, [p["mean"], p["variance"], np.ones(1, np.float32)],
                  batch_norm_param=param)
-    gamma, _ = _gamma_beta(node)
+    gamma, _ = bn_gamma_beta(node)
     return c.scale(node.name + "/scale", bn, gamma, p.get("beta"))
