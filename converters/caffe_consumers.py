@@ -7,7 +7,7 @@ that consumer's own tolerance, set from its measured float32 arithmetic (README:
 
   opencv   OpenCV 4.x's Caffe importer (cv2.dnn), in-process, Winograd off.   tolerance 1e-3
   mnn      MNN: its converter (-f CAFFE) then its runtime at precision High,
-           in a process of its own (converters/mnn_worker.py).                tolerance 1e-3
+           in a process of its own (converters/mnn_worker.py).                tolerance 5e-3
 """
 from __future__ import annotations
 
@@ -138,8 +138,10 @@ def _mnn_runner(prototxt: str, graph: Optional[Graph] = None):
 CONSUMERS = {
     "opencv": Consumer("opencv", "OpenCV", 1e-3, "pip install 'opencv-python-headless<5'", _opencv_version,
                        _opencv_runner),
-    # MNN at precision High, measured: <= 1.3e-4 (vgg_16_bn at 224, its 25088-wide fc), 1e-5 (ResNets, Inception v3)
-    "mnn": Consumer("mnn", "MNN", 1e-3, "pip install 'ckptkit[caffe-mnn]' (or 'mnn')", _mnn_version, _mnn_runner),
+    # MNN's arithmetic, measured here on random-weight nets: <= 1.3e-4 (vgg_16_bn at 224, its 25088-wide fc), 1e-5
+    # (ResNets, Inception v3); reported on a trained resnet_v1_50: 1.85e-3, the same through ONNX (issue #24).
+    # A misread layer measured 0.5-1.0. 5e-3 passes the first and fails the second.
+    "mnn": Consumer("mnn", "MNN", 5e-3, "pip install 'ckptkit[caffe-mnn]' (or 'mnn')", _mnn_version, _mnn_runner),
 }
 
 
