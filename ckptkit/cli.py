@@ -107,9 +107,11 @@ def _add_export(p: argparse.ArgumentParser, keep_help: str = "keep BatchNorm as 
 
 
 def _run_export(args, fmt: str, fold: bool, **options) -> int:
+    from ._tf import prefer_low_memory
     from .checkpoint import input_files, resolve_prefix
     from .export import check_destination, check_options, export
 
+    prefer_low_memory()  # TF runs only the reference on a few samples
     check_options(args.tolerance, args.verify_data)
     if args.checkpoint:  # every output path is checked before the model is read
         check_destination(fmt, args.output_path, input_files(resolve_prefix(args.checkpoint)))
@@ -218,9 +220,11 @@ def cmd_to_keras(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from ._tf import prefer_low_memory
     from .checkpoint import input_files, resolve_prefix
     from .export import check_destination, check_formats, check_options, export_many
 
+    prefer_low_memory()  # TF runs only the reference on a few samples
     formats = [f.strip() for f in args.to.split(",") if f.strip()]
     check_formats(formats)
     check_options(args.tolerance, args.verify_data)

@@ -242,6 +242,11 @@ def _planned(model: Model, fmt: str, path: str, fold: bool, check: bool, verify_
         if check:
             inputs = verification_inputs(graph.input_shape, verify_data, value_range=_recorded_range(model))
             reference, exact = _once(model.reference), _once(_float64(model))
+            with phase("verify: TensorFlow reference"):
+                reference(inputs)  # first, then TF's session goes: it and a runtime's copy of the weights
+            release = getattr(model.reference, "release", None)  # are never held at the same time
+            if release is not None:
+                release()
             runtimes = writer.runtimes(staged[0], graph, opts)  # Caffe: every installed consumer
             failures = []  # (runtime, what went wrong): a comparison beyond tolerance, or files it cannot run
             for runtime in runtimes:

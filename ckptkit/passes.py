@@ -30,36 +30,36 @@ def _affine_of(node: Node) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
 
 
 def _working_weights(layer: Node) -> tuple[np.ndarray, bool]:
-    """(the layer's weights in float64 for folding, whether they are unloaded): a topology-only import's
-    zero view stays as it is (no copy of weights that were never read)."""
+    """(the layer's weights in float64, whether they are unloaded): a topology-only import's zero view stays
+    as it is (no copy of weights that were never read)."""
     w = layer.params["weights"]
     return (w, True) if is_placeholder(w) else (w.astype(np.float64), False)
 
 
 def absorb(layer: Node, scale: Optional[np.ndarray], shift: Optional[np.ndarray],
            shift_source: Optional[str] = None) -> None:
-    """Fold y = layer(x)*scale + shift into the layer's weights and bias, in float64.
+    """Fold y = layer(x)*scale + shift into the layer's weights and bias (products in float64, rounded once).
 
-    `shift_source`: the checkpoint variable of a plain bias (BiasAdd) absorbed unchanged. Unloaded weights
-    (a topology-only import's zero view) stay unloaded."""
-    w, unloaded = _working_weights(layer)
+    `shift_source`: the checkpoint variable of a plain bias (BiasAdd) absorbed unchanged. The weights are
+    copied once in their own dtype and scaled slab by slab (a 400 MB kernel costs 400 MB, not a float64
+    copy); unloaded weights (a topology-only import's zero view) stay unloaded."""
+    w = layer.params["weights"]
     b = layer.params.get("bias")
     if scale is None and b is None and shift_source:
         layer.sources["bias"] = shift_source  # the layer's bias is that variable, as it is
     else:
         layer.sources.pop("bias", None)  # a merged bias is no checkpoint tensor any more
     layout = ops.get(layer.op).layout
+    dtype = w.dtype
     b = np.zeros(out_channels(w.shape, layout)) if b is None else b.astype(np.float64)
     if scale is not None:
-        w = scale_outputs(w, layout, scale)
+        if not is_placeholder(w):
+            layer.params["weights"] = scale_outputs(w.copy(), layout, scale, inplace=True)
         b = b * scale
+        layer.sources["folded"] = layer.sources.pop("weights", "")  # weights no longer the checkpoint's tensor
     if shift is not None:
         b = b + shift
-    dtype = layer.params["weights"].dtype
-    layer.params["weights"] = w if unloaded else w.astype(dtype)
     layer.params["bias"] = b.astype(dtype)
-    if scale is not None:
-        layer.sources["folded"] = layer.sources.pop("weights", "")  # weights no longer the checkpoint's tensor
 
 
 def absorb_into_layers(graph: Graph, wanted: Callable[[Node], bool],

@@ -49,6 +49,17 @@ class LazyReference:
         self._last = (key, np.array(y))
         return y
 
+    def release(self) -> None:
+        """Free the TF session (it holds every weight) but keep the last output: a call on the same inputs
+        needs no session, any other builds it again."""
+        import gc
+
+        close = getattr(self._fn, "close", None)
+        if close is not None:
+            close()
+        self._fn = None
+        gc.collect()
+
     def close(self) -> None:
         """Release the reference (a TF session holds every weight): the next call builds it again."""
         import gc

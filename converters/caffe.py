@@ -37,6 +37,7 @@ from ckptkit.ir import Graph, UniqueNames
 
 from . import caffe_consumers
 from .base import Runtime, Writer, write_node
+from .protobuf_size import check_protobuf_size
 
 log = logging.getLogger("ckptkit")
 
@@ -233,9 +234,8 @@ class CaffeWriter(Writer):
         caffe_consumers.names(options.caffe_runtime)  # refuses unknown names
 
     def check(self, graph: Graph, options: Options) -> None:
-        from .onnx import check_protobuf_size
-
-        check_protobuf_size(graph, "a .caffemodel", "export to Keras instead (.keras has no such limit)")
+        check_protobuf_size(graph, "a .caffemodel", "export to ONNX (written with external data past 2 GiB) or "
+                            "Keras instead")
         wrong = mnn_misreads(graph, not options.fold)
         if not wrong:
             return

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from .._tf import tf
 from ..errors import UnsupportedOpError
 from ..tf_import import common as C
@@ -48,7 +50,7 @@ def _bias(node) -> list:
 @DENSE.writer("onnx")
 def to_onnx(b, node, xs):
     n = node.name
-    inputs = [xs[0], b.const(f"{n}/weights", node.params["weights"].astype("float32"))]
+    inputs = [xs[0], b.const(f"{n}/weights", np.ascontiguousarray(node.params["weights"], np.float32))]
     inputs += [b.const(f"{n}/bias", v.astype("float32")) for v in _bias(node)]
     return b.op("Gemm", inputs, n)
 
