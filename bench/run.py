@@ -79,9 +79,7 @@ def ensure(prefix: str, maker: str) -> str:
 
 
 def resnet_ckpt() -> str:
-    prefix = os.path.join(WORK, "resnet_v1_50", "model.ckpt")
-    return ensure(prefix, "from ckptkit import testing as T; "
-                          f"T.save_model(T.arch_net('resnet_v1_50', num_classes=1000), (224, 224, 3), {prefix!r})")
+    return arch_ckpt("resnet_v1_50")
 
 
 def bench_to_onnx(rows: list) -> None:
@@ -102,6 +100,75 @@ def bench_to_onnx(rows: list) -> None:
                                   f"--inputs input:0 --outputs logits:0 --output {out}.tf2onnx --opset 17"]
     base = measure(baseline_cmd)
     rows.append(("to-onnx resnet_v1_50 (verify on) vs freeze + tf2onnx", ours, base))
+
+
+def arch_ckpt(arch: str) -> str:
+    """A random-weight checkpoint of a tf_slim.nets network at 224 px, with its training .meta beside it."""
+    prefix = os.path.join(WORK, arch, "model.ckpt")
+    return ensure(prefix, "from ckptkit import testing as T; "
+                          f"T.save_model(T.arch_net({arch!r}, num_classes=1000), (224, 224, 3), {prefix!r})")
+
+
+def checkpoint_mb(prefix: str) -> float:
+    folder, base = os.path.split(prefix)
+    return sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)
+               if f.startswith(base + ".data-") or f == base + ".index") / 2**20
+
+
+def freeze_and_tf2onnx(arch: str, prefix: str, out: str) -> list[str]:
+    """The peer: freeze the slim graph with TF (tf2onnx needs a frozen graph), then tf2onnx.convert."""
+    frozen = out + ".frozen.pb"
+    freeze = (
+        "import tensorflow as tf; from ckptkit import archs; from ckptkit.compat import slim; slim()\n"
+        "tf1 = tf.compat.v1; g = tf.Graph()\n"
+        "with g.as_default():\n"
+        " x = tf1.placeholder(tf.float32, [None, 224, 224, 3], name='input')\n"
+        " y = tf.identity(archs.builder(%r, 1000)(x), name='logits')\n"
+        " s = tf1.Session(); tf1.train.Saver().restore(s, %r)\n"
+        " gd = tf1.graph_util.convert_variables_to_constants(s, g.as_graph_def(), ['logits'])\n"
+        " open(%r, 'wb').write(gd.SerializeToString())\n") % (arch, prefix, frozen)
+    return ["bash", "-c", f"{PY} -c \"{freeze}\" && {PY} -m tf2onnx.convert --graphdef {frozen} "
+                          f"--inputs input:0 --outputs logits:0 --output {out}.tf2onnx --opset 17"]
+
+
+# issue #26: small, medium and large networks through every writing command, peak memory against the
+# checkpoint's size, to-onnx beside the peer
+SIZES = [("small", "inception_v1"), ("medium", "resnet_v1_50"), ("large", "vgg_16_bn")]
+COMMANDS = [("to-onnx", "m.onnx"), ("to-keras", "m.keras"), ("to-caffe", "m"), ("export", "all/"),
+            ("fold", "folded.ckpt")]
+SIZE_ROWS: list = []
+
+
+def bench_sizes(rows: list) -> None:
+    for size, arch in SIZES:
+        prefix = arch_ckpt(arch)
+        ckpt = checkpoint_mb(prefix)
+        for command, out in COMMANDS:
+            target = os.path.join(WORK, f"{arch}_out", out)
+            extra = ["--to", "onnx,keras,caffe"] if command == "export" else []
+            ours = measure(CKPTKIT + [command, prefix, "--arch", arch, *extra, "-o", target])
+            peer = None
+            if command == "to-onnx" and (size != "large" or os.environ.get("BENCH_PEER_LARGE") == "1"):
+                peer = measure(freeze_and_tf2onnx(arch, prefix, target))
+            SIZE_ROWS.append((f"{size}: {arch} ({ckpt:.0f} MB)", command, ckpt, ours, peer))
+            print(f"  {arch} {command}: {ours[0]:.2f} s, {ours[1]:.0f} MB ({ours[1] / ckpt:.1f}x the checkpoint)",
+                  flush=True)
+
+
+def sizes_table() -> list[str]:
+    if not SIZE_ROWS:
+        return []
+    lines = ["", "Every writing command by network size (peak RSS of the whole process against the checkpoint's "
+             "size; the peer, freeze + tf2onnx, for to-onnx; it is not run on the large net, which the OOM killer "
+             "stopped at 24 GB in issue #26, unless BENCH_PEER_LARGE=1):", "",
+             "| network (checkpoint) | command | ckptkit s | ckptkit peak MB | peak / checkpoint | peer s | peer peak MB "
+             "| time ratio |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for net, command, ckpt, (t, m), peer in SIZE_ROWS:
+        p = f"{peer[0]:.2f} | {peer[1]:.0f} | {t / peer[0]:.2f}" if peer else "| | "
+        lines.append(f"| {net} | {command} | {t:.2f} | {m:.0f} | {m / ckpt:.1f}x | {p} |")
+    lines += ["", "Where the time goes:", ""]
+    lines += [f"- {net} {command}: {breakdown(ours)}" for net, command, _, ours, _ in SIZE_ROWS if ours.phases]
+    return lines
 
 
 def bench_fold(rows: list) -> None:
@@ -185,7 +252,8 @@ def device() -> str:
     return out.stdout.strip() or "unknown"
 
 
-BENCHES = {"startup": bench_startup, "fold": bench_fold, "to-onnx": bench_to_onnx, "recalibrate": bench_recalibrate}
+BENCHES = {"startup": bench_startup, "fold": bench_fold, "to-onnx": bench_to_onnx, "recalibrate": bench_recalibrate,
+           "sizes": bench_sizes}
 
 
 def main(names: list[str]) -> None:
@@ -194,13 +262,17 @@ def main(names: list[str]) -> None:
     for name in names or list(BENCHES):
         print(f"running {name} ...", flush=True)
         BENCHES[name](rows)
-    lines = ["| benchmark | ckptkit s | baseline s | time ratio | ckptkit peak MB | baseline peak MB | memory ratio "
-             "| target |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for label, (t, m), (bt, bm) in rows:
-        lines.append(f"| {label} | {t:.2f} | {bt:.2f} | {t / bt:.2f} | {m:.0f} | {bm:.0f} | {m / bm:.2f} "
-                     f"| {verdict(label, (t, m), (bt, bm))} |")
-    lines += ["", "Where ckptkit's time goes (median seconds per phase; rest = Python start-up and all not in a phase):", ""]
-    lines += [f"- {label}: {breakdown(ours)}" for label, ours, _ in rows if ours.phases]
+    lines = []
+    if rows:
+        lines += ["| benchmark | ckptkit s | baseline s | time ratio | ckptkit peak MB | baseline peak MB | memory ratio "
+                  "| target |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for label, (t, m), (bt, bm) in rows:
+            lines.append(f"| {label} | {t:.2f} | {bt:.2f} | {t / bt:.2f} | {m:.0f} | {bm:.0f} | {m / bm:.2f} "
+                         f"| {verdict(label, (t, m), (bt, bm))} |")
+        lines += ["", "Where ckptkit's time goes (median seconds per phase; rest = Python start-up and all not in a "
+                      "phase):", ""]
+        lines += [f"- {label}: {breakdown(ours)}" for label, ours, _ in rows if ours.phases]
+    lines += sizes_table()
     table = "\n".join(lines)
     print(table)
     machine = f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"

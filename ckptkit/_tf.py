@@ -69,6 +69,14 @@ def tf():
     return _tf
 
 
+def pad4(x, pads, value=0.0):
+    """x (NHWC) padded by (top, bottom, left, right)."""
+    t, b, l, r = pads
+    if not any(pads):
+        return x
+    return tf().pad(x, [[0, 0], [t, b], [l, r], [0, 0]], constant_values=value)
+
+
 class _LazyV1:
     """`tf.compat.v1`, resolved on first attribute access."""
 

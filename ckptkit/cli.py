@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 from . import __version__
 from .errors import CkptkitError
 from .ir import shorten
+from .ops import TARGETS
 
 log = logging.getLogger("ckptkit")
 
@@ -521,8 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
                    description="Export to several formats at once into one folder (NAME.onnx, NAME.keras, "
                                "NAME.prototxt + NAME.caffemodel), each verified against the same TensorFlow run.")
     _add_source(p, ckpt_optional=True)
-    p.add_argument("--to", default="onnx,keras,caffe", metavar="FORMATS",
-                   help="comma-separated formats from onnx, keras, caffe")
+    p.add_argument("--to", default=",".join(TARGETS), metavar="FORMATS",
+                   help=f"comma-separated formats from {', '.join(TARGETS)}")
     p.add_argument("-o", dest="output_path", required=True, metavar="DIR", help="output folder (created if missing)")
     _add_onnx_options(p, prefix="ONNX: ")
     _add_caffe_options(p, prefix="Caffe: ")

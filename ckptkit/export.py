@@ -18,7 +18,7 @@ from .checkpoint import input_files
 from .errors import CkptkitError, VerificationError
 from .health import check_finite, gate, statistics_issues
 from .ir import Graph
-from . import validate
+from . import ops, validate
 from .passes import fold_batchnorm, simplify
 from .phases import phase
 from .publish import Stage, check_outputs, ensure_parent
@@ -27,7 +27,7 @@ from .verify import Comparison, verification_inputs, verify
 
 log = logging.getLogger("ckptkit")
 
-FORMATS = ("onnx", "keras", "caffe")
+FORMATS = ops.TARGETS  # one list: the targets op modules write for (converters.base loads their writers)
 
 
 def writer_for(fmt: str):
@@ -128,7 +128,7 @@ def _float64(model: Model):
 
 def _recorded(model: Model) -> Optional[dict]:
     """The preprocessing recorded beside the checkpoint by `recalibrate` (and carried by `fold`), if any."""
-    from .recalibrate import recorded_preprocessing
+    from .recalibration.report import recorded_preprocessing
 
     return recorded_preprocessing(model.checkpoint.prefix) if model.checkpoint is not None else None
 
@@ -272,9 +272,6 @@ def _planned(model: Model, fmt: str, path: str, fold: bool, check: bool, verify_
     return final_paths, graph, write
 
 
-EXTENSIONS = {"onnx": ".onnx", "keras": ".keras", "caffe": ".prototxt"}
-
-
 def check_formats(formats: list[str]) -> None:
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
@@ -314,7 +311,7 @@ def export_many(model: Model, formats: list[str], folder: str, **options) -> lis
     plans = []
     for fmt in formats:  # every format's refusals, output paths and options checked before the first file is written
         own = {k: v for k, v in options.items() if k in per_format.get(fmt, ())}
-        plans.append((fmt, *_planned(model, fmt, os.path.join(folder, name + EXTENSIONS[fmt]), options=own, **common)))
+        plans.append((fmt, *_planned(model, fmt, os.path.join(folder, name + writer_for(fmt).suffixes[0]), options=own, **common)))
     protected = input_files(model.checkpoint.prefix) if model.checkpoint is not None else []
     results, sets = [], []
     with Stage(os.path.dirname(plans[0][1][0]), protect=protected, what="the export") as st:

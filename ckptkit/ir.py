@@ -156,3 +156,14 @@ def bn_affine(node: Node) -> tuple[np.ndarray, np.ndarray]:
 def shorten(name: str, width: int) -> str:
     """`name` in at most `width` characters: the start elided with an ellipsis (the end says most)."""
     return name if len(name) <= width else "…" + name[-(width - 1):]
+
+
+def padding_mode(pads: tuple, in_shape: tuple, kernel, strides, dilations=(1, 1)) -> str:
+    """'same' when the pads are TF SAME's for this input, 'valid' when zero, else 'explicit' (Keras's
+    padding modes; a layer with explicit pads needs a ZeroPadding2D first)."""
+    pads = tuple(pads)
+    if not any(pads):
+        return "valid"
+    same = same_pads(in_shape[1], kernel[0], strides[0], dilations[0]) + same_pads(in_shape[2], kernel[1], strides[1],
+                                                                                    dilations[1])
+    return "same" if pads == same else "explicit"

@@ -20,14 +20,6 @@ from .ir import Graph, Node, bn_affine
 BNHook = Callable[[Node, object], object]
 
 
-def pad4(x, pads, value=0.0):
-    """x (NHWC) padded by (top, bottom, left, right)."""
-    t, b, l, r = pads
-    if not any(pads):
-        return x
-    return tf().pad(x, [[0, 0], [t, b], [l, r], [0, 0]], constant_values=value)
-
-
 def inference_bn(node: Node, x):
     scale, shift = bn_affine(node)
     return x * scale.astype(np.float32) + shift.astype(np.float32)

@@ -14,8 +14,8 @@ from ckptkit import ops
 from ckptkit.errors import CkptkitError
 from ckptkit.ir import Graph
 
-# target name -> module defining WRITER
-MODULES = {"onnx": "converters.onnx", "keras": "converters.keras", "caffe": "converters.caffe"}
+# target name -> module defining WRITER: one per target op modules write for (ckptkit.ops.TARGETS)
+MODULES = {target: f"converters.{target}" for target in ops.TARGETS}
 
 
 class Runtime(NamedTuple):

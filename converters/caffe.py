@@ -37,7 +37,7 @@ from ckptkit.ir import Graph, UniqueNames
 
 from . import caffe_consumers
 from .base import Runtime, Writer, write_node
-from .protobuf_size import check_protobuf_size
+from .protobuf_wire import check_protobuf_size, field
 
 log = logging.getLogger("ckptkit")
 
@@ -60,6 +60,12 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name) or "model"
 
 
+# caffe.proto field numbers of the fields the .caffemodel writer spells itself
+NET_LAYER = 100  # NetParameter.layer
+LAYER_BLOBS = 7  # LayerParameter.blobs
+BLOB_DATA = 5  # BlobProto.data (packed float)
+
+
 def _pb():
     from converters import caffe_pb2
 
@@ -71,7 +77,8 @@ class _Net:
         pb = _pb()
         self.pb = pb
         self.net = pb.NetParameter(name=name)
-        self.weights = pb.NetParameter(name=name)
+        self.weights = pb.NetParameter(name=name)  # blobs hold their shapes; their data are in `blob_data`
+        self.blob_data: list[list[np.ndarray]] = []  # per layer of `weights`, its blobs' float32 values
         self.unique = UniqueNames()
 
     def layer(self, name: str, type_: str, bottoms: list[str], blobs: Optional[list[np.ndarray]] = None, **params):
@@ -82,10 +89,35 @@ class _Net:
         if blobs:
             wl = self.weights.layer.add(name=name, type=type_)
             for b in blobs:
-                blob = wl.blobs.add()
-                blob.shape.dim.extend(b.shape)
-                blob.data.extend(np.asarray(b, np.float32).ravel().tolist())
+                wl.blobs.add().shape.dim.extend(np.shape(b))
+            self.blob_data.append([np.ascontiguousarray(b, "<f4") for b in blobs])
         return name
+
+    def write_weights(self, path: str) -> None:
+        """The .caffemodel: `weights` with each blob's data written from its array, not through the message
+        (`repeated float data` would hold a copy, and `extend` wants a list of Python floats: 3 GB for vgg's
+        fc6). Each layer: [name, type][blobs: [data: packed floats][shape]], as protobuf would write it."""
+        head = self.pb.NetParameter()
+        head.CopyFrom(self.weights)
+        del head.layer[:]
+        with open(path, "wb") as f:
+            f.write(head.SerializeToString())
+            for layer, arrays in zip(self.weights.layer, self.blob_data):
+                bare = self.pb.LayerParameter()
+                bare.CopyFrom(layer)
+                del bare.blobs[:]
+                first = bare.SerializeToString()
+                blobs = []
+                for blob, data in zip(layer.blobs, arrays):
+                    shape = blob.SerializeToString()  # only its shape: the data follow as a packed field
+                    lead = field(BLOB_DATA, data.nbytes)
+                    blobs.append((field(LAYER_BLOBS, len(lead) + data.nbytes + len(shape)) + lead, data, shape))
+                size = len(first) + sum(len(lead) + data.nbytes + len(shape) for lead, data, shape in blobs)
+                f.write(field(NET_LAYER, size) + first)
+                for lead, data, shape in blobs:
+                    f.write(lead)
+                    f.write(memoryview(data).cast("B"))
+                    f.write(shape)
 
 
 class Builder:
@@ -168,13 +200,14 @@ def fuse_pads(graph: Graph) -> Graph:
 
 
 def build(graph: Graph, relu6: str = "portable", batchnorm_layers: bool = True):
-    """(net prototxt message, weights message). `batchnorm_layers`: BatchNorm+Scale layers (--bn keep), else each
+    """(net prototxt message, its weights: `.weights` (the message without blob data), `.write_weights(path)`).
+    `batchnorm_layers`: BatchNorm+Scale layers (--bn keep), else each
     BatchNorm left in the graph becomes its per-channel x*s + t (Builder.channel_affine)."""
     if relu6 not in RELU6_MODES:
         raise CkptkitError(f"--relu6 {relu6} is unknown: choose one of {', '.join(RELU6_MODES)}")
     WRITER.require(graph)
     net = Builder(fuse_pads(graph), relu6, batchnorm_layers).write()
-    return net.net, net.weights
+    return net.net, net
 
 
 def export(graph: Graph, path: str, *, relu6: str = "portable", batchnorm_layers: bool = True, **_) -> list[str]:
@@ -187,8 +220,7 @@ def export(graph: Graph, path: str, *, relu6: str = "portable", batchnorm_layers
         # which every protobuf text parser skips
         f.writelines(f"# {key}: {' '.join(value.split())}\n" for key, value in sorted(graph.metadata.items()))
         f.write(text_format.MessageToString(net))
-    with open(caffemodel, "wb") as f:
-        f.write(weights.SerializeToString())
+    weights.write_weights(caffemodel)
     return [prototxt, caffemodel]
 
 

@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 
 from ckptkit.errors import CkptkitError
-from ckptkit.ir import Graph, Node, UniqueNames, same_pads
+from ckptkit.ir import Graph, Node, UniqueNames
 
 from .base import Writer, write_node
 
@@ -22,16 +22,6 @@ EXTENSIONS = (".keras", ".h5")
 def _name(ir_name: str, unique: UniqueNames) -> str:
     """Keras forbids '/' in layer names: TF scopes become underscores."""
     return unique(re.sub(r"[^A-Za-z0-9_.-]", "_", ir_name.replace("/", "_")) or "layer")
-
-
-def padding_mode(pads: tuple, in_shape: tuple, kernel, strides, dilations=(1, 1)) -> str:
-    """'same' when the pads are TF SAME's for this input, 'valid' when zero, else 'explicit'."""
-    pads = tuple(pads)
-    if not any(pads):
-        return "valid"
-    same = same_pads(in_shape[1], kernel[0], strides[0], dilations[0]) + same_pads(in_shape[2], kernel[1], strides[1],
-                                                                                    dilations[1])
-    return "same" if pads == same else "explicit"
 
 
 class Builder:

@@ -19,7 +19,7 @@ import numpy as np
 from ckptkit.errors import CkptkitError
 from ckptkit.ir import Graph, Node, UniqueNames
 
-from . import protobuf_size
+from . import protobuf_wire
 from .base import Writer, write_node
 from .onnx_file import TensorSpool, assemble
 
@@ -120,7 +120,7 @@ def build(graph: Graph, spool: TensorSpool, opset: int = DEFAULT_OPSET, nchw: bo
 
 def needs_external_data(graph: Graph) -> bool:
     """Whether the weights are past what one protobuf message (one .onnx file) can hold."""
-    return protobuf_size.too_big(graph)
+    return protobuf_wire.too_big(graph)
 
 
 def data_file(path: str) -> str:
@@ -153,7 +153,7 @@ def export(graph: Graph, path: str, *, opset: int = DEFAULT_OPSET, nchw: bool = 
         if external:
             return [path, spool_path]
         size = assemble(model, spool_path, path)
-        if size > protobuf_size.PROTOBUF_LIMIT:
+        if size > protobuf_wire.PROTOBUF_LIMIT:
             raise CkptkitError(f"the ONNX model came to {size / 2**30:.2f} GiB, past protobuf's 2 GiB: "
                                "this is a bug in ckptkit (it should have written external data), please report it")
         return [path]

@@ -21,27 +21,15 @@ from typing import BinaryIO
 
 import numpy as np
 
+from .protobuf_wire import field
+
 ALIGN = 4096  # external tensors start on a page, so a runtime may map them
 INLINE_BYTES = 1024  # smaller constants stay inside the model (as onnx's own external-data writer does)
 
-# protobuf field tags (field number << 3 | wire type 2, length-delimited) of the fields spliced here
-MODEL_GRAPH = 7 << 3 | 2  # ModelProto.graph
-GRAPH_INITIALIZER = 5 << 3 | 2  # GraphProto.initializer
-TENSOR_RAW_DATA = 9 << 3 | 2  # TensorProto.raw_data
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, n = n & 0x7F, n >> 7
-        out.append(low | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def field(tag: int, payload_size: int) -> bytes:
-    """The key and length of a length-delimited field (its payload follows)."""
-    return varint(tag) + varint(payload_size)
+# protobuf field numbers of the fields spliced here
+MODEL_GRAPH = 7  # ModelProto.graph
+GRAPH_INITIALIZER = 5  # GraphProto.initializer
+TENSOR_RAW_DATA = 9  # TensorProto.raw_data
 
 
 class TensorSpool:

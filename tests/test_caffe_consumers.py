@@ -114,3 +114,23 @@ def test_files_no_installed_consumer_can_run_are_refused_in_one_line(tmp_path):
         export(model, "caffe", str(tmp_path / "m"), relu6="clip")
     assert len(str(err.value).splitlines()) == 1 and list(tmp_path.iterdir()) == []
     assert 'type: "Clip"' in open(export(model, "caffe", str(tmp_path / "m"), relu6="clip", check=False).files[0]).read()
+
+
+def test_the_caffemodel_written_from_arrays_is_the_message_protobuf_writes(tmp_path):
+    """Blobs go to the .caffemodel straight from numpy (not through `repeated float data`): parsed back by
+    protobuf it is the message protobuf itself would have built, blob for blob and bit for bit."""
+    from converters import caffe as writer
+    from converters import caffe_pb2
+
+    model = load(builder=bn_after_pool_net, input_shape=(9, 9, 3))
+    _, weights = writer.build(model.graph)
+    path = str(tmp_path / "m.caffemodel")
+    weights.write_weights(path)
+    expected = caffe_pb2.NetParameter()
+    expected.CopyFrom(weights.weights)
+    for layer, arrays in zip(expected.layer, weights.blob_data):
+        for blob, data in zip(layer.blobs, arrays):
+            blob.data.extend(data.ravel().tolist())
+    got = caffe_pb2.NetParameter.FromString(open(path, "rb").read())
+    assert got == expected and sum(len(b.data) for layer in got.layer for b in layer.blobs) > 0
+    assert open(path, "rb").read() == expected.SerializeToString()  # even the same bytes, in canonical order

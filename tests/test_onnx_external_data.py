@@ -16,7 +16,7 @@ from ckptkit import testing as T
 from ckptkit.export import export
 from ckptkit.sources import load
 from conftest import rel_error
-from converters import protobuf_size
+from converters import protobuf_wire
 from converters.onnx import runner
 from big_net import BIG_INPUT, BIG_UNITS
 
@@ -26,7 +26,7 @@ BUILDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "big_net.py")
 @pytest.fixture
 def small_limit(monkeypatch):
     """protobuf's limit lowered so that a small net's weights are past it."""
-    monkeypatch.setattr(protobuf_size, "PROTOBUF_LIMIT", protobuf_size.ROOM_FOR_GRAPH + 100)
+    monkeypatch.setattr(protobuf_wire, "PROTOBUF_LIMIT", protobuf_wire.ROOM_FOR_GRAPH + 100)
 
 
 @pytest.mark.fast
@@ -100,7 +100,7 @@ def test_a_checkpoint_past_2_gib_exports_to_onnx_with_external_data_and_verifies
     prefix = str(tmp_path / "ckpt" / "model.ckpt")
     try:
         size = _write_big_checkpoint(prefix)
-        assert size > protobuf_size.PROTOBUF_LIMIT
+        assert size > protobuf_wire.PROTOBUF_LIMIT
         out = tmp_path / "onnx" / "big.onnx"
         cmd = [sys.executable, "-m", "ckptkit.cli", "to-onnx", prefix, "--builder", BUILDER,
                "--input-shape", ",".join(map(str, BIG_INPUT)), "-o", str(out)]

@@ -11,8 +11,9 @@ from typing import Optional
 
 import numpy as np
 
-from .._tf import tf
+from .._tf import pad4, tf
 from ..errors import CkptkitError, UnsupportedOpError
+from ..ir import padding_mode
 from ..layout import out_channels, to_oihw
 from ..tf_import import common as C
 from ..tf_import.walker import Walker, register
@@ -28,7 +29,6 @@ class ConvAttrs:
 
 def _run(conv):
     def run(ctx, node, xs, p):
-        from ..tf_exec import pad4
 
         a = node.attrs
         y = conv(pad4(xs[0], a.pads), p["weights"], (1,) + tuple(a.strides) + (1,), "VALID", dilations=a.dilations)
@@ -106,7 +106,6 @@ def to_onnx(b, node, xs):
 @CONV.writer("keras")
 @DEPTHWISE.writer("keras")
 def to_keras(k, node, xs):
-    from converters.keras import padding_mode
 
     a, p = node.attrs, node.params
     w = p["weights"]

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._tf import tf
+from .._tf import pad4, tf
 from ..errors import CkptkitError
+from ..ir import padding_mode
 from ..tf_import import common as C
 from ..tf_import.walker import Walker, register
 from . import define
@@ -24,14 +25,12 @@ class PoolAttrs:
 
 
 def _run_max(ctx, node, xs, p):
-    from ..tf_exec import pad4
 
     a = node.attrs
     return tf().nn.max_pool2d(pad4(xs[0], a.pads, -np.inf), a.kernel, a.strides, "VALID")
 
 
 def _run_avg(ctx, node, xs, p):
-    from ..tf_exec import pad4
 
     _tf, a, x = tf(), node.attrs, xs[0]
     k = float(a.kernel[0] * a.kernel[1])
@@ -69,7 +68,6 @@ def to_onnx(b, node, xs):
 
 
 def _keras_mode(node, graph) -> str:
-    from converters.keras import padding_mode
 
     return padding_mode(node.attrs.pads, graph[node.inputs[0]].shape, node.attrs.kernel, node.attrs.strides)
 

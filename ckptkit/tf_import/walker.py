@@ -16,7 +16,10 @@ import numpy as np
 from .._tf import tf
 from ..errors import CkptkitError, UnsupportedOpError
 from ..gateway import check_tensor
+from .. import ops
 from ..ir import Graph, Node, UniqueNames
+from ..passes import cleanup
+from ..phases import phase
 
 log = logging.getLogger("ckptkit.import")
 
@@ -267,14 +270,8 @@ def import_topology(graph, input_tensor, output_tensors, values: ValueSource, na
                     ) -> tuple[Graph, dict[str, str]]:
     """The IR of everything the given outputs compute from the input (for BN discovery): outputs that
     cannot be converted are left out and returned with the reason."""
-    from .. import ops
-
     ops.load_all()  # each op module registers its import handlers
-    from ..passes import cleanup
-
     tf()
-    from ..phases import phase
-
     with phase("import graph to IR"):
         graph_ir, failed = Walker(graph, input_tensor, values).run_all(output_tensors, name)
     if not graph_ir.outputs:
@@ -285,14 +282,8 @@ def import_topology(graph, input_tensor, output_tensors, values: ValueSource, na
 
 def import_graph(graph, input_tensor, output_tensor, values: ValueSource, name: str = "model") -> Graph:
     """Build the IR of the inference path from `input_tensor` to `output_tensor` in a tf.Graph."""
-    from .. import ops
-
     ops.load_all()  # each op module registers its import handlers
-    from ..passes import cleanup
-
     tf()  # make sure TF is imported and quiet
-    from ..phases import phase
-
     with phase("import graph to IR"):
         walker = Walker(graph, input_tensor, values)
         ir = cleanup(walker.run(output_tensor, name))
