@@ -2,6 +2,7 @@
 
     make bench                       # all
     .venv/bin/python bench/run.py startup fold      # some
+    BENCH_SIZES=large BENCH_COMMANDS=to-onnx,fold .venv/bin/python bench/run.py sizes   # part of the sizes table
 
 Prints wall-clock medians, peak RSS (max over runs) and the ratio ckptkit / baseline, each against the
 target issue #15 sets, and where ckptkit's time goes (CKPTKIT_PHASES: TensorFlow import, graph build,
@@ -140,10 +141,17 @@ SIZE_ROWS: list = []
 
 
 def bench_sizes(rows: list) -> None:
+    """BENCH_SIZES=small,large and BENCH_COMMANDS=to-caffe,export run part of the table."""
+    sizes = os.environ.get("BENCH_SIZES", "").split(",") if os.environ.get("BENCH_SIZES") else None
+    commands = os.environ.get("BENCH_COMMANDS", "").split(",") if os.environ.get("BENCH_COMMANDS") else None
     for size, arch in SIZES:
+        if sizes and size not in sizes:
+            continue
         prefix = arch_ckpt(arch)
         ckpt = checkpoint_mb(prefix)
         for command, out in COMMANDS:
+            if commands and command not in commands:
+                continue
             target = os.path.join(WORK, f"{arch}_out", out)
             extra = ["--to", "onnx,keras,caffe"] if command == "export" else []
             ours = measure(CKPTKIT + [command, prefix, "--arch", arch, *extra, "-o", target])

@@ -71,7 +71,8 @@ FIXTURE = os.path.join(os.path.dirname(__file__), "..", "fixtures", "mobilenet_v
 def quick(names) -> list:
     """Parameter values with the first one in the quick tier: `@pytest.mark.parametrize("name", quick(NETS))`."""
     names = list(names)
-    return [pytest.param(names[0], marks=pytest.mark.fast)] + names[1:]
+    first = names[0] if isinstance(names[0], tuple) else (names[0],)  # several argnames: a tuple of values
+    return [pytest.param(*first, marks=pytest.mark.fast)] + names[1:]
 
 
 def pytest_configure(config):
