@@ -129,7 +129,13 @@ def data_file(path: str) -> str:
 
 
 def export(graph: Graph, path: str, *, opset: int = DEFAULT_OPSET, nchw: bool = False,
-           external_data: Optional[bool] = None) -> list[str]:
+           external_data: Optional[bool] = None) -> str:
+    """Write `graph` as ONNX at `path` (see `write_files`); returns `path`, the file onnxruntime opens."""
+    return write_files(graph, path, opset=opset, nchw=nchw, external_data=external_data)[0]
+
+
+def write_files(graph: Graph, path: str, *, opset: int = DEFAULT_OPSET, nchw: bool = False,
+                external_data: Optional[bool] = None) -> list[str]:
     """Write `graph` as ONNX at `path` (with `path`.data when `external_data`, by default past 2 GiB);
     onnx.checker must pass. Returns the files written, the model first."""
     import onnx
@@ -206,7 +212,7 @@ class OnnxWriter(Writer):
         check_opset(options.opset)
 
     def write(self, graph: Graph, path: str, options: Options) -> list[str]:
-        return export(graph, path, opset=options.opset, nchw=options.nchw)
+        return write_files(graph, path, opset=options.opset, nchw=options.nchw)
 
     def runner(self, path: str, graph: Graph, options: Options):
         return runner(path, nchw=options.nchw)
