@@ -19,6 +19,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from .batchnorm import BNUnit, check_health, find_units, units_from_graph
+from .bn_formula import affine
 from ._tf import eager, prefer_low_memory
 from .checkpoint import SIDECAR, Checkpoint, check_output_prefix, write_checkpoint
 from . import validate
@@ -93,18 +94,9 @@ def find_fold_units(ckpt: Checkpoint, *, meta: Optional[str] = None, arch: Optio
 
 
 def _fold_params(ckpt: Checkpoint, unit: BNUnit, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    var = ckpt.get(unit.moving_variance).astype(np.float64)
-    mean = ckpt.get(unit.moving_mean).astype(np.float64)
-    s = 1.0 / np.sqrt(var + eps)
-    if unit.gamma:
-        s = s * ckpt.get(unit.gamma).astype(np.float64)
-    b = np.zeros_like(mean)
-    if unit.layer.biases:
-        b = ckpt.get(unit.layer.biases).astype(np.float64)
-    t = (b - mean) * s
-    if unit.beta:
-        t = t + ckpt.get(unit.beta).astype(np.float64)
-    return s, t
+    read = lambda name: ckpt.get(name) if name else None  # noqa: E731
+    return affine(ckpt.get(unit.moving_mean), ckpt.get(unit.moving_variance), eps, read(unit.gamma), read(unit.beta),
+                  bias=read(unit.layer.biases))
 
 
 def _scaled(weights: np.ndarray, unit: BNUnit, s: np.ndarray) -> np.ndarray:

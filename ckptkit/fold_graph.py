@@ -14,6 +14,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ._tf import tf, tf1
+from .bn_formula import normalize
 from .errors import CkptkitError
 from .ir import Graph, Node, same_pads
 from .passes import absorb_into_layers, absorbs
@@ -26,12 +27,7 @@ log = logging.getLogger("ckptkit")
 
 
 def _bn(node: Node, x, p: dict):
-    _tf = tf()
-    s = _tf.math.rsqrt(p["variance"] + node.attrs.epsilon)
-    if p.get("gamma") is not None:
-        s = s * p["gamma"]
-    y = (x - p["mean"]) * s
-    return y if p.get("beta") is None else y + p["beta"]
+    return normalize(x, p["mean"], p["variance"], node.attrs.epsilon, p.get("gamma"), p.get("beta"))
 
 
 def _padding(node: Node, in_shape) -> str | None:

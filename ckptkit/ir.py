@@ -16,6 +16,7 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
+from .bn_formula import affine
 from .errors import CkptkitError
 
 @dataclass
@@ -144,13 +145,7 @@ def bn_affine(node: Node) -> tuple[np.ndarray, np.ndarray]:
     if (~np.isfinite(var) | (var <= 0)).any():  # health.gate reports the cause first; this is the last guard
         raise CkptkitError(f"moving_variance of {node.name} plus epsilon is not positive and finite: "
                            "run ckptkit recalibrate --data DIR first")
-    s = 1.0 / np.sqrt(var)
-    if p.get("gamma") is not None:
-        s = s * p["gamma"].astype(np.float64)
-    t = -p["mean"].astype(np.float64) * s
-    if p.get("beta") is not None:
-        t = t + p["beta"].astype(np.float64)
-    return s, t
+    return affine(p["mean"], p["variance"], node.attrs.epsilon, p.get("gamma"), p.get("beta"))
 
 
 def shorten(name: str, width: int) -> str:

@@ -151,3 +151,22 @@ def test_in_place_weight_scaling_slab_by_slab_equals_the_one_rounding(monkeypatc
     got = L.scale_outputs(w.copy(), layout, scale, inplace=True)
     assert got.dtype == np.float32 and np.array_equal(got, want)
     assert np.array_equal(L.scale_outputs(w, layout, scale), want)
+
+
+@pytest.mark.parametrize("gamma, beta, bias", [(True, True, False), (False, False, False), (True, False, True),
+                                               (False, True, True)])
+def test_bn_affine_equals_the_normalisation_it_replaces(gamma, beta, bias):
+    """x*s + t == (x + bias - mean) / sqrt(var + eps) * gamma + beta, absent gamma/beta being 1 and 0."""
+    from ckptkit.bn_formula import affine
+
+    c = 5
+    mean, var = RNG.normal(size=c), RNG.uniform(0.1, 3.0, c)
+    g = RNG.normal(size=c) if gamma else None
+    b = RNG.normal(size=c) if beta else None
+    layer_bias = RNG.normal(size=c) if bias else None
+    s, t = affine(mean, var, 1e-3, g, b, bias=layer_bias)
+    x = RNG.normal(size=(7, c))
+    expected = (x + (layer_bias if bias else 0.0) - mean) / np.sqrt(var + 1e-3) * (g if gamma else 1.0) + (
+        b if beta else 0.0)
+    np.testing.assert_allclose(x * s + t, expected, rtol=1e-12, atol=1e-12)
+    assert s.dtype == t.dtype == np.float64

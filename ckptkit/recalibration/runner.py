@@ -13,6 +13,7 @@ from ..ir import Graph, Node, bn_gamma_beta
 from ..phases import phase
 from ..tf_exec import inference_bn, run_graph, weight_tensors
 from .. import validate
+from ..bn_formula import normalize
 from .moments import Moments, bn_levels, merge_workers
 
 Progress = Callable[[int], None]
@@ -77,11 +78,7 @@ def _stats_fn(graph: Graph, measure: set[str], fixed: dict[str, tuple[np.ndarray
         n, mean, m2 = _batch_moments(x, axes)
         if node.name in measure:
             collected[node.name] = (n, mean, m2)
-        var = m2 / n
-        y = (x - mean) * _tf.math.rsqrt(var + node.attrs.epsilon)
-        if p.get("gamma") is not None:
-            y = y * p["gamma"]
-        return y if p.get("beta") is None else y + p["beta"]
+        return normalize(x, mean, m2 / n, node.attrs.epsilon, p.get("gamma"), p.get("beta"))
 
     def fn(x):
         collected: dict = {}
