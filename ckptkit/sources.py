@@ -58,17 +58,12 @@ class LazyReference:
         if close is not None:
             close()
         self._fn = None
-        gc.collect()
+        gc.collect()  # the session's memory goes with its last reference
 
     def close(self) -> None:
-        """Release the reference (a TF session holds every weight): the next call builds it again."""
-        import gc
-
-        close = getattr(self._fn, "close", None)
-        if close is not None:
-            close()
-        self._fn, self._last = None, None
-        gc.collect()  # the session's memory goes with its last reference
+        """Release the reference and forget its last output: the next call builds it again."""
+        self._last = None
+        self.release()
 
 
 @dataclass
