@@ -91,7 +91,8 @@ def prefer_low_memory() -> None:
     """Call before TensorFlow's first import, in commands that run TF only to check a few samples (fold and
     the exports): TF's oneDNN CPU kernels keep a reordered copy of every weight they run, even after their
     session is closed, which nearly doubles a large model's peak memory (vgg_16_bn fold: 2.0 GB with it, 1.5 GB
-    without; to-onnx 3.47 GB and 2.85 GB) and buys no speed on a handful of samples. A TF_ENABLE_ONEDNN_OPTS the user set wins; once TensorFlow is imported this does nothing."""
+    without; to-onnx 3.47 GB and 2.85 GB) and buys no speed on a handful of samples. A TF_ENABLE_ONEDNN_OPTS the
+    user set wins; once TensorFlow is imported this does nothing."""
     if "tensorflow" not in sys.modules:
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 

@@ -5,7 +5,8 @@
 
 `bias` is the bias of the layer a BatchNorm is folded into (0 for none); gamma and beta may be absent (slim's
 scale=False, center=False), which is gamma 1 and beta 0. The IR fold, the checkpoint fold, the TF reference of a
-folded graph and recalibration all use these, so epsilon and the missing-gamma/beta rule live here only."""
+folded graph and recalibration all use these, so how epsilon enters lives here only. (Recalibration's fused kernel
+needs gamma and beta as tensors: `ir.bn_gamma_beta` makes the ones and zeros.)"""
 from __future__ import annotations
 
 from typing import Optional
