@@ -16,7 +16,7 @@ import numpy as np
 from ._tf import eager
 from .checkpoint import input_files
 from .errors import CkptkitError, VerificationError
-from .health import check_finite, gate, statistics_issues
+from .batchnorm.health import check_finite, gate, statistics_issues
 from .ir import Graph
 from . import ops, validate
 from .passes import fold_batchnorm, simplify
@@ -65,7 +65,7 @@ class ExportResult:
 
 
 def check_model_statistics(model: Model, allow_bad: bool = False) -> None:
-    """The health gate (ckptkit.health) over every BatchNorm of the model, before anything is written."""
+    """The health gate (ckptkit.batchnorm.health) over every BatchNorm of the model, before anything is written."""
     issues = []
     for node in model.graph:
         if node.op == "BatchNorm":

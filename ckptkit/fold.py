@@ -18,13 +18,13 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from .batchnorm import BNUnit, check_health, find_units, units_from_graph
-from .bn_formula import affine
+from .batchnorm.units import BNUnit, check_health, find_units, unit_scope, units_from_graph
+from .batchnorm.formula import affine
 from ._tf import eager, prefer_low_memory
 from .checkpoint import SIDECAR, Checkpoint, check_output_prefix, write_checkpoint
 from . import validate
 from .errors import CkptkitError
-from .health import check_finite, gate
+from .batchnorm.health import check_finite, gate
 from .layout import scale_outputs
 
 log = logging.getLogger("ckptkit")
@@ -222,7 +222,6 @@ def _read_sidecar(prefix: str) -> Optional[bytes]:
 def _graph_writer(ckpt: Checkpoint, fold_units: dict, report: FoldReport, **topology):
     """The BN-free graph maker (fold_graph.folded_meta) for this fold, or None when the graph cannot be
     loaded with one output (several heads: the next command then needs --meta/--arch)."""
-    from .batchnorm import _parent
     from .fold_graph import folded_meta
     from .sources import load
 
@@ -233,7 +232,7 @@ def _graph_writer(ckpt: Checkpoint, fold_units: dict, report: FoldReport, **topo
         return None
     scopes = set(report.folded)
     folded = {n.name for n in model.graph.nodes if n.op == "BatchNorm" and
-              (next((_parent(v) for v in n.sources.values() if v), None) or n.name) in scopes}
+              unit_scope(n) in scopes}
     bias_names = {w: u.layer.biases or u.layer.scope + "/biases" for w, u in fold_units.items()}
     dtypes = {name: t.dtype for name, t in ckpt.tensors.items()}
     dtypes.update({b: ckpt.tensors[w].dtype for w, b in bias_names.items() if w in ckpt.tensors})

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ._tf import tf, tf1
-from .bn_formula import normalize
+from .batchnorm.formula import normalize
 from .errors import CkptkitError
 from .ir import Graph, Node, same_pads
 from .passes import absorb_into_layers, absorbs

@@ -6,10 +6,10 @@ from typing import Optional
 import numpy as np
 
 from ._tf import eager
-from .batchnorm import check_health
+from .batchnorm.units import check_health
 from .checkpoint import Checkpoint
 from .fold import find_fold_units
-from .meta_scan import scan_units
+from .batchnorm.scan import scan_units
 
 JSON_VERSION = 1
 

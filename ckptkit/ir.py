@@ -16,8 +16,8 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from .bn_formula import affine
-from .errors import CkptkitError
+from . import ops  # the op registry (ops/__init__.py imports nothing above errors; op modules load on first use)
+
 
 @dataclass
 class Node:
@@ -31,8 +31,6 @@ class Node:
     sources: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from . import ops
-
         self.attrs = ops.get(self.op).make_attrs(self.attrs)
 
 
@@ -124,28 +122,6 @@ def same_pads(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[i
     out = -(-size // stride)
     total = max((out - 1) * stride + eff - size, 0)
     return total // 2, total - total // 2
-
-
-def bn_gamma_beta(node: Node) -> tuple[np.ndarray, np.ndarray]:
-    """A BatchNorm's gamma and beta, ones and zeros where it has none (slim's scale=False, center=False)."""
-    ch, p = node.shape[-1], node.params
-    gamma = p["gamma"] if p.get("gamma") is not None else np.ones(ch, np.float32)
-    beta = p["beta"] if p.get("beta") is not None else np.zeros(ch, np.float32)
-    return gamma, beta
-
-
-def bn_affine(node: Node) -> tuple[np.ndarray, np.ndarray]:
-    """Scale and shift (float64) equal to an inference-mode BatchNorm:
-    s = gamma / sqrt(var + eps), t = beta - mean * s."""
-    p = node.params
-    missing = [k for k in ("mean", "variance") if p.get(k) is None]
-    if missing:
-        raise CkptkitError(f"moving_{missing[0]} of {node.name} is missing: run ckptkit recalibrate --data DIR first")
-    var = p["variance"].astype(np.float64) + node.attrs.epsilon
-    if (~np.isfinite(var) | (var <= 0)).any():  # health.gate reports the cause first; this is the last guard
-        raise CkptkitError(f"moving_variance of {node.name} plus epsilon is not positive and finite: "
-                           "run ckptkit recalibrate --data DIR first")
-    return affine(p["mean"], p["variance"], node.attrs.epsilon, p.get("gamma"), p.get("beta"))
 
 
 def shorten(name: str, width: int) -> str:

@@ -12,7 +12,8 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import ops
-from .ir import Graph, Node, bn_affine
+from .batchnorm.formula import node_affine
+from .ir import Graph, Node
 from .layout import in_scale_shape, is_placeholder, out_channels, scale_outputs
 
 
@@ -23,7 +24,7 @@ def absorbs(node: Node) -> bool:
 
 def _affine_of(node: Node) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
     if node.op == "BatchNorm":
-        return bn_affine(node)
+        return node_affine(node)
     scale = node.params.get("scale")
     shift = node.params.get("shift")
     return (None if scale is None else scale.astype(np.float64), None if shift is None else shift.astype(np.float64))

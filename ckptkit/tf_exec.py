@@ -14,14 +14,15 @@ import numpy as np
 from . import ops
 from ._tf import tf
 from .errors import CkptkitError
-from .ir import Graph, Node, bn_affine
+from .batchnorm.formula import node_affine
+from .ir import Graph, Node
 
 # A BatchNorm hook: (node, x) -> y. Default: inference with the moving statistics.
 BNHook = Callable[[Node, object], object]
 
 
 def inference_bn(node: Node, x):
-    scale, shift = bn_affine(node)
+    scale, shift = node_affine(node)
     return x * scale.astype(np.float32) + shift.astype(np.float32)
 
 
@@ -90,7 +91,7 @@ def float64_fn(graph: Graph) -> Callable[[np.ndarray], np.ndarray]:
               for n in graph.nodes}
 
     def bn(node: Node, x):
-        scale, shift = bn_affine(node)
+        scale, shift = node_affine(node)
         return x * scale + shift
 
     def run(x: np.ndarray) -> np.ndarray:

@@ -3,7 +3,7 @@ import json
 import subprocess
 import sys
 
-from ckptkit.batchnorm import find_units
+from ckptkit.batchnorm.units import find_units
 from ckptkit.checkpoint import Checkpoint
 from ckptkit.inspect import inspect_checkpoint
 from conftest import FIXTURE

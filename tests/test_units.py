@@ -157,7 +157,7 @@ def test_in_place_weight_scaling_slab_by_slab_equals_the_one_rounding(monkeypatc
                                                (False, True, True)])
 def test_bn_affine_equals_the_normalisation_it_replaces(gamma, beta, bias):
     """x*s + t == (x + bias - mean) / sqrt(var + eps) * gamma + beta, absent gamma/beta being 1 and 0."""
-    from ckptkit.bn_formula import affine
+    from ckptkit.batchnorm.formula import affine
 
     c = 5
     mean, var = RNG.normal(size=c), RNG.uniform(0.1, 3.0, c)

@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import UnsupportedOpError
-from ..ir import bn_affine, bn_gamma_beta
+from ..batchnorm.formula import gamma_beta, node_affine
 from ..tf_import import common as C
 from ..tf_import.walker import Walker, register
 from . import define
@@ -160,7 +160,7 @@ def match_decomposed_bn(w: Walker, t):
 @BATCH_NORM.writer("onnx")
 def to_onnx(b, node, xs):
     n, p = node.name, node.params
-    gamma, beta = bn_gamma_beta(node)
+    gamma, beta = gamma_beta(node)
     inputs = [xs[0]] + [b.const(f"{n}/{k}", v.astype(np.float32)) for k, v in
                         (("gamma", gamma), ("beta", beta), ("moving_mean", p["mean"]),
                          ("moving_variance", p["variance"]))]
@@ -178,7 +178,7 @@ def to_keras(k, node, xs):
 @BATCH_NORM.writer("caffe")
 def to_caffe(c, node, bottoms):
     p = node.params
-    scale, shift = bn_affine(node)  # refuses missing/invalid statistics
+    scale, shift = node_affine(node)  # refuses missing/invalid statistics
     if not c.batchnorm_layers:  # --bn fold, nothing to fold into: x*s + t per channel
         return c.channel_affine(node.name, bottoms[0], scale.astype(np.float32), shift.astype(np.float32),
                                 len(node.shape))
@@ -186,5 +186,5 @@ def to_caffe(c, node, bottoms):
     # Caffe's BatchNorm blobs: mean * f, variance * f, f  (f = 1); gamma/beta go to a Scale layer
     bn = c.layer(node.name, "BatchNorm", bottoms, [p["mean"], p["variance"], np.ones(1, np.float32)],
                  batch_norm_param=param)
-    gamma, _ = bn_gamma_beta(node)
+    gamma, _ = gamma_beta(node)
     return c.scale(node.name + "/scale", bn, gamma, p.get("beta"))

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..checkpoint import Checkpoint, check_output_prefix, input_files, write_checkpoint
 from ..errors import CkptkitError
-from ..health import statistics_issues
+from ..batchnorm.health import statistics_issues
 from ..ir import Graph
 from ..publish import check_outputs
 

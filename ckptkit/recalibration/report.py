@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 
 from ..checkpoint import SIDECAR
-from ..health import statistics_issues
+from ..batchnorm.health import statistics_issues
 from ..ir import Graph, shorten
 
 

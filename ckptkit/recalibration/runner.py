@@ -9,11 +9,11 @@ import numpy as np
 
 from .._tf import tf
 from ..errors import CkptkitError
-from ..ir import Graph, Node, bn_gamma_beta
+from ..ir import Graph, Node
 from ..phases import phase
 from ..tf_exec import inference_bn, run_graph, weight_tensors
 from .. import validate
-from ..bn_formula import normalize
+from ..batchnorm.formula import gamma_beta, normalize
 from .moments import Moments, bn_levels, merge_workers
 
 Progress = Callable[[int], None]
@@ -67,7 +67,7 @@ def _stats_fn(graph: Graph, measure: set[str], fixed: dict[str, tuple[np.ndarray
                         dict(p, mean=mean.astype(np.float32), variance=var.astype(np.float32)))
             return inference_bn(fake, x)
         if _fused(node):  # one fused kernel: normalised output and the batch moments
-            gamma, beta = bn_gamma_beta(node)
+            gamma, beta = gamma_beta(node)
             y, mean, var, *_ = _tf.raw_ops.FusedBatchNormV3(
                 x=x, scale=gamma, offset=beta, mean=empty, variance=empty,
                 epsilon=max(node.attrs.epsilon, _CUDNN_MIN_EPS), exponential_avg_factor=1.0, data_format="NHWC",

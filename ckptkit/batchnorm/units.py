@@ -1,4 +1,4 @@
-"""BatchNorm units found from checkpoint variables alone, and their health.
+"""The BatchNorm unit model: units found from an imported graph or from checkpoint variables alone.
 
 A unit is a variable scope holding BatchNorm variables: slim's `S/BatchNorm/...`
 or tf.layers/Keras `NAME/...` with `gamma`, `beta`, `moving_mean`,
@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 
-from . import ops
-from .checkpoint import Checkpoint
+from .. import ops
+from ..checkpoint import Checkpoint
+from ..passes import absorbs
 from .health import Issue, statistics_issues
 
 BN_PARAMS = ("gamma", "beta", "moving_mean", "moving_variance")
@@ -145,8 +146,10 @@ def check_health(ckpt: Checkpoint, unit: BNUnit) -> list[Issue]:
     return unit.issues
 
 
-def _parent(name: Optional[str]) -> Optional[str]:
-    return name.rpartition("/")[0] or None if name else None
+def unit_scope(node) -> str:
+    """The scope naming the unit of an IR BatchNorm node: its variables' parent (gamma's first), else the node."""
+    names = [node.sources.get(k) for k in ("gamma", "beta", "mean", "variance")]
+    return next((n.rpartition("/")[0] for n in names if n), "") or node.name
 
 
 def units_from_graph(ckpt: Checkpoint, graph) -> list[BNUnit]:
@@ -160,8 +163,7 @@ def units_from_graph(ckpt: Checkpoint, graph) -> list[BNUnit]:
         if node.op != "BatchNorm":
             continue
         src = node.sources
-        names = [src.get(k) for k in ("gamma", "beta", "mean", "variance")]
-        scope = next((_parent(n) for n in names if n), None) or node.name
+        scope = unit_scope(node)
         present = lambda k: src.get(k) if src.get(k) in ckpt else None  # noqa: E731  (absent: missing)
         unit = BNUnit(scope=scope, gamma=src.get("gamma"), beta=src.get("beta"), moving_mean=present("mean"),
                       moving_variance=present("variance"), channels=int(node.shape[-1]),
@@ -195,8 +197,6 @@ def resolve_shared(units: list[BNUnit], position: dict[str, int]) -> list[BNUnit
 
 
 def _graph_layer(ckpt: Checkpoint, prev, users: dict, bn) -> tuple[Optional[Layer], str]:
-    from .passes import absorbs
-
     if not absorbs(prev):
         return None, f"follows {prev.op} {prev.name}, not a conv/depthwise/fully connected layer"
     if users[prev.name] != [bn.name]:

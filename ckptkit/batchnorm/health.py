@@ -16,7 +16,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from .errors import CkptkitError
+from ..errors import CkptkitError
 
 log = logging.getLogger("ckptkit")
 

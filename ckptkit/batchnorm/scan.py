@@ -8,7 +8,7 @@ statistics are variables (a training-mode BN: `<scope>/moving_mean|variance` in 
 following a conv, depthwise or MatMul layer that feeds nothing else, or an Add, pool or concat.
 Everything else (v1 Switch/Merge, decomposed BNs, biased layers, shapes computed at run time,
 ops the importer does not know...) declines, and the caller uses the full importer, so an answer
-from here is the one the importer gives. tests/test_meta_scan.py holds the two to equality.
+from here is the one the importer gives. tests/test_bn_scan.py holds the two to equality.
 """
 from __future__ import annotations
 
@@ -18,9 +18,11 @@ from typing import Optional
 
 import numpy as np
 
-from .batchnorm import BNUnit, Layer, find_units, resolve_shared, unit_extras
-from .checkpoint import Checkpoint
-from .tf_import.walker import PASS_THROUGH as _WALKER_PASS_THROUGH, READ_OPS, VARIABLE_OPS  # the importer's
+from .units import BNUnit, Layer, find_units, resolve_shared, unit_extras
+from ..checkpoint import Checkpoint
+from .. import ops
+from .._proto import message_classes
+from ..tf_import.walker import HANDLERS, PASS_THROUGH as _WALKER_PASS_THROUGH, READ_OPS, VARIABLE_OPS  # the importer's
 
 PASS_THROUGH = _WALKER_PASS_THROUGH - {"IdentityN"}  # IdentityN passes input k to output k: handled apart
 FUSED_BN = {"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"}
@@ -46,8 +48,6 @@ class Declined(Exception):
 @functools.lru_cache(maxsize=None)
 def _meta_graph_class():
     """MetaGraphDef (tensorflow/core/protobuf/meta_graph.proto) down to the NodeDef attrs read here."""
-    from ._proto import message_classes
-
     return message_classes("ckptkit_meta", {
         "MetaGraphDef": [("graph_def", 2, "GraphDef")],
         "GraphDef": [("node", 1, "NodeDef", "repeated"), ("library", 2, "FunctionDefLibrary")],
@@ -319,9 +319,6 @@ class _Scan:
 
     def check_known(self, scope: _Scope, bn) -> None:
         """Everything the BN's input is computed from is an op the importer converts."""
-        from . import ops
-        from .tf_import.walker import HANDLERS
-
         ops.load_all()  # each op module registers its handlers (imported once)
         stack, seen = [(scope, *scope.data_inputs(bn)[0])], self.known
         while stack:

@@ -13,7 +13,7 @@ import pytest
 from ckptkit import testing as T
 from ckptkit.checkpoint import Checkpoint
 from ckptkit.fold import find_fold_units
-from ckptkit.meta_scan import scan_units
+from ckptkit.batchnorm.scan import scan_units
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = os.path.join(ROOT, "fixtures", "digits", "broken")

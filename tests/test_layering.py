@@ -1,0 +1,114 @@
+"""The import structure, read from the source (no TensorFlow): modules import downward only.
+
+"Downward" is made precise as: the graph of module-level imports between ckptkit's and converters' modules has
+no cycle, and an import inside a function (kept to load TensorFlow-heavy modules only when needed) never goes to
+a module that, at module level, imports the importer back, i.e. it is never there to dodge a cycle. Importing
+`a.b.c` runs `a.b`'s `__init__` first, so it counts as importing that package too.
+"""
+from __future__ import annotations
+
+import ast
+import os
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+PACKAGES = ("ckptkit", "converters")
+pytestmark = pytest.mark.fast
+
+
+def _modules() -> dict[str, str]:
+    out = {}
+    for pkg in PACKAGES:
+        for folder, _, files in os.walk(os.path.join(ROOT, pkg)):
+            for f in files:
+                if f.endswith(".py") and not f.endswith("_pb2.py"):
+                    path = os.path.join(folder, f)
+                    name = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
+                    out[name.removesuffix(".__init__")] = path
+    return out
+
+
+def _imports(name: str, path: str, modules: dict) -> list[tuple[str, bool, int]]:
+    """(imported module, inside a function, line) for each import of one module (TYPE_CHECKING blocks skipped)."""
+    package = name.split(".") if path.endswith("__init__.py") else name.split(".")[:-1]
+    found = []
+
+    def visit(node: ast.AST, lazy: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                continue
+            if isinstance(child, ast.ImportFrom):
+                base = ".".join(package[:len(package) - child.level + 1] + [child.module or ""]).strip(".") \
+                    if child.level else child.module
+                for alias in child.names:
+                    found.append((f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base, lazy,
+                                  child.lineno))
+            elif isinstance(child, ast.Import):
+                found.extend((alias.name, lazy, child.lineno) for alias in child.names)
+            visit(child, lazy or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+
+    visit(ast.parse(open(path).read()), False)
+    return found
+
+
+def _graph() -> tuple[dict, dict]:
+    """(module-level edges, function-level edges): module -> {imported module: first line}."""
+    modules = _modules()
+    eager: dict[str, dict] = {m: {} for m in modules}
+    lazy: dict[str, dict] = {m: {} for m in modules}
+    for name, path in modules.items():
+        for target, inside, line in _imports(name, path, modules):
+            parts = target.split(".")
+            # the module and the packages whose __init__ importing it runs (the top-level package excepted)
+            for t in [".".join(parts[:i]) for i in range(2, len(parts) + 1)]:
+                if t in modules and t != name and not name.startswith(t + "."):
+                    (lazy if inside else eager)[name].setdefault(t, line)
+    return eager, lazy
+
+
+def _reachable(graph: dict, start: str) -> set:
+    seen, todo = {start}, [start]
+    while todo:
+        for nxt in graph[todo.pop()]:
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def test_module_level_imports_have_no_cycle():
+    eager, _ = _graph()
+    cycles = sorted(f"{m} -> {t} (line {line}) -> ... -> {m}" for m, targets in eager.items()
+                    for t, line in targets.items() if m in _reachable(eager, t))
+    assert not cycles, "\n".join(cycles)
+
+
+def test_no_import_inside_a_function_dodges_a_cycle():
+    eager, lazy = _graph()
+    dodges = sorted(f"{m}:{line} imports {t} inside a function; {t} imports {m} back" for m, targets in lazy.items()
+                    for t, line in targets.items() if t not in eager[m] and m in _reachable(eager, t))
+    assert not dodges, "\n".join(dodges)
+
+
+def test_the_checker_sees_cycles(tmp_path, monkeypatch):
+    """The two checks above can fail: a module pair importing each other is reported."""
+    for name, body in {"a": "from . import b\n", "b": "def f():\n    from . import a\n"}.items():
+        (tmp_path / "ckptkit").mkdir(exist_ok=True)
+        (tmp_path / "ckptkit" / f"{name}.py").write_text(body)
+    (tmp_path / "ckptkit" / "__init__.py").write_text("")
+    monkeypatch.setattr(__import__(__name__), "ROOT", str(tmp_path))
+    monkeypatch.setattr(__import__(__name__), "PACKAGES", ("ckptkit",))
+    eager, lazy = _graph()
+    assert eager["ckptkit.a"] == {"ckptkit.b": 1} and lazy["ckptkit.b"] == {"ckptkit.a": 2}
+    with pytest.raises(AssertionError, match="dodges|imports ckptkit.a inside a function"):
+        test_no_import_inside_a_function_dodges_a_cycle()
+    (tmp_path / "ckptkit" / "b.py").write_text("from . import a\n")
+    with pytest.raises(AssertionError, match="ckptkit.a -> ckptkit.b"):
+        test_module_level_imports_have_no_cycle()
+
+
+def test_the_op_registry_sits_under_the_ir():
+    """ir.Node looks its op up in ops/__init__.py, so that module must import nothing that imports the IR."""
+    eager, _ = _graph()
+    assert "ckptkit.ir" not in _reachable(eager, "ckptkit.ops")
