@@ -341,6 +341,7 @@ class GatedRun:
                 assigns.append((key, ph, assign, dtype.as_numpy_dtype))
         self._graph = g
         self._sess = tf1.Session(graph=g)
+        self.held_bytes = 0  # the variables' values the session holds (LazyReference.release uses it)
         try:
             if init_tensors:  # the initial values the checkpoint lacks, through the checked graph
                 keys = [key for key, *_ in assigns if key in init_tensors]
@@ -353,6 +354,7 @@ class GatedRun:
             for i, (key, ph, assign, dtype) in enumerate(assigns):
                 value = np.asarray(initial[key] if key in init_tensors else ckpt.get(key), dtype)
                 batch[ph], size = value, size + value.nbytes
+                self.held_bytes += value.nbytes
                 ops.append(assign)
                 if size >= ASSIGN_BATCH_BYTES or i == len(assigns) - 1:
                     self._sess.run(ops, batch)

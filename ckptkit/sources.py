@@ -6,6 +6,7 @@ the inference-path IR and a TensorFlow reference forward pass.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -22,6 +23,9 @@ from .tf_import.walker import ValueSource, import_graph, import_topology
 log = logging.getLogger("ckptkit")
 
 Builder = Callable[[object], object]  # inputs tensor -> output tensor, in the current tf.Graph
+
+
+COLLECT_BYTES = 64 * 2**20  # a session holding fewer weight bytes is not worth a full garbage collection
 
 
 class LazyReference:
@@ -54,11 +58,20 @@ class LazyReference:
         needs no session, any other builds it again."""
         import gc
 
+        if self._fn is None:
+            return
+        held = self.held_bytes
         close = getattr(self._fn, "close", None)
         if close is not None:
             close()
         self._fn = None
-        gc.collect()  # the session's memory goes with its last reference
+        if held is None or held >= COLLECT_BYTES:
+            gc.collect()  # the session's memory goes with its last reference (a full collection: ~0.3 s)
+
+    @property
+    def held_bytes(self) -> Optional[int]:
+        """Weight bytes the built reference holds (None: not known)."""
+        return getattr(self._fn, "held_bytes", None)
 
     def close(self) -> None:
         """Release the reference and forget its last output: the next call builds it again."""
@@ -319,7 +332,7 @@ def graph_io(checkpoint: str, meta: Optional[str] = None) -> dict:
     meta = meta or ckpt.meta_path
     if meta is None:
         raise CkptkitError(f"no graph for {ckpt.prefix}: no .meta beside it (pass --meta PATH)")
-    probe, _ = _import_meta(_read_meta(meta), meta)
+    probe = _probe(_read_meta(meta), meta)
     shape = lambda t: t.shape.as_list() if t.shape.rank is not None else None  # noqa: E731
     inputs, outputs = [], []
     for t in _candidate_inputs(probe):
@@ -369,7 +382,9 @@ def _import_meta(mgd, meta: str, replace: Optional[str] = None, shape=None):
     with phase("build TF graph"), g.as_default():
         x = _placeholder(shape) if replace else None
         try:
-            tf1.train.import_meta_graph(mgd, clear_devices=True,
+            pristine = type(mgd)()  # import_meta_graph edits what it is given (clear_devices)
+            pristine.CopyFrom(mgd)
+            tf1.train.import_meta_graph(pristine, clear_devices=True,
                                         input_map={replace: x} if replace else None)
         except Exception as err:  # TF raises ValueError/InvalidArgumentError/... with shape details
             first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
@@ -381,10 +396,24 @@ def _import_meta(mgd, meta: str, replace: Optional[str] = None, shape=None):
     return g, x
 
 
+_PROBES: dict = {}  # the last probe graph, by the digest of its MetaGraphDef
+
+
+def _probe(mgd, meta: str):
+    """The MetaGraphDef imported as it is (inputs and outputs are picked from it; nothing writes to it). One
+    command asks several times (fold: the topology, the folded graph, its reference): the last one is kept,
+    keyed by the content, so an edited file is imported anew."""
+    key = hashlib.sha1(mgd.SerializeToString(deterministic=True)).digest()
+    if key not in _PROBES:
+        _PROBES.clear()
+        _PROBES[key] = _import_meta(mgd, meta)[0]
+    return _PROBES[key]
+
+
 def _meta_graphs(ckpt: Checkpoint, meta: str, input_name=None, input_shape=None):
     """(MetaGraphDef, tf.Graph with the input replaced by a fresh placeholder, that placeholder, old input)."""
     mgd = _read_meta(meta)
-    probe, _ = _import_meta(mgd, meta)
+    probe = _probe(mgd, meta)
     old_in, shape = _pick_input(probe, input_name, meta, input_shape)
     recorded = tuple(old_in.shape.as_list()[1:]) if old_in.shape.rank == 4 else None
     if recorded and tuple(shape) != recorded and _records_cond_shapes(mgd.graph_def):
@@ -409,7 +438,7 @@ def _inference_reference(mgd, meta: str, ckpt: Checkpoint, old_in, out_name: str
 
     def make() -> Callable:
         try:
-            probe, _ = _import_meta(mgd, meta)
+            probe = _probe(mgd, meta)
             rewrite = inference_graph.plan(probe, probe.get_tensor_by_name(out_name))
             changed = type(mgd)()
             changed.CopyFrom(mgd)
@@ -523,7 +552,7 @@ def topology(checkpoint: str, *, meta: Optional[str] = None, arch: Optional[str]
         if meta is None:
             raise CkptkitError(f"no graph for {ckpt.prefix}: no .meta beside it")
         if input_name is None:  # several candidate inputs: every one is followed, in turn
-            probe, _ = _import_meta(_read_meta(meta), meta)
+            probe = _probe(_read_meta(meta), meta)
             names = [t.name for t in _candidate_inputs(probe)]
             if len(names) > 1:
                 parts, errors = [], []
