@@ -1,6 +1,11 @@
 """Shared fixtures: checkpoints built once per test session with tf_slim (realistic statistics)."""
+import contextlib
+import fcntl
 import functools
+import hashlib
 import os
+import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -26,30 +31,60 @@ ARCH = {"resnet_v1_50": ("resnet_v1_50", {}), "resnet_v2_50": ("resnet_v2_50", {
         "inception_v2": ("inception_v2", {}), "inception_v3": ("inception_v3", {})}
 
 
+def _shared_folder(tmp_path_factory, name: str):
+    """A folder every xdist worker of this run shares (each worker has its own basetemp under one parent)."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@contextlib.contextmanager
+def _exclusive(path):
+    """Hold a lock file beside `path`: one worker makes a shared artefact while the others wait for it."""
+    with open(f"{path}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 @pytest.fixture(scope="session")
 def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ckpts")
+    """Checkpoints by (net, statistics, trainable only), built once per run and shared by the workers (a
+    checkpoint of inception_v3 with its training graph takes ~15 s to build)."""
+    root = _shared_folder(tmp_path_factory, "ckpts")
 
     @functools.lru_cache(maxsize=None)
     def make(name: str, stats: str = "random", trainable_only: bool = False) -> str:
         builder, shape = NETS[name]
-        prefix = str(root / f"{name}-{stats}-{int(trainable_only)}" / "model.ckpt")
-        return T.save_model(builder, shape, prefix, stats=stats, trainable_only=trainable_only)
+        folder = root / f"{name}-{stats}-{int(trainable_only)}"
+        prefix = str(folder / "model.ckpt")
+        with _exclusive(folder):
+            done = root / f"{folder.name}.complete"  # beside the folder: nothing extra inside the checkpoint's
+            if not done.exists():
+                shutil.rmtree(folder, ignore_errors=True)  # a worker that died half-way
+                T.save_model(builder, shape, prefix, stats=stats, trainable_only=trainable_only)
+                done.write_text("")
+        return prefix
 
     return make
 
 
 @pytest.fixture(scope="session")
-def reference():
-    """TF's own inference output of a net restored from a checkpoint (independent of ckptkit's importer)."""
-    cache = {}
+def reference(tmp_path_factory):
+    """TF's own inference output of a net restored from a checkpoint (independent of ckptkit's importer),
+    computed once per run for all workers."""
+    root = _shared_folder(tmp_path_factory, "references")
 
     def run(name: str, prefix: str, x: np.ndarray) -> np.ndarray:
-        key = (name, prefix, x.tobytes())
-        if key not in cache:
-            builder, shape = NETS[name]
-            cache[key] = T.inference_output(builder, shape, prefix, x)
-        return cache[key]
+        key = hashlib.sha1(repr((name, prefix, x.shape, str(x.dtype))).encode() + x.tobytes()).hexdigest()
+        path = root / f"{key}.npy"
+        with _exclusive(path):
+            if not path.exists():
+                builder, shape = NETS[name]
+                out = T.inference_output(builder, shape, prefix, x)
+                np.save(root / f"{key}.partial.npy", out)
+                os.replace(root / f"{key}.partial.npy", path)
+        return np.load(path)
 
     return run
 
@@ -68,6 +103,17 @@ def rel_error(ref: np.ndarray, got: np.ndarray) -> float:
 FIXTURE = os.path.join(os.path.dirname(__file__), "..", "fixtures", "mobilenet_v2_tiny", "model.ckpt")
 
 
+# The end-to-end matrix of each format (test_onnx, test_caffe, test_keras): (net, fold). Every network with its
+# BatchNorms folded, and with them kept as layers on the networks whose kept BNs differ: every BN variant
+# (scale/center off, tf.layers, fused or not), hand-written BNs with EMA shadows, depthwise + residual, a BN after a
+# fully connected layer, and pre-activation BNs that follow no layer. The larger networks' kept BNs are the same
+# writer on the same conv -> BN pattern; the kept BN layer itself is checked op by op in every target
+# (test_ops.py: batchnorm_kept). mobilenet_v2 folded comes first: the quick tier's case.
+KEEP_NETS = ("variants", "handwritten", "mobilenet_v2", "vgg16_bn", "resnet_v2_50")
+E2E = [("mobilenet_v2", True)] + [(n, True) for n in NETS if n != "mobilenet_v2"] + [(n, False) for n in KEEP_NETS]
+E2E_IDS = [f"{name}-{'fold' if fold else 'keep'}" for name, fold in E2E]
+
+
 def quick(names) -> list:
     """Parameter values with the first one in the quick tier: `@pytest.mark.parametrize("name", quick(NETS))`."""
     names = list(names)
@@ -79,3 +125,25 @@ def pytest_configure(config):
     # `make test-fast` (pytest -m fast): the TF-free unit tests, the op cases in ONNX, one network per format, the
     # reader against TensorFlow, the quick CLI checks; each marked where it is defined (--strict-markers)
     config.addinivalue_line("markers", "fast: the quick development tier (`make test-fast`)")
+
+
+@pytest.fixture
+def run_cli(capfd, monkeypatch):
+    """`ckptkit ARGS` run in this process from `cwd`: its exit code and all that reached file descriptors 1 and 2
+    (C++ libraries and child processes included), as subprocess.run reports them, without a TensorFlow start-up
+    per call. Tests of what only a process shows (its imports, start-up lines, kill -9) run a subprocess."""
+    from ckptkit import cli
+
+    def run(*args, cwd=None):
+        capfd.readouterr()  # what came before is not this command's
+        with monkeypatch.context() as patch:
+            if cwd is not None:
+                patch.chdir(cwd)
+            try:
+                code = cli.main([str(a) for a in args])
+            except SystemExit as exit_:  # argparse: --help and usage errors
+                code = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 2
+        out, err = capfd.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+    return run

@@ -10,7 +10,7 @@ from ckptkit._tf import tf
 from ckptkit.errors import CkptkitError
 from ckptkit.export import export
 from ckptkit.sources import load
-from conftest import NETS, quick, rel_error
+from conftest import E2E, E2E_IDS, NETS, quick, rel_error
 from converters.caffe import runner
 from converters.caffe_consumers import CONSUMERS
 
@@ -24,9 +24,9 @@ def test_every_consumer_this_suite_verifies_in_is_installed():
     assert {c.name for c in INSTALLED} == set(CONSUMERS)
 
 
-@pytest.mark.parametrize("bn", ["fold", "keep"])
-@pytest.mark.parametrize("name", quick(["mobilenet_v2"] + [n for n in NETS if n != "mobilenet_v2"]))
-def test_caffe_matches_tf_in_every_consumer(store, reference, tmp_path, name, bn):
+@pytest.mark.parametrize("name, fold", quick(E2E), ids=E2E_IDS)
+def test_caffe_matches_tf_in_every_consumer(store, reference, tmp_path, name, fold):
+    bn = "fold" if fold else "keep"
     prefix = store(name)
     runtimes = {}
     if bn == "keep" and name in BN_AFTER_OTHER_LAYERS:

@@ -9,12 +9,18 @@ import pytest
 from conftest import FIXTURE
 
 
-def ckptkit(*args, cwd=None):
+def process(*args, cwd=None):
+    """`ckptkit ARGS` as its own process: for what only a process shows (what it imports, its start-up lines)."""
     return subprocess.run([sys.executable, "-m", "ckptkit.cli", *args], capture_output=True, text=True, cwd=cwd)
 
 
+@pytest.fixture
+def ckptkit(run_cli):
+    return run_cli
+
+
 def test_help_lists_every_command():
-    out = ckptkit("--help")
+    out = process("--help")
     assert out.returncode == 0
     for cmd in ("inspect", "fold", "to-onnx", "to-keras"):
         assert cmd in out.stdout
@@ -29,7 +35,7 @@ def test_help_does_not_import_tensorflow():
 def test_tensorflow_start_up_chatter_stays_off_stderr():
     """The checkpoint is read without TensorFlow; the .meta beside it still imports TensorFlow, whose C++
     start-up lines (oneDNN, CUDA, absl) must not reach the user."""
-    out = ckptkit("inspect", FIXTURE)
+    out = process("inspect", FIXTURE)
     assert out.returncode in (0, 1), out.stderr
     assert "BatchNorm" in out.stdout
     for noise in ("oneDNN", "cuda", "absl", "cpu_feature_guard"):
@@ -44,7 +50,7 @@ def test_tensorflow_start_up_chatter_stays_off_stderr():
     (["to-onnx", FIXTURE, "--output", "logits", "-o", "x.onnx"], "did you mean logits_1?"),
     (["to-onnx", FIXTURE, "--input-shape", "32x32", "-o", "x.onnx"], "--input-shape 32x32 is not H,W,C"),
 ])
-def test_errors_are_one_line(args, message, tmp_path):
+def test_errors_are_one_line(args, message, tmp_path, ckptkit):
     out = ckptkit(*args, cwd=tmp_path)
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
@@ -53,7 +59,7 @@ def test_errors_are_one_line(args, message, tmp_path):
     assert not any(p.endswith(".onnx") for p in os.listdir(tmp_path))
 
 
-def test_fold_then_export_end_to_end(tmp_path):
+def test_fold_then_export_end_to_end(tmp_path, ckptkit):
     out = ckptkit("fold", FIXTURE, "-o", str(tmp_path / "folded.ckpt"))
     assert out.returncode == 0, out.stderr
     assert "folded 13 BatchNorm unit(s) (epsilon from graph" in out.stdout
@@ -62,7 +68,7 @@ def test_fold_then_export_end_to_end(tmp_path):
     assert "verified against TensorFlow" in out.stdout and ": ok" in out.stdout
 
 
-def test_outputs_that_are_input_files_are_refused_through_symlinks(tmp_path):
+def test_outputs_that_are_input_files_are_refused_through_symlinks(tmp_path, ckptkit):
     """Compared by file identity: a symlinked folder, the .meta, the state file, never overwritten."""
     import filecmp
     import shutil
@@ -81,7 +87,7 @@ def test_outputs_that_are_input_files_are_refused_through_symlinks(tmp_path):
     assert not filecmp.dircmp(tmp_path / "self", os.path.dirname(FIXTURE)).diff_files
 
 
-def test_usage_errors_are_one_line_and_flags_work_after_the_command(tmp_path):
+def test_usage_errors_are_one_line_and_flags_work_after_the_command(tmp_path, ckptkit):
     out = ckptkit("fold", FIXTURE, "--no-such-flag")
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [out.stderr.strip()]
     assert out.stderr.startswith("ckptkit: error: ")
@@ -98,7 +104,7 @@ def test_usage_errors_are_one_line_and_flags_work_after_the_command(tmp_path):
     (["to-onnx", FIXTURE, "--opset", "99", "-o", "x.onnx"], "--opset 99"),
     (["to-onnx", FIXTURE, "-o", "folder/"], "is a folder"),
 ])
-def test_bad_values_are_one_line(args, message, tmp_path):
+def test_bad_values_are_one_line(args, message, tmp_path, ckptkit):
     out = ckptkit(*args, cwd=tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     last = out.stderr.strip().splitlines()[-1]
@@ -107,7 +113,7 @@ def test_bad_values_are_one_line(args, message, tmp_path):
 
 
 @pytest.mark.parametrize("state", [b"", b"\xff\xfe not utf-8", b'model_checkpoint_path: "/moved/elsewhere/model.ckpt"\n'])
-def test_folder_with_a_broken_state_file_opens_its_single_checkpoint(tmp_path, state):
+def test_folder_with_a_broken_state_file_opens_its_single_checkpoint(tmp_path, state, ckptkit):
     import shutil
 
     shutil.copytree(os.path.dirname(FIXTURE), tmp_path / "glob[1]")  # glob characters in the path too
@@ -116,7 +122,7 @@ def test_folder_with_a_broken_state_file_opens_its_single_checkpoint(tmp_path, s
     assert out.returncode == 0 and "13 BatchNorm unit(s)" in out.stdout, out.stderr
 
 
-def test_outputs_go_into_new_folders(tmp_path):
+def test_outputs_go_into_new_folders(tmp_path, ckptkit):
     out = ckptkit("fold", FIXTURE, "-o", str(tmp_path / "new" / "deeper" / "f.ckpt"))
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "new" / "deeper" / "f.ckpt.index").exists()
@@ -138,7 +144,7 @@ def test_outputs_go_into_new_folders(tmp_path):
     (["recalibrate", FIXTURE, "--data", ".", "--device", ","], "--device ',' names no device"),
 ])
 @pytest.mark.fast
-def test_option_values_are_checked_before_any_work(args, message, tmp_path):
+def test_option_values_are_checked_before_any_work(args, message, tmp_path, ckptkit):
     out = ckptkit(*args, "-o", str(tmp_path / "out" / "model.x"), cwd=tmp_path)
     assert out.returncode == 2, out.stderr
     last = out.stderr.strip().splitlines()[-1]
@@ -146,7 +152,7 @@ def test_option_values_are_checked_before_any_work(args, message, tmp_path):
     assert "Traceback" not in out.stderr and not (tmp_path / "out").exists()
 
 
-def test_export_to_several_formats_runs_tensorflow_once(tmp_path):
+def test_export_to_several_formats_runs_tensorflow_once(tmp_path, ckptkit):
     from ckptkit.export import export_many
     from ckptkit.sources import load
 
@@ -189,7 +195,7 @@ DIGITS = os.path.join(os.path.dirname(FIXTURE), "..", "digits")
     (["diagnose", os.path.join(DIGITS, "broken"), "--data", os.path.join(DIGITS, "calibration"), "--preprocess",
       "unit"], 1, {"format_version", "verdict", "command", "layers"}),
 ])
-def test_json_is_one_document_on_stdout(args, code, keys, tmp_path):
+def test_json_is_one_document_on_stdout(args, code, keys, tmp_path, ckptkit):
     out = ckptkit(*[a.replace("OUT", str(tmp_path)) for a in args], "--json")
     assert out.returncode == code, out.stderr
     doc = json.loads(out.stdout)  # fails on anything else printed there

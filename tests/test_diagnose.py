@@ -18,8 +18,9 @@ BROKEN = os.path.join(DIGITS, "broken")
 CALIBRATION = os.path.join(DIGITS, "calibration")
 
 
-def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "ckptkit.cli", *args], capture_output=True, text=True, cwd=cwd)
+@pytest.fixture
+def cli(run_cli):
+    return run_cli
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def _shifted(healthy, folder, shift):
     return prefix
 
 
-def test_never_updated_statistics_are_diagnosed_with_the_fix(tmp_path):
+def test_never_updated_statistics_are_diagnosed_with_the_fix(tmp_path, cli):
     run = cli("diagnose", BROKEN, "--data", CALIBRATION, "--preprocess", "unit", "--json")
     assert run.returncode == 1, run.stderr
     d = json.loads(run.stdout)  # stdout is one JSON document
@@ -75,7 +76,7 @@ def test_stale_statistics_are_told_from_noise(healthy, tmp_path):
     assert all(r["mean_shift"] > 0.9 for r in stale.layers)
 
 
-def test_text_report_and_exit_codes(healthy):
+def test_text_report_and_exit_codes(healthy, cli):
     run = cli("diagnose", healthy, "--data", CALIBRATION, "-q")
     assert run.returncode == 0, run.stderr
     assert "diagnosis: HEALTHY" in run.stdout and "fix:" not in run.stdout
@@ -115,7 +116,7 @@ def test_a_stale_checkpoint_is_called_stale_from_32_samples_on(healthy_subset, t
     assert all(max(r["mean_z"] or 0, r["log_variance_z"] or 0) > 2 for r in stale)  # consistent with the layers
 
 
-def test_inconclusive_is_said_with_the_samples_needed(healthy_subset):
+def test_inconclusive_is_said_with_the_samples_needed(healthy_subset, cli):
     run = cli("diagnose", healthy_subset, "--data", CALIBRATION, "--max-samples", "32", "--seed", "2", "-q")
     assert run.returncode == 0, run.stderr
     first = run.stdout.splitlines()[0]

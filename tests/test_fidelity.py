@@ -1,8 +1,6 @@
 """Issue 11: no path may end in exit 0 with a wrong or unverified model. Each test builds the case and
 fails on the silent outcome."""
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,8 +16,9 @@ from conftest import rel_error
 from converters.onnx import runner
 
 
-def ckptkit(*args):
-    return subprocess.run([sys.executable, "-m", "ckptkit.cli", *args], capture_output=True, text=True)
+@pytest.fixture
+def ckptkit(run_cli):
+    return run_cli
 
 
 def one_line_error(out, *words):
@@ -46,20 +45,20 @@ def test_fold_from_meta_equals_fold_from_arch_bit_for_bit(store, tmp_path):
 
 
 @pytest.mark.parametrize("eps", ["nan", "inf", "-1", "0"])
-def test_bad_eps_is_refused(store, tmp_path, eps):
+def test_bad_eps_is_refused(store, tmp_path, eps, ckptkit):
     out = ckptkit("fold", store("mobilenet_v2"), "-o", str(tmp_path / "f.ckpt"), "--no-meta", "--eps", eps)
     one_line_error(out, "--eps", "positive finite")
     assert not list(tmp_path.iterdir())
 
 
-def test_eps_with_a_graph_is_refused_not_ignored(store, tmp_path):
+def test_eps_with_a_graph_is_refused_not_ignored(store, tmp_path, ckptkit):
     out = ckptkit("fold", store("mobilenet_v2"), "-o", str(tmp_path / "f.ckpt"), "--eps", "1e-5")
     one_line_error(out, "--eps", "gives every BatchNorm's epsilon")
     out = ckptkit("fold", store("mobilenet_v2"), "-o", str(tmp_path / "f.ckpt"), "--eps", "1e-3", "--no-meta")
     assert out.returncode == 0 and "epsilon from --eps" in out.stdout
 
 
-def test_unusable_meta_beside_the_checkpoint_is_not_silently_replaced_by_a_guess(tmp_path):
+def test_unusable_meta_beside_the_checkpoint_is_not_silently_replaced_by_a_guess(tmp_path, ckptkit):
     import shutil
 
     from conftest import FIXTURE
@@ -92,7 +91,7 @@ def test_inspect_and_fold_find_handwritten_and_ema_statistics(store):
 
 # ---- 3. broken statistics are refused before anything is written -----------------------------------------
 @pytest.mark.parametrize("stats, code", [("reset", "never updated"), ("negative", "negative, NaN or inf")])
-def test_export_and_fold_refuse_bad_statistics(store, tmp_path, stats, code):
+def test_export_and_fold_refuse_bad_statistics(store, tmp_path, stats, code, ckptkit):
     prefix = store("mobilenet_v2", stats=stats)
     for args in (["to-onnx", prefix, "-o", str(tmp_path / "m.onnx")], ["fold", prefix, "-o", str(tmp_path / "f.ckpt")],
                  ["to-caffe", prefix, "-o", str(tmp_path / "net")]):
@@ -100,7 +99,7 @@ def test_export_and_fold_refuse_bad_statistics(store, tmp_path, stats, code):
     assert not list(tmp_path.iterdir())
 
 
-def test_allow_bad_statistics_warns_and_stays_exact(store, reference, tmp_path):
+def test_allow_bad_statistics_warns_and_stays_exact(store, reference, tmp_path, ckptkit):
     prefix = store("mobilenet_v2", stats="reset")
     out = ckptkit("to-onnx", prefix, "-o", str(tmp_path / "m.onnx"), "--allow-bad-statistics")
     assert out.returncode == 0 and "--allow-bad-statistics" in out.stderr and "never updated" in out.stderr
@@ -122,7 +121,7 @@ def test_meta_at_another_resolution(tmp_path):
     assert rel_error(ref, runner(str(tmp_path / "m.onnx"))(x)) < 1e-4
 
 
-def test_meta_that_fixes_its_size_is_refused(store, tmp_path):
+def test_meta_that_fixes_its_size_is_refused(store, tmp_path, ckptkit):
     # control flow v2 records cond output shapes; a flatten before fc fixes the size in any graph
     out = ckptkit("to-onnx", store("variants"), "--input-shape", "64,64,3", "-o", str(tmp_path / "m.onnx"))
     one_line_error(out, "64,64,3")

@@ -6,14 +6,13 @@ import pytest
 from ckptkit import CkptkitError, testing as T
 from ckptkit.export import export
 from ckptkit.sources import load
-from conftest import NETS, quick, rel_error
+from conftest import E2E, NETS, quick, rel_error
 
 
-# every network folded and with BatchNormalization layers, as .keras; the legacy .h5 container (the same layers in
-# another file) on the networks whose layers differ most: every BN variant, and depthwise + residual
+# the end-to-end matrix as .keras; the legacy .h5 container (the same layers in another file) on the networks whose
+# layers differ most: every BN variant, and depthwise + residual
 H5_NETS = ("mobilenet_v2", "variants")
-CASES = [(name, fold, "keras") for name in ["mobilenet_v2"] + [n for n in NETS if n != "mobilenet_v2"]
-         for fold in (True, False)] + [(name, fold, "h5") for name in H5_NETS for fold in (True, False)]
+CASES = [(name, fold, "keras") for name, fold in E2E] + [(name, fold, "h5") for name in H5_NETS for fold in (True, False)]
 
 
 @pytest.mark.parametrize("name, fold, ext", quick(CASES))

@@ -8,14 +8,10 @@ import pytest
 from ckptkit import CkptkitError, testing as T
 from ckptkit.export import export
 from ckptkit.sources import load
-from conftest import ARCH, FIXTURE, NETS, quick, rel_error
+from conftest import ARCH, E2E, E2E_IDS, FIXTURE, NETS, quick, rel_error
 from converters.onnx import runner
 
-ALL = list(NETS)
-
-
-@pytest.mark.parametrize("fold", [True, False], ids=["fold", "nofold"])
-@pytest.mark.parametrize("name", quick(["mobilenet_v2"] + [n for n in ALL if n != "mobilenet_v2"]))
+@pytest.mark.parametrize("name, fold", quick(E2E), ids=E2E_IDS)
 def test_onnx_from_training_meta(store, reference, tmp_path, name, fold):
     prefix = store(name)
     model = load(prefix)  # the training-graph .meta beside the checkpoint

@@ -174,14 +174,12 @@ def test_progress_announces_its_total_and_reaches_it(digits, mode, passes):
 
 
 # ---- issue 11: stated preprocessing, NaN never in, never out ----------------------------------------------
-def cli(*args):
-    import subprocess
-    import sys
-
-    return subprocess.run([sys.executable, "-m", "ckptkit.cli", *args], capture_output=True, text=True)
+@pytest.fixture
+def cli(run_cli):
+    return run_cli
 
 
-def test_images_need_a_stated_preprocessing(digits, tmp_path):
+def test_images_need_a_stated_preprocessing(digits, tmp_path, cli):
     meta = digits["paths"]["healthy"] + ".meta"
     out = cli("recalibrate", digits["paths"]["reset"], "--meta", meta, "--data", str(digits["root"] / "images"),
               "-o", str(tmp_path / "f.ckpt"))
@@ -189,7 +187,7 @@ def test_images_need_a_stated_preprocessing(digits, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_preprocessing_is_reported_recorded_and_reused(digits, tmp_path):
+def test_preprocessing_is_reported_recorded_and_reused(digits, tmp_path, cli):
     meta = digits["paths"]["healthy"] + ".meta"
     out = tmp_path / "f.ckpt"
     run = cli("recalibrate", digits["paths"]["reset"], "--meta", meta, "--data", str(digits["root"] / "images"),
@@ -227,7 +225,7 @@ def test_overflowing_data_writes_nothing(digits, tmp_path):
 
 @pytest.mark.parametrize("args, words", [(["--std", "0"], "--std 0"), (["--mean", "1,2"], "1 channel"),
                                          (["--mean", "abc"], "not a comma-separated"), (["--max-samples", "0"], "0")])
-def test_bad_normalisation_is_refused(digits, tmp_path, args, words):
+def test_bad_normalisation_is_refused(digits, tmp_path, args, words, cli):
     meta = digits["paths"]["healthy"] + ".meta"
     out = cli("recalibrate", digits["paths"]["reset"], "--meta", meta, "--data", str(digits["root"] / "images"),
               "-o", str(tmp_path / "f.ckpt"), "--preprocess", "unit", *args)
