@@ -81,15 +81,21 @@ def _builder(args):
 
 
 def _topology(args) -> dict:
-    """The topology options every command passes on."""
+    """The topology options fold and inspect pass on."""
     return dict(meta=args.meta, arch=args.arch, arch_args=_key_values(args.arch_arg), builder=_builder(args))
+
+
+def _typed_topology(args):
+    """Every topology flag as ckptkit.options.Topology (through its one flag table)."""
+    from . import options
+
+    return options.Topology(**{**options.from_args(args, options.TOPOLOGY), **_topology(args)})
 
 
 def _load(args):
     from .sources import load
 
-    return load(args.checkpoint, frozen=args.graph, input_name=args.input, output_name=args.output,
-                input_shape=args.input_shape, **_topology(args))
+    return load(args.checkpoint, **_typed_topology(args).load_args())
 
 
 def _add_export(p: argparse.ArgumentParser, keep_help: str = "keep BatchNorm as its own layer") -> None:
@@ -413,9 +419,10 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 
 
 def _data_options(args) -> dict:
+    """recalibrate's and diagnose's typed options from the flags."""
     from . import options
 
-    return {**options.from_args(args), **_topology(args)}
+    return dict(topology=_typed_topology(args), sampling=options.Sampling(**options.from_args(args, options.DATA)))
 
 
 class _Formatter(argparse.HelpFormatter):

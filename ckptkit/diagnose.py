@@ -15,8 +15,11 @@ from typing import Optional
 
 import numpy as np
 
+from . import options as flags
 from ._tf import eager, tf
+from .checkpoint import resolve_prefix
 from .errors import CkptkitError
+from .options import Sampling, Topology
 from .tf_exec import inference_bn, run_graph, weight_tensors
 
 VERDICTS = ("healthy", "inconclusive", "stale", "never updated", "invalid", "missing")  # from good to worst
@@ -28,7 +31,6 @@ OUTPUT_NOISE_FACTOR = 4.0  # output drift beyond this many times its split-half 
 JOINT_Z = 2.0  # when the output drift is beyond noise, layers shifted beyond this many noise units share it
 DRIFT_SAMPLES = 256
 MIN_BATCHES = 8  # the data is read in at least this many batches, so that its halves estimate the noise
-_NOT_OPTIONS = ("progress", "progress_total", "before_work")  # callbacks, not measurement options
 
 
 @dataclass
@@ -138,31 +140,32 @@ def _output_drift(graph, statistics: dict, halves: list, batches, limit: int = D
     return drift, (float(np.mean(agree)) if agree else None), noise
 
 
-def recalibrate_command(checkpoint: str, data: str, preprocessing: Optional[dict], options: dict) -> str:
+def recalibrate_command(checkpoint: str, data: str, preprocessing: Optional[dict], topology: Topology,
+                        sampling: Sampling) -> str:
     """The `ckptkit recalibrate` command that reproduces what was measured: the same checkpoint, data,
-    topology and data options (`options`, as given to `diagnose`), and the preprocessing that was used
-    (`preprocessing`, also when it came from a record), spelled by ckptkit.options' one table."""
-    from . import options as flags
-    from .checkpoint import resolve_prefix
-
+    topology and data options (as given to `diagnose`), and the preprocessing that was used (`preprocessing`,
+    also when it came from a record), spelled by ckptkit.options' one table."""
     if os.path.isdir(checkpoint):  # runs/x/ -> runs/x-recalibrated/model.ckpt
         out = os.path.join(checkpoint.rstrip("/") + "-recalibrated", os.path.basename(resolve_prefix(checkpoint)))
     else:
         out = checkpoint + "-recalibrated"
-    given = {k: v for k, v in options.items() if k not in ("preprocess", "mean", "std", "resize")}
+    given = {k: v for k, v in flags.as_options(topology, sampling).items()
+             if k not in ("preprocess", "mean", "std", "resize")}
     measured = {**given, **flags.preprocessing_options(preprocessing)}
     return flags.command(["ckptkit", "recalibrate", checkpoint, "--data", data, *flags.to_words(measured), "-o", out])
 
 
 @eager
-def diagnose(checkpoint: str, data: str, *, model=None, **options) -> Diagnosis:
+def diagnose(checkpoint: str, data: str, *, model=None, topology: Optional[Topology] = None,
+             sampling: Optional[Sampling] = None, progress=None, progress_total=None, **options) -> Diagnosis:
     """Judge the stored BatchNorm statistics of `checkpoint` against `data`; nothing is written.
 
     Args:
         checkpoint: prefix, file or folder.  data: as for `recalibrate`.
-        model: a loaded Model (else loaded from the checkpoint and the load options).
-        options: `ckptkit.recalibrate.measure`'s (preprocess, batch_size, max_samples, ...) and
-            `ckptkit.load`'s (meta, arch, ...).
+        model: a loaded Model (else loaded from the checkpoint and the topology).
+        topology, sampling: typed options, as for `recalibrate` (ckptkit.options.Topology, Sampling); `options`
+            the same fields as keywords (preprocess, batch_size, max_samples, meta, arch, ...).
+        progress, progress_total: callbacks with the samples done per batch and the total to expect.
     Returns:
         Diagnosis: `.verdict` (healthy, stale, never updated, invalid, missing), `.layers` (per BN: drift,
         split-half noise, verdict), `.output_drift`, `.top1_agreement`, `.command` (the fix).
@@ -172,8 +175,9 @@ def diagnose(checkpoint: str, data: str, *, model=None, **options) -> Diagnosis:
     """
     from .recalibrate import measure
 
-    options = {"min_batches": MIN_BATCHES, **options}
-    model, samples, result = measure(checkpoint, data, model=model, **options)
+    topology, sampling = flags.split(options, topology, sampling)
+    model, samples, result = measure(checkpoint, data, topology=topology, sampling=sampling, model=model,
+                                     progress=progress, progress_total=progress_total, min_batches=MIN_BATCHES)
     if not result.report:
         raise CkptkitError("the graph has no BatchNorm: nothing to diagnose")
     layers = [{**row, **_judge_layer(row, result.samples)} for row in result.report]
@@ -208,7 +212,6 @@ def diagnose(checkpoint: str, data: str, *, model=None, **options) -> Diagnosis:
         reason = f"{worst['layer']} is {z:.1f} noise units from the data's statistics (the noise of {result.samples} samples)"
     counts = {v: sum(1 for r in layers if r["verdict"] == v) for v in VERDICTS}
     command = None if verdict in ("healthy", "inconclusive") else recalibrate_command(
-        checkpoint, data, result.preprocessing, {k: v for k, v in options.items() if k not in _NOT_OPTIONS
-                                                 and k != "min_batches"})
+        checkpoint, data, result.preprocessing, topology, sampling)
     return Diagnosis(verdict, layers, drift, agreement, result.samples, command, result.data,
                      result.preprocessing, counts, noise, samples_needed, reason)

@@ -7,8 +7,8 @@ a measurement can never be dropped or re-spelled on the way back. TensorFlow-fre
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
-from typing import Any, Optional
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable, Optional
 
 
 @dataclass(frozen=True)
@@ -19,31 +19,76 @@ class Flag:
     default: Any = None
 
 
-TOPOLOGY = (
-    Flag("meta", "--meta", "meta"),
-    Flag("arch", "--arch", "arch"),
-    Flag("frozen", "--graph", "graph"),
-    Flag("input_name", "--inputs", "input"),
-    Flag("output_name", "--outputs", "output"),
-    Flag("input_shape", "--input-shape", "input_shape"),
-)
-DATA = (
-    Flag("batch_size", "--batch-size", "batch_size", 32),
-    Flag("max_samples", "--max-samples", "max_samples"),
-    Flag("preprocess", "--preprocess", "preprocess"),
-    Flag("resize", "--resize", "resize"),
-    Flag("mean", "--mean", "mean"),
-    Flag("std", "--std", "std"),
-    Flag("mode", "--mode", "mode", "precise"),
-    Flag("device", "--device", "device"),
-    Flag("seed", "--seed", "seed", 0),
-    Flag("image_key", "--image-key", "image_key", "image/encoded"),
-)
+def _flag(spelling: str, dest: Optional[str] = None) -> dict:
+    return {"flag": spelling, "dest": dest or spelling[2:].replace("-", "_")}
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Where the graph comes from: `ckptkit.load`'s options (exactly one of meta/arch/frozen/builder, or none:
+    the .meta beside the checkpoint)."""
+
+    meta: Optional[str] = field(default=None, metadata=_flag("--meta"))
+    arch: Optional[str] = field(default=None, metadata=_flag("--arch"))
+    frozen: Optional[str] = field(default=None, metadata=_flag("--graph"))
+    input_name: Optional[str] = field(default=None, metadata=_flag("--inputs", "input"))
+    output_name: Optional[str] = field(default=None, metadata=_flag("--outputs", "output"))
+    input_shape: Any = field(default=None, metadata=_flag("--input-shape"))
+    arch_args: Optional[dict] = None  # spelled --arch-arg KEY=VALUE
+    builder: Optional[Callable] = None  # spelled --builder MODULE:FUNCTION [--builder-arg KEY=VALUE]
+
+    def load_args(self) -> dict:
+        """As keyword arguments of ckptkit.load."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How statistics are measured on data: which samples, how they are preprocessed, how they are run
+    (`recalibrate`'s and `diagnose`'s options)."""
+
+    batch_size: int = field(default=32, metadata=_flag("--batch-size"))
+    max_samples: Optional[int] = field(default=None, metadata=_flag("--max-samples"))
+    preprocess: Optional[str] = field(default=None, metadata=_flag("--preprocess"))
+    resize: Optional[str] = field(default=None, metadata=_flag("--resize"))
+    mean: Any = field(default=None, metadata=_flag("--mean"))
+    std: Any = field(default=None, metadata=_flag("--std"))
+    mode: str = field(default="precise", metadata=_flag("--mode"))
+    device: Optional[str] = field(default=None, metadata=_flag("--device"))
+    seed: int = field(default=0, metadata=_flag("--seed"))
+    image_key: str = field(default="image/encoded", metadata=_flag("--image-key"))
+
+
+def _table(cls) -> tuple[Flag, ...]:
+    return tuple(Flag(f.name, f.metadata["flag"], f.metadata["dest"], f.default) for f in fields(cls) if f.metadata)
+
+
+# the flag spelling of each option, read from the dataclasses above (declared once, there)
+TOPOLOGY = _table(Topology)
+DATA = _table(Sampling)
+
+
+def split(options: dict, topology: Optional[Topology] = None,
+          sampling: Optional[Sampling] = None) -> tuple[Topology, Sampling]:
+    """Keyword options (the public functions' flat spelling, e.g. `preprocess="unit", arch="resnet_v1_50"`) as
+    typed options, on top of any given; an unknown keyword is a TypeError, as Python's own."""
+    parts = {Topology: {}, Sampling: {}}
+    for key, value in options.items():
+        cls = next((c for c in parts if key in {f.name for f in fields(c)}), None)
+        if cls is None:
+            raise TypeError(f"unexpected keyword argument {key!r}")
+        parts[cls][key] = value
+    return (replace(topology or Topology(), **parts[Topology]), replace(sampling or Sampling(), **parts[Sampling]))
 
 
 def from_args(args, flags=TOPOLOGY + DATA) -> dict:
     """Library options from parsed arguments."""
     return {f.option: getattr(args, f.dest, f.default) for f in flags}
+
+
+def as_options(*typed) -> dict:
+    """Typed options back as flat keyword options (what `to_words` spells)."""
+    return {f.name: getattr(t, f.name) for t in typed for f in fields(t)}
 
 
 def _spell(value: Any) -> str:

@@ -22,6 +22,7 @@ from .checkpoint import SIDECAR, Checkpoint, input_files
 from .errors import CkptkitError
 from .publish import publish_file
 from . import validate
+from .options import Sampling, Topology, split
 from .recalibration.moments import Moments
 from .recalibration.output import check_new_statistics, check_output_paths, write_statistics
 from .recalibration.report import Recalibration, figure, layer_report, plot, record, recorded_preprocessing
@@ -34,17 +35,18 @@ log = logging.getLogger("ckptkit")
 
 
 @eager
-def measure(checkpoint: str, data: str, *, model=None, batch_size: int = 32, max_samples: Optional[int] = None,
-            preprocess: Optional[str] = None, mean=None, std=None, resize: Optional[str] = None,
-            mode: str = "precise", device: Optional[str] = None, seed: int = 0, image_key: str = "image/encoded",
-            progress: Optional[Progress] = None, progress_total: Optional[Callable[[int], None]] = None,
-            before_work: Optional[Callable[[], None]] = None, min_batches: int = 0, **load_args):
+def measure(checkpoint: str, data: str, *, topology: Optional[Topology] = None, sampling: Optional[Sampling] = None,
+            model=None, progress: Optional[Progress] = None, progress_total: Optional[Callable[[int], None]] = None,
+            before_work: Optional[Callable[[], None]] = None, min_batches: int = 0):
     """(model, samples, Recalibration): the statistics of `data` per BN, nothing written. `before_work` runs
     once the options are checked, before the model is loaded (output checks)."""
     from .cluster import from_environment
     from .data import Preprocessing, dataset, preprocessing
     from .sources import load
 
+    topology, sampling = topology or Topology(), sampling or Sampling()
+    batch_size, max_samples, seed, mode = sampling.batch_size, sampling.max_samples, sampling.seed, sampling.mode
+    preprocess, mean, std, resize = sampling.preprocess, sampling.mean, sampling.std, sampling.resize
     cluster = from_environment()  # TF_CONFIG: first, before TensorFlow runs anything
     ckpt_prefix = Checkpoint(checkpoint).prefix
     if before_work:
@@ -53,7 +55,7 @@ def measure(checkpoint: str, data: str, *, model=None, batch_size: int = 32, max
     validate.count("--max-samples", max_samples, 1, optional=True)
     validate.count("--seed", seed, 0)
     validate.choice("--mode", mode, ("precise", "sequential"))
-    model = model or load(checkpoint, **load_args)
+    model = model or load(checkpoint, **topology.load_args())
     channels = int(model.input_shape[-1])
     prep: Optional[Preprocessing] = None
     if preprocess is None and (mean is not None or std is not None or resize is not None):
@@ -65,9 +67,9 @@ def measure(checkpoint: str, data: str, *, model=None, batch_size: int = 32, max
             log.info("preprocessing recorded beside %s: %s", ckpt_prefix, prep.describe())
     else:
         prep = preprocessing(preprocess, mean, std, channels, resize)
-    devices = resolve_devices(device, cluster.job if cluster else None)
+    devices = resolve_devices(sampling.device, cluster.job if cluster else None)
     make = lambda size: dataset(data, model.input_shape[1:], batch_size=size, max_samples=max_samples,  # noqa: E731
-                                preprocess=prep, image_key=image_key, seed=seed,
+                                preprocess=prep, image_key=sampling.image_key, seed=seed,
                                 shard=(cluster.rank, cluster.workers) if cluster else (0, 1))
     samples = make(batch_size)
     if min_batches and cluster is None and samples.count and samples.count < min_batches * batch_size:
@@ -97,7 +99,10 @@ def measure(checkpoint: str, data: str, *, model=None, batch_size: int = 32, max
 
 @eager
 def recalibrate(checkpoint: str, data: str, output: Optional[str] = None, *, model=None,
-                report_path: Optional[str] = None, plot_path: Optional[str] = None, **options) -> Recalibration:
+                report_path: Optional[str] = None, plot_path: Optional[str] = None,
+                topology: Optional[Topology] = None, sampling: Optional[Sampling] = None,
+                progress: Optional[Progress] = None, progress_total: Optional[Callable[[int], None]] = None,
+                **options) -> Recalibration:
     """Recompute the moving statistics of `checkpoint` from `data`; write `output` if given.
 
     Images need `preprocess` (a preset of ckptkit.data.PRESETS) unless an earlier recalibration recorded
@@ -107,10 +112,12 @@ def recalibrate(checkpoint: str, data: str, output: Optional[str] = None, *, mod
     Args:
         checkpoint: the input (never modified).  data: folder of images, .npy/.npz arrays, TFRecords.
         output: the output checkpoint prefix (None: measure only).
-        model: a loaded Model (else `ckptkit.load(checkpoint, **load options)`).
+        model: a loaded Model (else `ckptkit.load(checkpoint, **topology)`).
         report_path, plot_path: also write the per-layer report (JSON) and its figure (PNG).
-        options: `measure`'s (batch_size, max_samples, preprocess, mean, std, resize, mode, device,
-            seed, image_key, progress, progress_total) and `ckptkit.load`'s (meta, arch, ...).
+        topology, sampling: typed options (ckptkit.options.Topology: meta, arch, ...; Sampling: batch_size,
+            max_samples, preprocess, mean, std, resize, mode, device, seed, image_key).
+        options: the same fields as keywords (`preprocess="unit", arch="resnet_v1_50"`), over the typed ones.
+        progress, progress_total: callbacks with the samples done per batch and the total to expect.
     Returns:
         Recalibration: `.statistics` {BN: (mean, variance)}, `.report` per layer, `.samples`, `.files`.
     Example:
@@ -119,17 +126,18 @@ def recalibrate(checkpoint: str, data: str, output: Optional[str] = None, *, mod
         >>> r.samples
         500
     """
+    topology, sampling = split(options, topology, sampling)
     ckpt_prefix = Checkpoint(checkpoint).prefix
-    model, _, result = measure(checkpoint, data, model=model, before_work=lambda: check_output_paths(
-        output, ckpt_prefix, report_path, plot_path), **options)
+    model, _, result = measure(checkpoint, data, topology=topology, sampling=sampling, model=model,
+                               progress=progress, progress_total=progress_total,
+                               before_work=lambda: check_output_paths(output, ckpt_prefix, report_path, plot_path))
     if result.cluster is not None and not result.cluster.is_chief:
         log.info("%s: measured its shard; the chief writes the checkpoint and the reports", result.cluster.describe())
         return result
     if output is not None:
         sidecar = os.path.abspath(output) + SIDECAR  # how these statistics were made; an older one is removed
         kept = record(result, ckpt_prefix)
-        meta = options.get("meta") or (None if options.get("arch") or options.get("frozen")
-                                       else model.checkpoint.meta_path)
+        meta = topology.meta or (None if topology.arch or topology.frozen else model.checkpoint.meta_path)
         result.files = write_statistics(model.checkpoint, model.graph, result.statistics, output, extra_files={
             sidecar: json.dumps(kept, indent=2).encode() if kept else None,
             os.path.abspath(output) + ".meta": _read_bytes(meta) if meta else None})

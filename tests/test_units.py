@@ -1,4 +1,6 @@
 """TF-free unit tests of the weight layouts, padding geometry and folding math (numpy references)."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -170,3 +172,20 @@ def test_bn_affine_equals_the_normalisation_it_replaces(gamma, beta, bias):
         b if beta else 0.0)
     np.testing.assert_allclose(x * s + t, expected, rtol=1e-12, atol=1e-12)
     assert s.dtype == t.dtype == np.float64
+
+
+def test_typed_options_take_keywords_over_them_and_refuse_unknown_ones():
+    from ckptkit import options
+
+    topology, sampling = options.split({"preprocess": "vgg", "arch": "resnet_v1_50", "batch_size": 8},
+                                       options.Topology(meta="m.meta"), options.Sampling(batch_size=64, seed=3))
+    assert (topology.meta, topology.arch) == ("m.meta", "resnet_v1_50")
+    assert (sampling.preprocess, sampling.batch_size, sampling.seed) == ("vgg", 8, 3)
+    with pytest.raises(TypeError, match="'preproces'"):
+        options.split({"preproces": "vgg"})
+    flat = options.as_options(topology, sampling)
+    assert options.split(flat) == (topology, sampling)  # flat keywords and typed options say the same
+    # the flag tables are read from the dataclasses: every field but the composite ones has its spelling
+    assert [f.option for f in options.DATA] == [f.name for f in dataclasses.fields(options.Sampling)]
+    assert {f.option for f in options.TOPOLOGY} == {f.name for f in dataclasses.fields(options.Topology)} - {
+        "arch_args", "builder"}
