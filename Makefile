@@ -37,9 +37,10 @@ demo: setup
 	$(CK) fold $(OUT)/recalibrated -o $(OUT)/folded/model.ckpt
 	$(CK) export $(OUT)/recalibrated --to onnx,keras,caffe -o $(OUT)/exported
 
-# --durations: the slowest tests, for whoever next shortens the suite
+# --durations: the slowest tests, for whoever next shortens the suite; --maxschedchunk 1: the workers take tests one
+# at a time, the `slow` ones first (tests/conftest.py), so that they finish together
 test: setup
-	$(PY) -m pytest -n $(JOBS) --durations=25 tests
+	$(PY) -m pytest -n $(JOBS) --maxschedchunk 1 --durations=25 tests
 
 # the quick development tier (tests marked `fast` in tests/conftest.py): TF-free unit tests, every op in
 # ONNX, one network per format; `make test` stays the full matrix CI runs

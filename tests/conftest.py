@@ -125,6 +125,14 @@ def pytest_configure(config):
     # `make test-fast` (pytest -m fast): the TF-free unit tests, the op cases in ONNX, one network per format, the
     # reader against TensorFlow, the quick CLI checks; each marked where it is defined (--strict-markers)
     config.addinivalue_line("markers", "fast: the quick development tier (`make test-fast`)")
+    config.addinivalue_line("markers", "slow: a test of 15 s or more, scheduled first (see below)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """`slow` tests first, the rest in their order: with `--maxschedchunk 1` (make test) the xdist workers take
+    the long ones one at a time at the start and end together on short ones, instead of one worker finishing
+    a 70 s test while the other waits."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: keeps the rest's order
 
 
 @pytest.fixture

@@ -57,6 +57,7 @@ def _wait_for_stage(folder: str, pattern: str, proc, timeout: float = 300) -> st
     pytest.fail(f"no staged {pattern} after {timeout} s")
 
 
+@pytest.mark.slow
 def test_an_interrupted_export_replaces_nothing(tmp_path):
     folder = str(tmp_path / "out")
     rc, _, err = _export(folder, 32)
@@ -73,6 +74,7 @@ def test_an_interrupted_export_replaces_nothing(tmp_path):
     assert not glob.glob(os.path.join(folder, ".ckptkit-*"))
 
 
+@pytest.mark.slow
 def test_a_second_export_into_the_same_folder_is_refused_while_the_first_writes(tmp_path):
     folder = str(tmp_path / "out")
     first = _export(folder, 32, wait=False)

@@ -17,6 +17,7 @@ def no_bn_builder(name):
 
 @pytest.mark.parametrize("name", ["variants", "handwritten", "mobilenet_v2", "vgg16_bn", "resnet_v1_50",
                                   "resnet_v2_50", "inception_v2", "inception_v3"])
+@pytest.mark.slow
 def test_fold_restores_into_network_without_bn(store, reference, tmp_path, name):
     prefix = store(name)
     shape = NETS[name][1]

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import onnx
+import pytest
 
 from ckptkit import testing as T
 
@@ -39,6 +40,7 @@ def test_the_onnx_input_keeps_the_graphs_input_name(tmp_path):
     assert onnx.load(out).graph.input[0].name == "input:0"
 
 
+@pytest.mark.slow
 def test_fold_and_export_carry_the_recorded_preprocessing(tmp_path):
     recal, folded, out = (str(tmp_path / d / "model.ckpt") for d in ("recal", "folded", "onnx"))
     assert _ckptkit("-q", "recalibrate", os.path.join(DIGITS, "broken"), "--data", os.path.join(DIGITS, "calibration"),

@@ -7,6 +7,7 @@ import shutil
 import signal
 
 import numpy as np
+import pytest
 
 from ckptkit import cli
 from conftest import FIXTURE
@@ -57,6 +58,7 @@ def _fold(src, out, capsys):
     return rc, capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_damaged_inputs_fail_in_one_line_or_give_the_same_output(tmp_path, capsys):
     clean_out = str(tmp_path / "clean" / "model.ckpt")
     rc, err = _fold(os.path.dirname(FIXTURE), clean_out, capsys)

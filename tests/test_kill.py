@@ -93,6 +93,7 @@ def _state(kind, out, ref, old, label):
     return "new"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_kill_9_leaves_a_whole_output_or_none(command, tmp_path):
     src = str(tmp_path / "in")

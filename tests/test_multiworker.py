@@ -19,6 +19,9 @@ BROKEN = os.path.join(ROOT, "fixtures", "digits", "broken")
 IMAGES = os.path.join(ROOT, "fixtures", "digits", "calibration")
 LIMIT = 240  # seconds for a whole cluster run
 
+pytestmark = pytest.mark.slow  # every case starts worker processes
+
+
 
 def _ports(n: int) -> list[int]:
     socks = [socket.socket() for _ in range(n)]

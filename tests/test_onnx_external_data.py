@@ -93,6 +93,7 @@ def _write_big_checkpoint(prefix: str) -> int:
     return sum(int(np.prod(s)) * 4 for s in shapes.values())
 
 
+@pytest.mark.slow
 def test_a_checkpoint_past_2_gib_exports_to_onnx_with_external_data_and_verifies(tmp_path):
     need = 3 * 2.1 * 2**30  # checkpoint, .onnx.data, and room to stage
     if shutil.disk_usage(tmp_path).free < need:

@@ -5,6 +5,8 @@ import shlex
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 FINDINGS = ("inspect", "diagnose")  # documented: exit 1 when they find a problem
 
@@ -29,6 +31,7 @@ def test_readme_python_blocks_run(tmp_path):
     assert (tmp_path / "out" / "lib" / "from_builder.onnx").exists()
 
 
+@pytest.mark.slow
 def test_readme_commands_run(tmp_path):
     blocks = _blocks("sh")
     assert blocks, "the README has no command walkthrough"

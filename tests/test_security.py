@@ -277,6 +277,7 @@ def test_an_image_declaring_too_many_pixels_is_skipped_with_its_name(tmp_path, c
     assert any(str(bomb) in r.getMessage() and "pixels" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_side_effects_in_a_model_zoo_network_are_cut(tmp_path, capsys):
     """resnet_v1_50 (tf_slim.nets) with a file write and a tf.print to a file on its input path."""
     sink = tmp_path / "sink"

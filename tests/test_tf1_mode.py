@@ -5,6 +5,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 FIXTURE = os.path.join(ROOT, "fixtures", "mobilenet_v2_tiny", "model.ckpt")
 DIGITS = os.path.join(ROOT, "fixtures", "digits")
@@ -39,6 +41,7 @@ def test_every_library_call_works_after_disable_v2_behavior(tmp_path):
     assert got.returncode == 0 and "all ok" in got.stdout, got.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_a_builder_module_that_disables_v2_behavior(tmp_path):
     module = tmp_path / "tf1_net.py"
     module.write_text(textwrap.dedent("""
