@@ -58,6 +58,16 @@ def _add_source(p: argparse.ArgumentParser, ckpt_optional: bool = False) -> None
                                                          "(--arch: the network's standard size)")
 
 
+def _add_graph_choice(p: argparse.ArgumentParser, purpose: str, without: str) -> None:
+    """inspect's and fold's topology flags: a graph is optional there (BatchNorms can be found by names)."""
+    p.add_argument("--meta", metavar="PATH", help=f"graph {purpose} (default: the .meta beside CKPT)")
+    p.add_argument("--arch", metavar="NAME", help=f"tf_slim.nets network {purpose}")
+    p.add_argument("--arch-arg", metavar="KEY=VALUE", action="append", help="extra --arch argument (repeatable)")
+    _add_builder(p)
+    p.add_argument("--input-shape", metavar="H,W,C", help="input size of --builder/--arch networks")
+    p.add_argument("--no-meta", action="store_true", help=f"ignore the .meta beside CKPT: {without}")
+
+
 def _add_builder(g) -> None:
     g.add_argument("--builder", metavar="MODULE:FUNCTION",
                    help="your network code as the topology (this RUNS your Python: use only code you trust): "
@@ -468,13 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensors", action="store_true", help="also list every tensor")
     p.add_argument("--graph", action="store_true", help="also list the graph's candidate inputs and outputs "
                                                         "(logits and last computed tensors) with shapes")
-    p.add_argument("--meta", metavar="PATH", help="graph to find BatchNorms in (default: the .meta beside CKPT)")
-    p.add_argument("--arch", metavar="NAME", help="tf_slim.nets network to find BatchNorms in")
-    p.add_argument("--arch-arg", metavar="KEY=VALUE", action="append", help="extra --arch argument (repeatable)")
-    _add_builder(p)
-    p.add_argument("--input-shape", metavar="H,W,C", help="input size of --builder/--arch networks")
-    p.add_argument("--no-meta", action="store_true", help="ignore the .meta beside CKPT: find BatchNorms by "
-                                                          "variable names only")
+    _add_graph_choice(p, "to find BatchNorms in", "find BatchNorms by variable names only")
     p.set_defaults(func=cmd_inspect)
 
     p = add_parser("fold", help="fold BatchNorm into conv/fc weights, writing a checkpoint",
@@ -482,13 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "same network built with normalizer_fn=None restores.")
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint prefix, one of its files, or its folder")
     p.add_argument("-o", dest="output_path", required=True, metavar="OUT", help="output checkpoint prefix")
-    p.add_argument("--meta", metavar="PATH", help="graph to read epsilon from (default: the .meta beside CKPT)")
-    p.add_argument("--arch", metavar="NAME", help="tf_slim.nets network to read epsilon from")
-    p.add_argument("--arch-arg", metavar="KEY=VALUE", action="append", help="extra --arch argument (repeatable)")
-    _add_builder(p)
-    p.add_argument("--input-shape", metavar="H,W,C", help="input size of --builder/--arch networks")
-    p.add_argument("--no-meta", action="store_true", help="ignore the .meta beside CKPT: pair BatchNorms with "
-                                                             "layers by slim's variable names")
+    _add_graph_choice(p, "to read epsilon from", "pair BatchNorms with layers by slim's variable names")
     p.add_argument("--eps", type=float, help="epsilon when there is no graph (default: slim's 0.001, with a "
                                              "warning); refused together with a graph, which gives each BN's own")
     p.add_argument("--allow-bad-statistics", action="store_true",

@@ -85,8 +85,9 @@ def _assign(sess, values: dict) -> None:
                   for v, value in values.items()})
 
 
-def randomize(sess, rng: np.random.Generator) -> None:
-    """Give every variable realistic values: weights scaled to keep activations O(1), BN statistics not 0/1."""
+def randomize(sess, rng: np.random.Generator) -> set:
+    """Give every variable realistic values: weights scaled to keep activations O(1), BN statistics not 0/1.
+    Returns the variables it set (each initialised by it)."""
     values = {}
     for v in tf1.global_variables():
         name, shape = v.op.name, v.shape.as_list()
@@ -107,6 +108,7 @@ def randomize(sess, rng: np.random.Generator) -> None:
             continue
         values[v] = value
     _assign(sess, values)
+    return set(values)
 
 
 def save_model(builder: Callable, input_shape, prefix: str, *, seed: int = 0, stats: str = "random",
@@ -132,9 +134,9 @@ def save_model(builder: Callable, input_shape, prefix: str, *, seed: int = 0, st
         var_list = tf1.trainable_variables() if trainable_only else None
         saver = tf1.train.Saver(var_list)
         with tf1.Session(graph=g) as sess:
-            sess.run(tf1.global_variables_initializer())
             rng = np.random.default_rng(seed)
-            randomize(sess, rng)
+            chosen = randomize(sess, rng)  # initialises what it sets; the initializers run for the rest only
+            sess.run([v.initializer for v in tf1.global_variables() if v not in chosen])
             if stats in ("reset", "negative"):
                 reset = {v: np.zeros(v.shape.as_list()) if _is_moving_mean(v.op.name) else np.ones(v.shape.as_list())
                          for v in tf1.global_variables() if _is_moving_mean(v.op.name) or
