@@ -7,10 +7,24 @@ import os
 import shutil
 from types import SimpleNamespace
 
-import numpy as np
-import pytest
 
-from ckptkit import testing as T
+def _share_the_cores() -> None:
+    """Under xdist, each worker's TensorFlow (and the OpenMP under it) takes its share of the cores instead of all
+    of them: 2 workers x 2 threads on 2 cores spin against each other. Set before TensorFlow loads; children
+    (CLI subprocesses, MNN) inherit it. A value the caller set is kept."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        share = str(max(1, (os.cpu_count() or 1) // workers))
+        for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+            os.environ.setdefault(name, share)
+
+
+_share_the_cores()
+
+import numpy as np  # noqa: E402  (after the thread settings, which TensorFlow reads when it loads)
+import pytest  # noqa: E402
+
+from ckptkit import testing as T  # noqa: E402
 
 # name -> (builder, input shape, builder without BN for fold tests or None)
 NETS = {
