@@ -18,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-from .units import BNUnit, Layer, find_units, resolve_shared, unit_extras
+from .units import BNUnit, Layer, find_units, resolve_shared, scope_of, unit_extras
 from ..checkpoint import Checkpoint
 from .. import ops
 from .._proto import message_classes
@@ -204,7 +204,7 @@ class _Scan:
         mean, var = self.statistic(scope, mean_t, "moving_mean", parent), \
             self.statistic(scope, var_t, "moving_variance", parent)
         names = [n for n in (gamma, beta, mean, var) if n]
-        unit_scope = next((n.rpartition("/")[0] or None for n in names), None) or bn.name
+        unit_scope = scope_of(names, bn.name)
         held = [n for n in names if n in self.ckpt]
         if not held:
             raise Declined(f"{bn.name}: no variable in the checkpoint gives its channels")

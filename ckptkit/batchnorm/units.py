@@ -146,10 +146,15 @@ def check_health(ckpt: Checkpoint, unit: BNUnit) -> list[Issue]:
     return unit.issues
 
 
+def scope_of(variables: list[Optional[str]], fallback: str) -> str:
+    """The scope naming a unit: the parent of its first variable (gamma, beta, mean, variance in that order),
+    else `fallback` (the BatchNorm's own name)."""
+    return next((n.rpartition("/")[0] for n in variables if n), "") or fallback
+
+
 def unit_scope(node) -> str:
-    """The scope naming the unit of an IR BatchNorm node: its variables' parent (gamma's first), else the node."""
-    names = [node.sources.get(k) for k in ("gamma", "beta", "mean", "variance")]
-    return next((n.rpartition("/")[0] for n in names if n), "") or node.name
+    """The scope naming the unit of an IR BatchNorm node (scope_of its variables)."""
+    return scope_of([node.sources.get(k) for k in ("gamma", "beta", "mean", "variance")], node.name)
 
 
 def units_from_graph(ckpt: Checkpoint, graph) -> list[BNUnit]:
