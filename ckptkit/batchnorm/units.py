@@ -139,7 +139,7 @@ def _paired_layer(ckpt: Checkpoint, scope: str, channels: int) -> Optional[Layer
 
 
 def check_health(ckpt: Checkpoint, unit: BNUnit) -> list[Issue]:
-    """The problems of one unit (see ckptkit.health); sets `unit.issues` and returns them."""
+    """The problems of one unit (see ckptkit.batchnorm.health); sets `unit.issues` and returns them."""
     mean = ckpt.get(unit.moving_mean) if unit.moving_mean and unit.moving_mean in ckpt else None
     var = ckpt.get(unit.moving_variance) if unit.moving_variance and unit.moving_variance in ckpt else None
     unit.issues = statistics_issues(unit.scope, mean, var)
