@@ -137,7 +137,24 @@ def _tensor(graph, name: str, what: str, candidates: Sequence[str] = ()):
                            "shows it)") from None
 
 
+_BUILT: dict = {}  # the last --arch graph built, by what it was built from
+
+
 def _build(builder: Builder, input_shape: Sequence[int]):
+    """(tf.Graph, input placeholder, output) of `builder` at `input_shape`. An --arch network built again with the
+    same arguments in one command (fold: the topology, then the graph beside the output) is the same graph, taken
+    from the last build; nothing adds to a built graph."""
+    key = getattr(builder, "ckptkit_build_key", None)
+    if key is not None:
+        key = (key, tuple(input_shape))
+        if key not in _BUILT:
+            _BUILT.clear()
+            _BUILT[key] = _build_new(builder, input_shape)
+        return _BUILT[key]
+    return _build_new(builder, input_shape)
+
+
+def _build_new(builder: Builder, input_shape: Sequence[int]):
     import warnings
 
     from .phases import phase
@@ -178,6 +195,7 @@ def _arch_builder(ckpt: Checkpoint, arch: str, input_shape, arch_args: Optional[
             raise CkptkitError(f"--arch {arch} {given} at input {','.join(map(str, shape))} cannot be built "
                                f"({first}): check the --arch-arg names and values and --input-shape") from None
 
+    checked.ckptkit_build_key = (arch, repr(sorted((arch_args or {}).items())), num_classes)
     return checked, shape
 
 
