@@ -137,6 +137,15 @@ def _tensor(graph, name: str, what: str, candidates: Sequence[str] = ()):
                            "shows it)") from None
 
 
+def _kept_last(cache: dict, key, make: Callable):
+    """`make()`, or what it gave for the same `key` last time: one entry is kept (a graph's structure, no weights),
+    for a command that asks for the same graph more than once."""
+    if key not in cache:
+        cache.clear()
+        cache[key] = make()
+    return cache[key]
+
+
 _BUILT: dict = {}  # the last --arch graph built, by what it was built from
 
 
@@ -146,11 +155,7 @@ def _build(builder: Builder, input_shape: Sequence[int]):
     from the last build; nothing adds to a built graph."""
     key = getattr(builder, "ckptkit_build_key", None)
     if key is not None:
-        key = (key, tuple(input_shape))
-        if key not in _BUILT:
-            _BUILT.clear()
-            _BUILT[key] = _build_new(builder, input_shape)
-        return _BUILT[key]
+        return _kept_last(_BUILT, (key, tuple(input_shape)), lambda: _build_new(builder, input_shape))
     return _build_new(builder, input_shape)
 
 
@@ -422,10 +427,7 @@ def _probe(mgd, meta: str):
     command asks several times (fold: the topology, the folded graph, its reference): the last one is kept,
     keyed by the content, so an edited file is imported anew."""
     key = hashlib.sha1(mgd.SerializeToString(deterministic=True)).digest()
-    if key not in _PROBES:
-        _PROBES.clear()
-        _PROBES[key] = _import_meta(mgd, meta)[0]
-    return _PROBES[key]
+    return _kept_last(_PROBES, key, lambda: _import_meta(mgd, meta)[0])
 
 
 def _meta_graphs(ckpt: Checkpoint, meta: str, input_name=None, input_shape=None):
