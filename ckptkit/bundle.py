@@ -3,7 +3,7 @@
 A V2 checkpoint is PREFIX.index, a LevelDB-format table mapping "" to a BundleHeaderProto and each
 tensor name to a BundleEntryProto (dtype, shape, shard, offset, size, masked crc32c of the bytes), and
 PREFIX.data-SSSSS-of-NNNNN shards holding the raw little-endian tensor bytes. Every block of the table
-and every tensor read is crc32c-checked, as TensorFlow's reader does. What this reader does not handle
+and every tensor read (or first viewed) is crc32c-checked, as TensorFlow's reader does. What this reader does not handle
 (V1 checkpoints, compressed tables, partitioned or string tensors, big-endian bundles) raises
 `Unsupported`, and the caller falls back to TensorFlow's reader.
 """
@@ -126,6 +126,8 @@ class Bundle:
 
     def __init__(self, prefix: str):
         self.prefix = prefix
+        self._maps: dict = {}  # shard -> pages.Mapping (None: not mappable)
+        self._checked: set[str] = set()  # tensors whose crc32c a view has checked
         try:
             with open(prefix + ".index", "rb") as f:
                 data = f.read()
@@ -184,8 +186,8 @@ class Bundle:
     def shard_path(self, shard: int) -> str:
         return f"{self.prefix}.data-{shard:05d}-of-{self.num_shards:05d}"
 
-    def read(self, name: str) -> np.ndarray:
-        """The tensor's values (a new, writeable array), its bytes crc32c-checked."""
+    def _located(self, name: str) -> tuple[Entry, str, np.dtype]:
+        """The entry, its data file and dtype, after checking the file holds what the index declares."""
         e = self.entries[name]
         path = self.shard_path(e.shard)
         dtype = np.dtype(e.dtype).newbyteorder("<")
@@ -202,6 +204,16 @@ class Bundle:
             raise CkptkitError(f"tensor {name} cannot be read from {path} (its index declares {e.size} bytes at "
                                f"offset {e.offset}; the file holds {max(available, 0)} from there): the checkpoint "
                                "is damaged or truncated; re-copy or re-save it")
+        return e, path, dtype
+
+    def _check_crc(self, name: str, path: str, data: np.ndarray) -> None:
+        if _crc32c(memoryview(data.reshape(-1)).cast("B")) != self.entries[name].crc:
+            raise CkptkitError(f"tensor {name} cannot be read from {path} (crc32c mismatch): the data file is "
+                               "damaged; re-copy or re-save it")
+
+    def read(self, name: str) -> np.ndarray:
+        """The tensor's values (a new, writeable array), its bytes crc32c-checked."""
+        e, path, dtype = self._located(name)
         out = np.empty(e.shape, dtype)
         try:
             with open(path, "rb") as f:
@@ -213,10 +225,34 @@ class Bundle:
         if got != e.size:
             raise CkptkitError(f"tensor {name} cannot be read from {path} (the file ends early): the data file is "
                                "damaged; re-copy or re-save it")
-        if _crc32c(memoryview(out.reshape(-1)).cast("B")) != e.crc:
-            raise CkptkitError(f"tensor {name} cannot be read from {path} (crc32c mismatch): the data file is "
-                               "damaged; re-copy or re-save it")
+        self._check_crc(name, path, out)
         return out
+
+    def view(self, name: str) -> np.ndarray:
+        """The tensor as a read-only, zero-copy view of its data file (ckptkit.pages), crc32c-checked the first
+        time; its pages are the page cache's, given back after the check. A file that cannot be mapped is read."""
+        from . import pages
+
+        e, path, dtype = self._located(name)
+        if e.shard not in self._maps:
+            self._maps[e.shard] = pages.map_file(path)
+        mapping = self._maps[e.shard]
+        if mapping is None or e.size == 0 or e.offset + e.size > mapping.size:
+            return self.read(name)
+        out = mapping.view(e.offset, e.shape, dtype)
+        if name not in self._checked:
+            try:
+                self._check_crc(name, path, out)
+            finally:
+                pages.release(out)
+            self._checked.add(name)
+        return out
+
+    def release(self) -> None:
+        """Give back the resident pages of every data file mapped so far."""
+        for mapping in self._maps.values():
+            if mapping is not None:
+                mapping.release()
 
 
 def open_bundle(prefix: str):

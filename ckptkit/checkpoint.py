@@ -170,11 +170,13 @@ class Checkpoint:
         return name in self.tensors
 
     def get(self, name: str) -> np.ndarray:
+        """The tensor's values: for a V2 checkpoint a read-only view of its data file (zero-copy, its memory the
+        page cache's: `release` gives back what was touched), else an array TensorFlow's reader made."""
         if name not in self.tensors:
             raise CkptkitError(f"tensor {name} is not in checkpoint {self.prefix}: run `ckptkit inspect {self.prefix}` to list its tensors")
         if self._bundle is not None:
             with phase("read checkpoint tensors"):
-                return self._bundle.read(name)
+                return self._bundle.view(name)
         _tf = tf()
         try:
             with phase("read checkpoint tensors"):
@@ -183,6 +185,11 @@ class Checkpoint:
             data = glob.glob(glob.escape(self.prefix) + ".data-?????-of-?????") or [self.prefix]
             first = str(err).strip().splitlines()[0][:200]
             raise CkptkitError(f"tensor {name} cannot be read from {', '.join(data)} ({first}): the data file is damaged; re-copy or re-save it") from None
+
+    def release(self) -> None:
+        """Give back the resident pages of the tensors `get` viewed (they are read again if touched again)."""
+        if self._bundle is not None:
+            self._bundle.release()
 
     @property
     def meta_path(self) -> str | None:
