@@ -49,11 +49,15 @@ def _messages():
     return m["BundleHeaderProto"], m["BundleEntryProto"]
 
 
-def _crc32c(data) -> int:
-    """crc32c of any buffer (the `crc32c` package reads numpy arrays in place, hardware-accelerated)."""
+def _crc32c(data, value: int = 0) -> int:
+    """crc32c of any buffer, continuing from `value` (the `crc32c` package reads numpy arrays in place,
+    hardware-accelerated)."""
     import crc32c
 
-    return crc32c.crc32c(data)
+    return crc32c.crc32c(data, value)
+
+
+CRC_CHUNK = 32 << 20  # a mapped tensor is checked this much at a time, each part's pages given back
 
 
 def unmask(masked: int) -> int:
@@ -207,7 +211,14 @@ class Bundle:
         return e, path, dtype
 
     def _check_crc(self, name: str, path: str, data: np.ndarray) -> None:
-        if _crc32c(memoryview(data.reshape(-1)).cast("B")) != self.entries[name].crc:
+        from .pages import release
+
+        flat = memoryview(data.reshape(-1)).cast("B")
+        crc = 0
+        for start in range(0, len(flat), CRC_CHUNK):
+            crc = _crc32c(flat[start:start + CRC_CHUNK], crc)
+            release(data.reshape(-1).view(np.uint8)[start:start + CRC_CHUNK])
+        if crc != self.entries[name].crc:
             raise CkptkitError(f"tensor {name} cannot be read from {path} (crc32c mismatch): the data file is "
                                "damaged; re-copy or re-save it")
 
@@ -241,10 +252,7 @@ class Bundle:
             return self.read(name)
         out = mapping.view(e.offset, e.shape, dtype)
         if name not in self._checked:
-            try:
-                self._check_crc(name, path, out)
-            finally:
-                pages.release(out)
+            self._check_crc(name, path, out)
             self._checked.add(name)
         return out
 

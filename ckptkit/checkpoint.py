@@ -186,6 +186,14 @@ class Checkpoint:
             first = str(err).strip().splitlines()[0][:200]
             raise CkptkitError(f"tensor {name} cannot be read from {', '.join(data)} ({first}): the data file is damaged; re-copy or re-save it") from None
 
+    def read(self, name: str) -> np.ndarray:
+        """The tensor as a new, writeable array (what a caller that changes it or hands it to TF's writer needs)."""
+        if self._bundle is not None and name in self.tensors:
+            with phase("read checkpoint tensors"):
+                return self._bundle.read(name)
+        value = self.get(name)  # TensorFlow's reader: already a new array
+        return value if value.flags.writeable else value.copy()
+
     def release(self) -> None:
         """Give back the resident pages of the tensors `get` viewed (they are read again if touched again)."""
         if self._bundle is not None:
@@ -330,4 +338,4 @@ def copy_except(ckpt: Checkpoint, skip: set[str]) -> Iterator[tuple[str, np.ndar
     """Every tensor of `ckpt` not in `skip`, read one at a time."""
     for name in ckpt.names:
         if name not in skip:
-            yield name, ckpt.get(name)
+            yield name, ckpt.read(name)

@@ -237,7 +237,7 @@ def _planned(model: Model, fmt: str, path: str, fold: bool, check: bool, verify_
     def write(st: Stage):
         staged = [st.path(p) for p in final_paths]
         with phase(f"write {fmt}"):
-            writer.write(graph, staged[0], opts)
+            checked_path, finish = writer.write_for_check(graph, staged[0], opts)
         comparisons = []
         if check:
             inputs = verification_inputs(graph.input_shape, verify_data, value_range=_recorded_range(model))
@@ -247,7 +247,7 @@ def _planned(model: Model, fmt: str, path: str, fold: bool, check: bool, verify_
             release = getattr(model.reference, "release", None)  # are never held at the same time
             if release is not None:
                 release()
-            runtimes = writer.runtimes(staged[0], graph, opts)  # Caffe: every installed consumer
+            runtimes = writer.runtimes(checked_path, graph, opts)  # Caffe: every installed consumer
             failures = []  # (runtime, what went wrong): a comparison beyond tolerance, or files it cannot run
             for runtime in runtimes:
                 tol = tolerance if tolerance is not None else runtime.tolerance
@@ -267,6 +267,8 @@ def _planned(model: Model, fmt: str, path: str, fold: bool, check: bool, verify_
                     failures.append((runtime.label, f"does not match TensorFlow in {runtime.label}: {comparison}"))
             if failures:
                 raise VerificationError(_mismatch(fmt, failures[0], [c for c in comparisons if c.ok]))
+        with phase(f"write {fmt}"):
+            finish()
         return staged, comparisons
 
     return final_paths, graph, write

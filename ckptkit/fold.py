@@ -186,9 +186,9 @@ def fold_checkpoint(checkpoint: str, output: str, *, eps: Optional[float] = None
                 continue
             unit = fold_units.get(name)
             if unit is None:
-                yield name, ckpt.get(name)
+                yield name, ckpt.read(name)
                 continue
-            weights = ckpt.get(name)
+            weights = ckpt.read(name)
             s, t = _fold_params(ckpt, unit, report.epsilon[unit.scope])
             bias_name = unit.layer.biases or unit.layer.scope + "/biases"
             check_finite([(bias_name, t), (name, s)], "folded", f"the statistics of {unit.scope} overflow; "

@@ -11,7 +11,8 @@ against `ckptkit.allowlist.ALLOWED` (pure computation):
     cannot change a value (assignments and assertions, training's own bookkeeping, are cut quietly);
   * a tensor whose static size exceeds MAX_TENSOR_BYTES (a `Fill` or `Const` of tens of GB) refuses the run.
 The session then runs a pruned copy holding only what was checked: nothing unreached can run either.
-Variables are set from ckptkit's own checkpoint reader through ckptkit's own assign ops: no Save/Restore
+Variables take their values from ckptkit's own checkpoint reader, fed at each run in place of what the
+variable gives (a resource variable handed to a function is assigned by ckptkit's own op): no Save/Restore
 op of the user's graph ever runs. `GatedRun` is the only place ckptkit creates a session over a user graph.
 """
 from __future__ import annotations
@@ -30,7 +31,6 @@ from .errors import CkptkitError
 log = logging.getLogger("ckptkit")
 
 MAX_TENSOR_BYTES = int(float(os.environ.get("CKPTKIT_MAX_TENSOR_BYTES", 4 * 2**30)))
-ASSIGN_BATCH_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -327,43 +327,59 @@ class GatedRun:
         checked.warn()
         self.cut = checked.cut
         g = _tf.Graph()
+        readers, others = _handle_uses(checked.graph_def)
+        assigned = [key for key, node in variables.items() if node.op == "VarHandleOp" and node.name in others]
         with phase("build TF graph"), g.as_default():
             _tf.graph_util.import_graph_def(checked.graph_def, name="")
-            assigns = []
-            for key, node in variables.items():
-                dtype = _tf.as_dtype(node.attr["dtype"].type)
-                ph = tf1.placeholder(dtype, name=f"ckptkit_value/{len(assigns)}")
+            assigns = []  # a resource variable used other than by reads (a function's argument): assigned once
+            for key in assigned:
+                node = variables[key]
+                ph = tf1.placeholder(_tf.as_dtype(node.attr["dtype"].type), name=f"ckptkit_value/{len(assigns)}")
                 target = g.get_operation_by_name(node.name).outputs[0]
-                if node.op == "VarHandleOp":
-                    assign = _tf.raw_ops.AssignVariableOp(resource=target, value=ph)
-                else:
-                    assign = tf1.assign(target, ph, validate_shape=False)
-                assigns.append((key, ph, assign, dtype.as_numpy_dtype))
+                assigns.append((key, ph, _tf.raw_ops.AssignVariableOp(resource=target, value=ph)))
         self._graph = g
         self._sess = tf1.Session(graph=g)
-        self.held_bytes = 0  # the variables' values the session holds (LazyReference.release uses it)
+        self._ckpt = ckpt
+        # Variables are not assigned: each run feeds the tensor a variable gives (a VariableV2's own output,
+        # a resource variable's every read) from one aligned copy of each value, which TF reads in place: the
+        # weights are in memory once (an assignment held the fed copy and the variable's at its peak).
+        # (A resource variable handed to anything but reads is assigned once, by the op made above.)
+        self._feeds: list[tuple[list, str, np.dtype]] = []  # (tensors to feed, checkpoint key or init, dtype)
+        self._values: dict[str, np.ndarray] = {}  # key -> what is fed (aligned copies, initial values)
+        self.held_bytes = 0  # their bytes (LazyReference.release collects garbage past a threshold)
         try:
+            for key, node in variables.items():
+                dtype = np.dtype(_tf.as_dtype(node.attr["dtype"].type).as_numpy_dtype)
+                if key in assigned:
+                    continue
+                if node.op == "VarHandleOp":
+                    tensors = [g.get_operation_by_name(r).outputs[0] for r in readers.get(node.name, [])]
+                else:
+                    tensors = [g.get_operation_by_name(node.name).outputs[0]]
+                self._feeds.append((tensors, key, dtype))
             if init_tensors:  # the initial values the checkpoint lacks, through the checked graph
-                keys = [key for key, *_ in assigns if key in init_tensors]
+                keys = list(init_tensors)
                 fetched = self._sess.run([g.get_tensor_by_name(_tensor_name(init_tensors[k])) for k in keys])
-                initial = dict(zip(keys, fetched))
-            # a few runs of ASSIGN_BATCH_BYTES each (every run of new fetches costs TF a graph pruning),
-            # so that at most one batch of values is in flight beside the variables
-            batch: dict = {}
-            ops, size = [], 0
-            for i, (key, ph, assign, dtype) in enumerate(assigns):
-                value = np.asarray(initial[key] if key in init_tensors else ckpt.get(key), dtype)
-                batch[ph], size = value, size + value.nbytes
+                self._values.update(zip(keys, fetched))
+            for tensors, key, dtype in self._feeds:  # shapes and dtypes checked now, not at the first run
+                value = self._value(key, dtype)
+                for t in tensors:
+                    if not t.shape.is_compatible_with(value.shape):
+                        raise CkptkitError(f"checkpoint {getattr(ckpt, 'prefix', '')} does not fit the graph "
+                                           f"(variable {key} is {list(value.shape)} in the checkpoint, "
+                                           f"{t.shape} in the graph): check --arch/--meta")
+            for key, ph, assign in assigns:
+                value = self._value(key, np.dtype(ph.dtype.as_numpy_dtype))
+                self._sess.run(assign, {ph: value})
+                self._values.pop(key, None)
                 self.held_bytes += value.nbytes
-                ops.append(assign)
-                if size >= ASSIGN_BATCH_BYTES or i == len(assigns) - 1:
-                    self._sess.run(ops, batch)
-                    batch, ops, size = {}, [], 0
-            initial = None
+            self.held_bytes += sum(v.nbytes for v in self._values.values())
         except _tf.errors.OpError as err:
             self.close()
             raise CkptkitError(f"checkpoint {getattr(ckpt, 'prefix', '')} does not fit the graph "
                                f"({str(err).splitlines()[0][:200]}): check --arch/--meta") from None
+        finally:
+            self._release_pages()
         self._random = [(n.name, n.op) for body in [checked.graph_def.node] +
                         [f.node_def for f in checked.graph_def.library.function]
                         for n in body if allowlist.is_random(n.op)]
@@ -371,11 +387,47 @@ class GatedRun:
         self._output = g.get_tensor_by_name(_tensor_name(output_name))
         self._feed = {g.get_tensor_by_name(_tensor_name(k)): v for k, v in (feed or {}).items()
                       if _exists(g, _tensor_name(k))}
+        self.samples_per_run = _samples_per_run(g)
+
+    def _value(self, key: str, dtype: np.dtype) -> np.ndarray:
+        """A variable's value: a view of the checkpoint (not kept), or one held in _values."""
+        if key in self._values:
+            return self._values[key]
+        from .pages import ALIGN, aligned_copy
+
+        value = self._ckpt.get(key)
+        if value.dtype != dtype or not value.flags.c_contiguous or value.ctypes.data % ALIGN:
+            # TensorFlow copies a fed array at every run unless it is 64-byte aligned (a checkpoint's tensors
+            # rarely are): one aligned copy (or cast), kept for the session's life, the view's pages given back
+            value = aligned_copy(value, dtype)
+        self._values[key] = value
+        return value
+
+    def _weights(self) -> dict:
+        return {t: self._value(key, dtype) for tensors, key, dtype in self._feeds for t in tensors}
+
+    def _release_pages(self) -> None:
+        release = getattr(self._ckpt, "release", None)
+        if release is not None:
+            release()
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        try:
+            return self._sess.run(self._output, {self._input: x, **self._feed, **self._weights()})
+        finally:
+            self._release_pages()
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        y = self._sess.run(self._output, {self._input: x, **self._feed})
+        """The output for a batch, run `samples_per_run` samples at a time (outputs concatenated)."""
+        n = self.samples_per_run
+        if x.ndim and x.shape[0] > n:
+            return np.concatenate([self._one_run(x[i:i + n]) for i in range(0, x.shape[0], n)])
+        return self._one_run(x)
+
+    def _one_run(self, x: np.ndarray) -> np.ndarray:
+        y = self._run(x)
         if self._random:  # a random op survived the inference rewrite: a second run must agree
-            again = self._sess.run(self._output, {self._input: x, **self._feed})
+            again = self._run(x)
             if not np.array_equal(y, again, equal_nan=True):
                 name, kind = self._random[0]
                 raise CkptkitError(f"the TensorFlow reference is not deterministic: random op {name} ({kind}) still "
@@ -389,6 +441,43 @@ class GatedRun:
         if self._sess is not None:
             self._sess.close()
         self._sess = None
+
+
+ACTIVATION_BUDGET = 128 << 20  # bytes of activations a reference run may take (TF frees them as it goes)
+LIVE_FACTOR = 8  # TF's peak over a run was ~8x its largest activation for one sample (vgg_16_bn, resnet_v1_50)
+
+
+def _samples_per_run(g) -> int:
+    """How many samples one run takes: all of a batch unless a sample's largest activation (static shapes,
+    the batch dimension left out) times LIVE_FACTOR would pass ACTIVATION_BUDGET (vgg at 224 px: 1)."""
+    largest = 0
+    for op in g.get_operations():
+        for t in op.outputs:
+            shape = t.shape
+            if shape.rank is None or shape.rank < 2 or shape[0] is not None or not shape[1:].is_fully_defined():
+                continue
+            try:
+                size = t.dtype.size
+            except (TypeError, ValueError, AttributeError):  # resource, variant, string: no fixed size
+                continue
+            largest = max(largest, int(np.prod(shape[1:].as_list(), dtype=np.int64)) * size)
+    return max(1, ACTIVATION_BUDGET // max(1, LIVE_FACTOR * largest))
+
+
+def _handle_uses(graph_def) -> tuple[dict[str, list[str]], set[str]]:
+    """(node -> the ReadVariableOp nodes reading it, nodes some other op takes as data): a resource variable
+    only read is fed at its reads; one handed to anything else (a function call, a gather) is assigned."""
+    readers: dict[str, list[str]] = {}
+    others: set[str] = set()
+    for n in graph_def.node:
+        for i, inp in enumerate(n.input):
+            if inp.startswith("^"):
+                continue
+            if n.op == "ReadVariableOp" and i == 0:
+                readers.setdefault(_source(inp), []).append(n.name)
+            else:
+                others.add(_source(inp))
+    return readers, others
 
 
 def _exists(g, name: str) -> bool:

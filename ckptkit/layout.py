@@ -10,6 +10,8 @@ Layouts are named by their axis order (TensorFlow's, as stored in checkpoints):
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 LAYOUTS = ("HWIO", "HWCM", "IO", "OI", "HWOI")
@@ -70,25 +72,32 @@ def is_placeholder(array: np.ndarray) -> bool:
 CHUNK_BYTES = 64 * 2**20  # float64 working memory per step of an in-place scaling
 
 
-def scale_outputs(weights: np.ndarray, layout: str, scale: np.ndarray, *, inplace: bool = False) -> np.ndarray:
+def scale_outputs(weights: np.ndarray, layout: str, scale: np.ndarray, *, inplace: bool = False,
+                  out: Optional[np.ndarray] = None) -> np.ndarray:
     """weights * scale per output channel: the product in float64, rounded once to the weights' dtype. Both BN
     folds use it (the IR pass and the checkpoint fold), so both give the same bits.
 
-    inplace: into `weights` when writeable (a copy otherwise), a slab of the first axis at a time, so a big
-    tensor needs no float64 copy (the checkpoint fold streams them). Unloaded weights (a zero view) stay a
-    zero view: nothing is allocated for a topology-only graph."""
+    out: the array to write into (e.g. a `pages.scratch` map), a slab of the first axis at a time, each
+    slab's pages given back once written (ckptkit.pages; a slab of a checkpoint view too), so a big tensor
+    needs neither a float64 copy nor resident memory of its size.
+    inplace: into `weights` when writeable (a copy otherwise), slab by slab in the same way.
+    Unloaded weights (a zero view) stay a zero view: nothing is allocated for a topology-only graph."""
+    from . import pages
+
     s = np.asarray(scale, np.float64).reshape(out_scale_shape(weights.shape, layout))
     if is_placeholder(weights):
         return weights
-    if not inplace or weights.ndim == 0:
+    if (not inplace and out is None) or weights.ndim == 0:
         return (weights.astype(np.float64) * s).astype(weights.dtype)
-    w = weights if weights.flags.writeable else weights.copy()
-    s = s.reshape((1,) * (w.ndim - s.ndim) + s.shape)  # aligned with the weights' axes, to slice with them
-    rows = max(1, CHUNK_BYTES // max(1, 8 * (w.size // max(1, w.shape[0]))))
-    for start in range(0, w.shape[0], rows):
+    if out is None:
+        out = weights if weights.flags.writeable else weights.copy()
+    s = s.reshape((1,) * (weights.ndim - s.ndim) + s.shape)  # aligned with the weights' axes, to slice with them
+    rows = max(1, CHUNK_BYTES // max(1, 8 * (weights.size // max(1, weights.shape[0]))))
+    for start in range(0, weights.shape[0], rows):
         part = s if s.shape[0] == 1 else s[start:start + rows]
-        w[start:start + rows] = w[start:start + rows] * part  # float64 product, one rounding on assignment
-    return w
+        out[start:start + rows] = weights[start:start + rows] * part  # float64 product, one rounding on assignment
+        pages.release(weights[start:start + rows], out[start:start + rows])
+    return out
 
 
 def to_oihw(weights: np.ndarray, layout: str) -> tuple[np.ndarray, int]:

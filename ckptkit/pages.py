@@ -30,18 +30,19 @@ except ImportError:  # numpy < 2
 
 PAGE = mmap.PAGESIZE
 SCRATCH_BYTES = 1 << 20  # smaller arrays are not worth a file
-_MAPS: "weakref.WeakSet[Mapping]" = weakref.WeakSet()
+_MAPS: dict[int, tuple["weakref.ref[mmap.mmap]", int]] = {}  # start address -> (the map, its size), while it lives
 
 
 class Mapping:
-    """One mmap and the address range it occupies (so an array's pages can be found from its pointer)."""
+    """One mmap and the address range it occupies (so an array's pages can be found from its pointer). The
+    arrays viewing a map keep the mmap alive, and it stays findable as long as it lives."""
 
     def __init__(self, m: mmap.mmap, size: int):
         self.mmap = m
         self.size = size
-        self.bytes = np.frombuffer(m, np.uint8) if size else np.empty(0, np.uint8)
-        self.address = self.bytes.ctypes.data
-        _MAPS.add(self)
+        self.address = np.frombuffer(m, np.uint8).ctypes.data
+        address = self.address
+        _MAPS[address] = (weakref.ref(m, lambda _: _MAPS.pop(address, None)), size)
 
     def view(self, offset: int, shape: tuple, dtype) -> np.ndarray:
         """A zero-copy array of `shape`/`dtype` at `offset` (read-only when the map is)."""
@@ -50,14 +51,18 @@ class Mapping:
         return np.frombuffer(self.mmap, dtype, count=count, offset=offset).reshape(shape)
 
     def release(self, start: int = 0, length: Optional[int] = None) -> None:
-        """Give back the resident pages of bytes [start, start + length) (whole pages only)."""
-        end = self.size if length is None else min(self.size, start + length)
-        first = start - start % PAGE
-        if end > first:
-            try:
-                self.mmap.madvise(mmap.MADV_DONTNEED, first, end - first)
-            except (ValueError, OSError):  # a closed map, or a kernel without madvise: nothing to give back
-                pass
+        """Give back the resident pages of bytes [start, start + length)."""
+        _advise(self.mmap, self.size, start, length)
+
+
+def _advise(m: mmap.mmap, size: int, start: int = 0, length: Optional[int] = None) -> None:
+    end = size if length is None else min(size, start + length)
+    first = start - start % PAGE
+    if end > first:
+        try:
+            m.madvise(mmap.MADV_DONTNEED, first, end - first)
+        except (ValueError, OSError):  # a closed map, or a kernel without madvise: nothing to give back
+            pass
 
 
 def map_file(path: str) -> Optional[Mapping]:
@@ -84,10 +89,38 @@ def scratch(shape: tuple, dtype) -> np.ndarray:
     return Mapping(m, nbytes).view(0, shape, dtype)
 
 
-def _owner(address: int) -> Optional[Mapping]:
-    for m in list(_MAPS):
-        if m.size and m.address <= address < m.address + m.size:
-            return m
+ALIGN = 64  # TensorFlow takes a fed array without copying it only when its data is 64-byte aligned
+COPY_CHUNK = 32 << 20
+
+
+def aligned_copy(a: np.ndarray, dtype=None) -> np.ndarray:
+    """A C-contiguous, 64-byte-aligned copy of `a` (as `dtype`), made a chunk at a time with the source's
+    mapped pages given back as it goes: what TensorFlow can be fed without a copy of its own."""
+    dtype = np.dtype(dtype or a.dtype)
+    nbytes = a.size * dtype.itemsize
+    if nbytes >= SCRATCH_BYTES:  # its own anonymous map: page-aligned, and unmapped (not kept by malloc) when freed
+        out = np.frombuffer(mmap.mmap(-1, nbytes), dtype, count=a.size).reshape(a.shape)
+    else:
+        raw = np.empty(nbytes + ALIGN, np.uint8)
+        start = -raw.ctypes.data % ALIGN
+        out = raw[start:start + nbytes].view(dtype).reshape(a.shape)
+    if a.ndim == 0 or a.size == 0:
+        out[...] = a
+        return out
+    rows = max(1, COPY_CHUNK // max(1, dtype.itemsize * (a.size // max(1, a.shape[0]))))
+    for i in range(0, a.shape[0], rows):
+        out[i:i + rows] = a[i:i + rows]
+        release(a[i:i + rows])
+    return out
+
+
+def _owner(address: int) -> Optional[tuple[mmap.mmap, int, int]]:
+    """(map, its start address, its size) of the live map holding `address`, if one was made here."""
+    for start, (ref, size) in list(_MAPS.items()):
+        if start <= address < start + size:
+            m = ref()
+            if m is not None:
+                return m, start, size
     return None
 
 
@@ -99,15 +132,30 @@ def release(*arrays) -> None:
         low, high = byte_bounds(a)
         owner = _owner(low)
         if owner is not None:
-            owner.release(low - owner.address, high - low)
+            m, start, size = owner
+            _advise(m, size, low - start, high - low)
 
 
 def release_all() -> None:
     """Hand back every resident page of every map made here."""
-    for m in list(_MAPS):
-        m.release()
+    for start, (ref, size) in list(_MAPS.items()):
+        m = ref()
+        if m is not None:
+            _advise(m, size)
 
 
 def is_mapped(a: np.ndarray) -> bool:
     """True when `a` lives in a map made here (its memory is the page cache's)."""
     return isinstance(a, np.ndarray) and a.size > 0 and _owner(byte_bounds(a)[0]) is not None
+
+
+def trim() -> None:
+    """Return the C heap's free memory to the system (glibc's malloc_trim; elsewhere nothing)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -11,7 +11,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import ops
+from . import ops, pages
 from .batchnorm.formula import node_affine
 from .ir import Graph, Node
 from .layout import in_scale_shape, is_placeholder, out_channels, scale_outputs
@@ -42,8 +42,8 @@ def absorb(layer: Node, scale: Optional[np.ndarray], shift: Optional[np.ndarray]
     """Fold y = layer(x)*scale + shift into the layer's weights and bias (products in float64, rounded once).
 
     `shift_source`: the checkpoint variable of a plain bias (BiasAdd) absorbed unchanged. The weights are
-    copied once in their own dtype and scaled slab by slab (a 400 MB kernel costs 400 MB, not a float64
-    copy); unloaded weights (a topology-only import's zero view) stay unloaded."""
+    scaled slab by slab into a scratch map (ckptkit.pages: a 400 MB kernel costs the page cache 400 MB and the
+    process one slab); unloaded weights (a topology-only import's zero view) stay unloaded."""
     w = layer.params["weights"]
     b = layer.params.get("bias")
     if scale is None and b is None and shift_source:
@@ -54,8 +54,8 @@ def absorb(layer: Node, scale: Optional[np.ndarray], shift: Optional[np.ndarray]
     dtype = w.dtype
     b = np.zeros(out_channels(w.shape, layout)) if b is None else b.astype(np.float64)
     if scale is not None:
-        if not is_placeholder(w):
-            layer.params["weights"] = scale_outputs(w.copy(), layout, scale, inplace=True)
+        if not is_placeholder(w):  # into a scratch map: the page cache holds a big model's folded weights
+            layer.params["weights"] = scale_outputs(w, layout, scale, out=pages.scratch(w.shape, w.dtype))
         b = b * scale
         layer.sources["folded"] = layer.sources.pop("weights", "")  # weights no longer the checkpoint's tensor
     if shift is not None:

@@ -67,6 +67,9 @@ class LazyReference:
         self._fn = None
         if held is None or held >= COLLECT_BYTES:
             gc.collect()  # the session's memory goes with its last reference (a full collection: ~0.3 s)
+            from .pages import trim
+
+            trim()  # and what malloc kept of TF's freed activations goes back before a runtime loads
 
     @property
     def held_bytes(self) -> Optional[int]:

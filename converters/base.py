@@ -73,6 +73,12 @@ class Writer:
     def write(self, graph: Graph, path: str, options: object) -> list[str]:
         raise NotImplementedError
 
+    def write_for_check(self, graph: Graph, path: str, options: object) -> tuple[str, Callable[[], None]]:
+        """Write the files for `path` in the form the runtimes load to verify them: (the path they load,
+        finish() that leaves the files at `path`, called once verified). Here the same files: `write`."""
+        self.write(graph, path, options)
+        return path, lambda: None
+
     def runtimes(self, path: str, graph: Graph, options: object) -> list[Runtime]:
         """Every runtime the written files are verified in (one, except Caffe: each installed consumer)."""
         return [Runtime(package_label(self.runtime_package or self.label), lambda: self.runner(path, graph, options),

@@ -25,6 +25,7 @@ from .protobuf_wire import field
 
 ALIGN = 4096  # external tensors start on a page, so a runtime may map them
 INLINE_BYTES = 1024  # smaller constants stay inside the model (as onnx's own external-data writer does)
+SLAB_BYTES = 32 << 20  # a view that needs reordering or a cast is written this much at a time
 
 # protobuf field numbers of the fields spliced here
 MODEL_GRAPH = 7  # ModelProto.graph
@@ -41,31 +42,40 @@ class TensorSpool:
         self.size = 0
         self.spooled: list = []  # (TensorProto with external_data, offset, length)
 
-    def add(self, name: str, value: np.ndarray):
-        """The TensorProto of `value`: inline when small, else its bytes appended to the spool."""
+    def add(self, name: str, value: np.ndarray, dtype=None):
+        """The TensorProto of `value` (as `dtype`, default its own): inline when small, else its bytes appended
+        to the spool a slab of the first axis at a time, so a transposed or cast view is never copied whole;
+        then the pages of a mapped source are given back (ckptkit.pages)."""
         from onnx import TensorProto, helper, numpy_helper
 
+        from ckptkit import pages
+
         value = np.asarray(value)
+        dtype = np.dtype(dtype or value.dtype).newbyteorder("<")  # ONNX raw data is little-endian
         if value.nbytes < INLINE_BYTES or value.dtype == object:
-            return numpy_helper.from_array(np.ascontiguousarray(value), name)
+            return numpy_helper.from_array(np.ascontiguousarray(value, dtype.newbyteorder("=")), name)
         pad = -self.size % ALIGN
         self.file.write(b"\0" * pad)
         offset = self.size + pad
-        data = np.ascontiguousarray(value)
-        if data.dtype.byteorder == ">":  # ONNX raw data is little-endian
-            data = data.astype(data.dtype.newbyteorder("<"))
-        self.file.write(memoryview(data).cast("B"))
-        self.size = offset + data.nbytes
+        nbytes = value.size * dtype.itemsize
+        if value.dtype == dtype and value.flags.c_contiguous:
+            self.file.write(memoryview(value.reshape(-1)).cast("B"))
+        else:
+            rows = max(1, SLAB_BYTES // max(1, dtype.itemsize * (value.size // max(1, value.shape[0]))))
+            for start in range(0, value.shape[0], rows):
+                self.file.write(memoryview(np.ascontiguousarray(value[start:start + rows], dtype).reshape(-1)).cast("B"))
+        pages.release(value)
+        self.size = offset + nbytes
         tensor = TensorProto()
         tensor.name = name
         tensor.dims.extend(value.shape)
-        tensor.data_type = helper.np_dtype_to_tensor_dtype(value.dtype)
+        tensor.data_type = helper.np_dtype_to_tensor_dtype(dtype.newbyteorder("="))
         tensor.data_location = TensorProto.EXTERNAL
         for key, v in (("location", os.path.basename(self.path)), ("offset", str(offset)),
-                       ("length", str(data.nbytes))):
+                       ("length", str(nbytes))):
             entry = tensor.external_data.add()
             entry.key, entry.value = key, v
-        self.spooled.append((tensor, offset, data.nbytes))
+        self.spooled.append((tensor, offset, nbytes))
         return tensor
 
     def close(self) -> None:

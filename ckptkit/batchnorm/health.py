@@ -80,11 +80,30 @@ def _names(scopes: list[str]) -> str:
     return ", ".join(scopes[:3]) + more
 
 
+FINITE_CHUNK = 8 << 20  # values checked at a time: a big tensor needs no boolean copy of its size
+
+
+def _all_finite(value: np.ndarray) -> bool:
+    """No NaN/inf in `value`, checked a chunk at a time, a mapped tensor's pages given back as it goes."""
+    from ..pages import release
+
+    if not value.flags.c_contiguous:
+        return bool(np.isfinite(value).all())
+    flat = value.reshape(-1)
+    for start in range(0, flat.size, FINITE_CHUNK):
+        part = flat[start:start + FINITE_CHUNK]
+        finite = bool(np.isfinite(part).all())
+        release(part)
+        if not finite:
+            return False
+    return True
+
+
 def check_finite(named: Iterable[tuple[str, np.ndarray]], what: str, fix: str) -> None:
     """Refuse non-finite numbers before they are written."""
     for name, value in named:
         value = np.asarray(value)
-        if value.dtype.kind == "f" and not np.isfinite(value).all():
+        if value.dtype.kind == "f" and not _all_finite(value):
             bad = int((~np.isfinite(value)).sum())
             raise CkptkitError(f"{what} {name} would hold {bad} NaN/inf value(s) of {value.size}: {fix}; "
                                "nothing was written")

@@ -96,7 +96,7 @@ def to_onnx(b, node, xs):
     a, p, n = node.attrs, node.params, node.name
     kernel, group = to_oihw(p["weights"], _layout(node))
     t, bo, l, r = a.pads
-    inputs = [xs[0], b.const(f"{n}/weights", np.ascontiguousarray(kernel, np.float32))]
+    inputs = [xs[0], b.const(f"{n}/weights", kernel, np.float32)]
     if p.get("bias") is not None:
         inputs.append(b.const(f"{n}/bias", p["bias"].astype(np.float32)))
     return b.op("Conv", inputs, n, kernel_shape=list(p["weights"].shape[:2]), strides=list(a.strides),

@@ -87,7 +87,7 @@ def to_onnx(b, node, xs):
     p, n = node.params, node.name
     t, bo, l, r = node.attrs.pads
     kernel, _ = to_oihw(p["weights"], "HWOI")  # ONNX ConvTranspose weight: [in, out, kh, kw]
-    inputs = [xs[0], b.const(f"{n}/weights", np.ascontiguousarray(kernel, np.float32))]
+    inputs = [xs[0], b.const(f"{n}/weights", kernel, np.float32)]
     if p.get("bias") is not None:
         inputs.append(b.const(f"{n}/bias", p["bias"].astype(np.float32)))
     # out = s*(in-1) + output_padding + k - pad_begin - pad_end: a negative end crop is output padding

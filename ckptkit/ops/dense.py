@@ -50,7 +50,7 @@ def _bias(node) -> list:
 @DENSE.writer("onnx")
 def to_onnx(b, node, xs):
     n = node.name
-    inputs = [xs[0], b.const(f"{n}/weights", np.ascontiguousarray(node.params["weights"], np.float32))]
+    inputs = [xs[0], b.const(f"{n}/weights", node.params["weights"], np.float32)]
     inputs += [b.const(f"{n}/bias", v.astype("float32")) for v in _bias(node)]
     return b.op("Gemm", inputs, n)
 
