@@ -121,9 +121,12 @@ def folded_meta(graph: Graph, reference: Callable[[np.ndarray], np.ndarray], fol
         _tf = tf()
         try:
             g, x, out, saver = build(graph, folded, bias_names, dtypes)
+            from .gateway import samples_per_run
+
+            n = samples_per_run(g)  # activations within the reference's budget (vgg at 224 px: one sample a run)
             with tf1.Session(graph=g) as sess:
                 saver.restore(sess, prefix)
-                got = sess.run(out, {x: inputs})
+                got = np.concatenate([sess.run(out, {x: inputs[i:i + n]}) for i in range(0, len(inputs), n)])
         except (CkptkitError, _tf.errors.OpError, ValueError, TypeError) as err:
             first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
             log.warning("no graph written beside the folded checkpoint (%s): give the next command --meta or "

@@ -387,7 +387,7 @@ class GatedRun:
         self._output = g.get_tensor_by_name(_tensor_name(output_name))
         self._feed = {g.get_tensor_by_name(_tensor_name(k)): v for k, v in (feed or {}).items()
                       if _exists(g, _tensor_name(k))}
-        self.samples_per_run = _samples_per_run(g)
+        self.samples_per_run = samples_per_run(g)
 
     def _value(self, key: str, dtype: np.dtype) -> np.ndarray:
         """A variable's value: a view of the checkpoint (not kept), or one held in _values."""
@@ -447,7 +447,7 @@ ACTIVATION_BUDGET = 128 << 20  # bytes of activations a reference run may take (
 LIVE_FACTOR = 8  # TF's peak over a run was ~8x its largest activation for one sample (vgg_16_bn, resnet_v1_50)
 
 
-def _samples_per_run(g) -> int:
+def samples_per_run(g) -> int:
     """How many samples one run takes: all of a batch unless a sample's largest activation (static shapes,
     the batch dimension left out) times LIVE_FACTOR would pass ACTIVATION_BUDGET (vgg at 224 px: 1)."""
     largest = 0

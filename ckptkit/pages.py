@@ -114,6 +114,26 @@ def aligned_copy(a: np.ndarray, dtype=None) -> np.ndarray:
     return out
 
 
+WRITE_SLAB = 32 << 20
+
+
+def write_array(f, a: np.ndarray, dtype=None) -> int:
+    """Write `a` as C-order bytes of `dtype` (default its own) to the binary file `f`; returns the bytes
+    written. A view that needs reordering or a cast goes a slab of the first axis at a time (a transposed
+    400 MB kernel is never copied whole), and the pages of a mapped source are given back after."""
+    dtype = np.dtype(dtype or a.dtype)
+    if a.dtype == dtype and a.flags.c_contiguous:
+        f.write(memoryview(a.reshape(-1)).cast("B"))
+    elif a.ndim == 0:
+        f.write(np.asarray(a, dtype).tobytes())
+    else:
+        rows = max(1, WRITE_SLAB // max(1, dtype.itemsize * (a.size // max(1, a.shape[0]))))
+        for start in range(0, a.shape[0], rows):
+            f.write(memoryview(np.ascontiguousarray(a[start:start + rows], dtype).reshape(-1)).cast("B"))
+    release(a)
+    return a.size * dtype.itemsize
+
+
 def _owner(address: int) -> Optional[tuple[mmap.mmap, int, int]]:
     """(map, its start address, its size) of the live map holding `address`, if one was made here."""
     for start, (ref, size) in list(_MAPS.items()):

@@ -34,6 +34,7 @@ import numpy as np
 from ckptkit import ops
 from ckptkit.errors import CkptkitError
 from ckptkit.ir import Graph, UniqueNames
+from ckptkit.pages import write_array
 
 from . import caffe_consumers
 from .base import Runtime, Writer, write_node
@@ -90,7 +91,7 @@ class _Net:
             wl = self.weights.layer.add(name=name, type=type_)
             for b in blobs:
                 wl.blobs.add().shape.dim.extend(np.shape(b))
-            self.blob_data.append([np.ascontiguousarray(b, "<f4") for b in blobs])
+            self.blob_data.append([np.asarray(b) for b in blobs])  # views: written (as <f4) by write_weights
         return name
 
     def write_weights(self, path: str) -> None:
@@ -110,13 +111,14 @@ class _Net:
                 blobs = []
                 for blob, data in zip(layer.blobs, arrays):
                     shape = blob.SerializeToString()  # only its shape: the data follow as a packed field
-                    lead = field(BLOB_DATA, data.nbytes)
-                    blobs.append((field(LAYER_BLOBS, len(lead) + data.nbytes + len(shape)) + lead, data, shape))
-                size = len(first) + sum(len(lead) + data.nbytes + len(shape) for lead, data, shape in blobs)
+                    nbytes = 4 * data.size
+                    lead = field(BLOB_DATA, nbytes)
+                    blobs.append((field(LAYER_BLOBS, len(lead) + nbytes + len(shape)) + lead, data, shape))
+                size = len(first) + sum(len(lead) + 4 * data.size + len(shape) for lead, data, shape in blobs)
                 f.write(field(NET_LAYER, size) + first)
                 for lead, data, shape in blobs:
                     f.write(lead)
-                    f.write(memoryview(data).cast("B"))
+                    write_array(f, data, "<f4")  # a transposed kernel a slab at a time
                     f.write(shape)
 
 

@@ -35,11 +35,14 @@ class Builder:
         self.graph = graph
         self.used = UniqueNames()
         self.weights: list[tuple[object, list[np.ndarray]]] = []
+        self.initializers: list[tuple[object, dict]] = []  # (layer, the initializers it was made with)
 
     def name(self, node: Node, suffix: str = "") -> str:
         return _name(node.name + suffix, self.used)
 
     def add(self, layer, inputs, weights: Optional[list[np.ndarray]] = None):
+        if weights is not None:  # set next: no random draw of the weights' size first (vgg's fc6: 400 MB)
+            self.initializers.append((layer, _zero_initializers(layer)))
         y = layer(inputs)
         if weights is not None:
             self.weights.append((layer, weights))
@@ -62,9 +65,26 @@ def build(graph: Graph):
             values[node.name] = write_node(k, "keras", node, [values[i] for i in node.inputs])
     model = keras.Model(x_in, [values[o] for o in graph.outputs] if len(graph.outputs) > 1 else values[graph.outputs[0]],
                         name=re.sub(r"[^A-Za-z0-9_]", "_", graph.name))
+    from ckptkit.pages import release
+
     for layer, ws in k.weights:
         layer.set_weights([np.asarray(w, np.float32) for w in ws])
+        release(*ws)  # a mapped weight's pages: the layer holds its own copy now
+    for layer, initializers in k.initializers:  # the saved config names the layer's own initializers
+        for attr, value in initializers.items():
+            setattr(layer, attr, value)
     return model
+
+
+def _zero_initializers(layer) -> dict:
+    """Replace the layer's weight initializers by zeros before it builds; returns the ones it had."""
+    import keras
+
+    found = {attr: value for attr, value in vars(layer).items()
+             if attr.endswith("_initializer") and isinstance(value, keras.initializers.Initializer)}
+    for attr in found:
+        setattr(layer, attr, keras.initializers.Zeros())
+    return found
 
 
 def destinations(path: str, graph: Graph) -> list[str]:

@@ -25,7 +25,6 @@ from .protobuf_wire import field
 
 ALIGN = 4096  # external tensors start on a page, so a runtime may map them
 INLINE_BYTES = 1024  # smaller constants stay inside the model (as onnx's own external-data writer does)
-SLAB_BYTES = 32 << 20  # a view that needs reordering or a cast is written this much at a time
 
 # protobuf field numbers of the fields spliced here
 MODEL_GRAPH = 7  # ModelProto.graph
@@ -44,8 +43,7 @@ class TensorSpool:
 
     def add(self, name: str, value: np.ndarray, dtype=None):
         """The TensorProto of `value` (as `dtype`, default its own): inline when small, else its bytes appended
-        to the spool a slab of the first axis at a time, so a transposed or cast view is never copied whole;
-        then the pages of a mapped source are given back (ckptkit.pages)."""
+        to the spool (`pages.write_array`: a transposed or cast view is never copied whole)."""
         from onnx import TensorProto, helper, numpy_helper
 
         from ckptkit import pages
@@ -57,14 +55,7 @@ class TensorSpool:
         pad = -self.size % ALIGN
         self.file.write(b"\0" * pad)
         offset = self.size + pad
-        nbytes = value.size * dtype.itemsize
-        if value.dtype == dtype and value.flags.c_contiguous:
-            self.file.write(memoryview(value.reshape(-1)).cast("B"))
-        else:
-            rows = max(1, SLAB_BYTES // max(1, dtype.itemsize * (value.size // max(1, value.shape[0]))))
-            for start in range(0, value.shape[0], rows):
-                self.file.write(memoryview(np.ascontiguousarray(value[start:start + rows], dtype).reshape(-1)).cast("B"))
-        pages.release(value)
+        nbytes = pages.write_array(self.file, value, dtype)
         self.size = offset + nbytes
         tensor = TensorProto()
         tensor.name = name

@@ -137,3 +137,41 @@ def test_reading_imports_no_tensorflow():
             "[c.get(n) for n in c.names]; assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
     out = subprocess.run([sys.executable, "-c", code, DIGITS], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.fast
+def test_views_are_read_only_and_equal_to_reads(tmp_path):
+    """Checkpoint.get gives zero-copy views of the data file: the same bytes as a read, never writeable
+    (nothing can write into a user's checkpoint through them), and read() still gives a writeable copy."""
+    from ckptkit import pages
+
+    values = save_dtypes(str(tmp_path / "d"))
+    ckpt = Checkpoint(str(tmp_path / "d"))
+    for name, value in values.items():
+        view, copy = ckpt.get(name), ckpt.read(name)
+        assert view.tobytes() == value.tobytes() == copy.tobytes(), name
+        assert copy.flags.writeable
+        if value.size:
+            assert not view.flags.writeable, name
+            with pytest.raises(ValueError):
+                view[...] = 0
+    big = ckpt.get("scope/with/slashes/weights")
+    pages.release(big)  # pages given back are read again from the file, unchanged
+    assert big.tobytes() == values["scope/with/slashes/weights"].tobytes()
+
+
+@pytest.mark.fast
+def test_a_view_checks_the_crc_of_its_bytes(tmp_path):
+    """The first view of a tensor checks its crc32c, as a read does: a flipped byte is refused."""
+    values = save_dtypes(str(tmp_path / "d"))
+    prefix = str(tmp_path / "d")
+    name = "scope/with/slashes/weights"
+    entry = Bundle(prefix).entries[name]
+    path = Bundle(prefix).shard_path(entry.shard)
+    data = bytearray(open(path, "rb").read())
+    data[entry.offset + 5] ^= 0x01
+    open(path, "wb").write(bytes(data))
+    ckpt = Checkpoint(prefix)
+    with pytest.raises(CkptkitError, match="crc32c mismatch"):
+        ckpt.get(name)
+    assert ckpt.get("f32").tobytes() == values["f32"].tobytes()  # the others are still good

@@ -126,3 +126,57 @@ def test_the_float64_evaluation_is_the_model():
     exact, ref = float64_fn(model.graph)(x), model.reference(x)
     assert exact.dtype == np.float64
     assert np.abs(exact - ref).max() <= 1e-5 * np.abs(exact).max()
+
+
+@pytest.mark.fast
+def test_reference_feeds_every_kind_of_variable(tmp_path):
+    """The gated reference feeds weights in place of variables (no assignment holds a second copy): a ref
+    variable, a resource variable read directly, and one handed to a tf.function (assigned instead) all
+    give what TensorFlow gives with the checkpoint restored."""
+    from ckptkit.checkpoint import Checkpoint
+    from ckptkit.gateway import GatedRun
+
+    _tf = tf()
+    g = _tf.Graph()
+    with g.as_default():
+        x = tf1.placeholder(_tf.float32, [None, 3], name="input")
+        v = tf1.get_variable("v", [3, 2], use_resource=True, initializer=tf1.random_normal_initializer())
+        r = tf1.get_variable("r", [3, 2], use_resource=True, initializer=tf1.random_normal_initializer())
+        w = tf1.get_variable("w", [2], use_resource=False, initializer=tf1.random_normal_initializer())
+
+        @_tf.function
+        def f(a):
+            return _tf.matmul(a, v)
+
+        y = _tf.identity(f(x) + _tf.matmul(x, r) + w, name="out")
+        with tf1.Session() as sess:
+            sess.run(tf1.global_variables_initializer())
+            tf1.train.Saver().save(sess, str(tmp_path / "m.ckpt"))
+            inputs = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+            want = sess.run(y, {x: inputs})
+    run = GatedRun(g, "input:0", "out:0", Checkpoint(str(tmp_path / "m.ckpt")))
+    assert np.allclose(run(inputs), want, rtol=1e-6, atol=1e-6)
+    assert run.held_bytes == 3 * 2 * 4 + 3 * 2 * 4 + 2 * 4  # the assigned one and the aligned copies fed
+    run.close()
+
+
+@pytest.mark.fast
+def test_a_reference_with_big_activations_runs_a_sample_at_a_time(monkeypatch):
+    """A run is sized so its activations stay within a budget: samples go through in groups and the outputs
+    are the batch's, in order."""
+    from ckptkit import gateway
+
+    _tf = tf()
+    g = _tf.Graph()
+    with g.as_default():
+        x = tf1.placeholder(_tf.float32, [None, 32, 32, 3], name="input")
+        k = _tf.constant(np.random.default_rng(1).normal(size=(3, 3, 3, 8)).astype(np.float32))
+        y = _tf.reduce_mean(_tf.nn.conv2d(x, k, 1, "SAME"), axis=[1, 2], name="out")
+    monkeypatch.setattr(gateway, "ACTIVATION_BUDGET", gateway.LIVE_FACTOR * 32 * 32 * 8 * 4 * 2)  # two samples
+    run = gateway.GatedRun(g, "input:0", "out:0", None)
+    assert run.samples_per_run == 2
+    inputs = np.random.default_rng(2).normal(size=(5, 32, 32, 3)).astype(np.float32)
+    with tf1.Session(graph=g) as sess:
+        want = sess.run(y, {x: inputs})
+    assert np.allclose(run(inputs), want, rtol=1e-5, atol=1e-6)
+    run.close()
