@@ -41,10 +41,12 @@ class Builder:
         return _name(node.name + suffix, self.used)
 
     def add(self, layer, inputs, weights: Optional[list[np.ndarray]] = None):
-        if weights is not None:  # set next: no random draw of the weights' size first (vgg's fc6: 400 MB)
-            self.initializers.append((layer, _zero_initializers(layer)))
+        feeder = None
+        if weights is not None:  # the layer's variables are made from the weights: no random draw, no reassignment
+            feeder = _Feeder(weights)
+            self.initializers.append((layer, _replace_initializers(layer, feeder)))
         y = layer(inputs)
-        if weights is not None:
+        if feeder is not None and not feeder.done:  # a layer that made its variables otherwise: set them
             self.weights.append((layer, weights))
         return y
 
@@ -76,14 +78,39 @@ def build(graph: Graph):
     return model
 
 
-def _zero_initializers(layer) -> dict:
-    """Replace the layer's weight initializers by zeros before it builds; returns the ones it had."""
+class _Feeder:
+    """An initializer giving a layer's variables the writer's weights, in the order the layer makes them
+    (its `weights` order, the order `set_weights` takes); a shape or count that does not fit marks it
+    not `done` and the weights are set after the model is built."""
+
+    def __init__(self, weights: list[np.ndarray]):
+        self.weights, self.given, self.ok = list(weights), 0, True
+
+    def __call__(self, shape, dtype=None):
+        from ckptkit.pages import aligned_copy, release
+
+        if self.given < len(self.weights) and tuple(shape) == np.shape(self.weights[self.given]):
+            w = self.weights[self.given]
+            self.given += 1
+            value = aligned_copy(np.asarray(w), np.float32)  # aligned: TF takes it without a copy of its own
+            release(w)
+            return value
+        self.ok = False
+        return np.zeros(shape, np.float32)
+
+    @property
+    def done(self) -> bool:
+        return self.ok and self.given == len(self.weights)
+
+
+def _replace_initializers(layer, feeder: _Feeder) -> dict:
+    """Give every weight initializer of the layer to `feeder` before it builds; returns the ones it had."""
     import keras
 
     found = {attr: value for attr, value in vars(layer).items()
              if attr.endswith("_initializer") and isinstance(value, keras.initializers.Initializer)}
     for attr in found:
-        setattr(layer, attr, keras.initializers.Zeros())
+        setattr(layer, attr, feeder)
     return found
 
 
