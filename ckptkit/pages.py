@@ -8,8 +8,9 @@ unmapped, and read again from the page cache if touched again; the file and its 
 
 * `map_file(path)`: a read-only map of a checkpoint's data file; `view` gives a tensor over it, zero-copy.
   Read-only, so nothing can write into a user's checkpoint through it.
-* `scratch(shape, dtype)`: a writeable array over an unlinked temporary file (its blocks allocated up
-  front, so a full disk is an OSError here, not a SIGBUS later): where a fold puts the weights it makes.
+* `scratch(shape, dtype)`: a writeable array over an unlinked temporary file in TMPDIR (its blocks allocated
+  up front, so a full disk is a CkptkitError here, not a SIGBUS later; gone with the process, even on
+  kill -9): where a fold puts the weights it makes. (A TMPDIR on tmpfs holds them in memory again.)
 
 `release(*arrays)` is safe on any array: one not in such a map is left alone.
 """
@@ -83,9 +84,16 @@ def scratch(shape: tuple, dtype) -> np.ndarray:
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if nbytes < SCRATCH_BYTES:
         return np.zeros(shape, dtype)
-    with tempfile.TemporaryFile(prefix="ckptkit-scratch-") as f:
-        os.posix_fallocate(f.fileno(), 0, nbytes)  # ENOSPC now, as an OSError, rather than SIGBUS on a write
-        m = mmap.mmap(f.fileno(), nbytes, access=mmap.ACCESS_WRITE)
+    try:
+        with tempfile.TemporaryFile(prefix="ckptkit-scratch-") as f:
+            os.posix_fallocate(f.fileno(), 0, nbytes)  # a full disk fails here, not as SIGBUS on a write
+            m = mmap.mmap(f.fileno(), nbytes, access=mmap.ACCESS_WRITE)
+    except OSError as err:
+        from .errors import CkptkitError
+
+        raise CkptkitError(f"no room for {nbytes / 2**20:.0f} MB of scratch space (folded weights) in "
+                           f"{tempfile.gettempdir()} ({err.strerror}): free space there, or point TMPDIR at a "
+                           "disk with room") from None
     return Mapping(m, nbytes).view(0, shape, dtype)
 
 

@@ -114,6 +114,14 @@ def _mnn_runner(prototxt: str, graph: Optional[Graph] = None):
     caffemodel = _caffemodel(prototxt)
 
     def run(x: np.ndarray) -> np.ndarray:
+        try:
+            return _mnn_run(x)
+        except OSError as err:  # a full TMPDIR: the samples, MNN's model or its output could not be written
+            raise CkptkitError(f"no room in {tempfile.gettempdir()} for MNN's verification files "
+                               f"({err.strerror or err}): free space there, point TMPDIR at a disk with room, or "
+                               "pass --caffe-runtime opencv") from None
+
+    def _mnn_run(x: np.ndarray) -> np.ndarray:
         with tempfile.TemporaryDirectory(prefix="ckptkit-mnn-") as tmp:
             x_path, y_path = os.path.join(tmp, "x.npy"), os.path.join(tmp, "y.npy")
             np.save(x_path, np.ascontiguousarray(x, np.float32))

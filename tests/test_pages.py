@@ -2,6 +2,7 @@
 value (a clean file page is read again; a scratch page was written to its file), and that only maps made
 here are touched: an ordinary array, or an anonymous map whose pages would come back as zeros, is left alone."""
 import mmap
+import os
 
 import numpy as np
 import pytest
@@ -61,3 +62,47 @@ def test_maps_are_forgotten_with_their_arrays():
 
     gc.collect()
     assert len(pages._MAPS) == count - 1
+
+
+def test_scratch_on_a_full_disk_is_one_clear_error(monkeypatch):
+    """No room for the folded weights: a CkptkitError naming the size, the folder and the fix (a write into
+    a sparse map on a full disk would be a SIGBUS instead)."""
+    import errno
+    import os
+
+    from ckptkit.errors import CkptkitError
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(CkptkitError, match=r"no room for 16 MB of scratch space .*TMPDIR"):
+        pages.scratch((4 << 20,), np.float32)
+
+
+@pytest.mark.parametrize("command", [["to-onnx"], ["to-caffe"]])
+def test_a_full_scratch_disk_fails_the_export_in_one_line(command, run_cli, tmp_path, monkeypatch):
+    """The folded weights go to TMPDIR: with no room there (a 4 kB tmpfs), an export stops with one line
+    naming the size and the fix, and writes nothing."""
+    import subprocess
+    import tempfile
+
+    from conftest import FIXTURE
+
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(small)], capture_output=True).returncode:
+        pytest.skip("mounting a small file system needs CAP_SYS_ADMIN here")
+    try:
+        monkeypatch.setattr(tempfile, "tempdir", str(small))
+        monkeypatch.setattr(pages, "SCRATCH_BYTES", 1024)  # the fixture's weights are small: scratch all of them
+        out = tmp_path / "out"
+        target = "model.onnx" if command[0] == "to-onnx" else "model.prototxt"
+        run = run_cli(command[0], FIXTURE, "-o", out / target)
+        assert run.returncode == 2, run.stderr
+        last = run.stderr.strip().splitlines()[-1]
+        assert "Traceback" not in run.stderr and "no room for" in last and "TMPDIR" in last, last
+        assert not out.exists()
+        assert not [f for f in os.listdir(small) if "scratch" in f or "mnn" in f], "a scratch file stayed behind"
+    finally:
+        subprocess.run(["umount", str(small)], capture_output=True)
