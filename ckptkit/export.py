@@ -265,6 +265,8 @@ def _planned(model: Model, fmt: str, path: str, fold: bool, check: bool, verify_
                 comparisons.append(comparison)
                 if not comparison.ok:
                     failures.append((runtime.label, f"does not match TensorFlow in {runtime.label}: {comparison}"))
+                run = None  # this runtime's copy of the model goes before the next one loads its own
+                _free_runtime_memory(graph)
             if failures:
                 raise VerificationError(_mismatch(fmt, failures[0], [c for c in comparisons if c.ok]))
         with phase(f"write {fmt}"):
@@ -272,6 +274,20 @@ def _planned(model: Model, fmt: str, path: str, fold: bool, check: bool, verify_
         return staged, comparisons
 
     return final_paths, graph, write
+
+
+def _free_runtime_memory(graph: Graph) -> None:
+    """After a big model's verification: what the runtimes held (a Keras model sits in reference cycles) goes
+    back to the system before the next format loads its own (export --to onnx,keras,caffe)."""
+    from .sources import COLLECT_BYTES
+
+    if sum(v.nbytes for n in graph for v in n.params.values() if isinstance(v, np.ndarray)) >= COLLECT_BYTES:
+        import gc
+
+        from .pages import trim
+
+        gc.collect()
+        trim()
 
 
 def check_formats(formats: list[str]) -> None:

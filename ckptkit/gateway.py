@@ -438,9 +438,11 @@ class GatedRun:
         return y
 
     def close(self) -> None:
+        """Close the session and drop the fed values (big ones are maps of their own: unmapped right here)."""
         if self._sess is not None:
             self._sess.close()
         self._sess = None
+        self._values = {}
 
 
 ACTIVATION_BUDGET = 128 << 20  # bytes of activations a reference run may take (TF frees them as it goes)

@@ -25,7 +25,7 @@ log = logging.getLogger("ckptkit")
 Builder = Callable[[object], object]  # inputs tensor -> output tensor, in the current tf.Graph
 
 
-COLLECT_BYTES = 64 * 2**20  # a session holding fewer weight bytes is not worth a full garbage collection
+COLLECT_BYTES = 64 * 2**20  # below this, a released session's memory is not worth trimming malloc's heap for
 
 
 class LazyReference:
@@ -65,11 +65,12 @@ class LazyReference:
         if close is not None:
             close()
         self._fn = None
+        if held is None:  # not a gated run: its memory may sit in reference cycles (a full collection: ~0.3 s)
+            gc.collect()
         if held is None or held >= COLLECT_BYTES:
-            gc.collect()  # the session's memory goes with its last reference (a full collection: ~0.3 s)
             from .pages import trim
 
-            trim()  # and what malloc kept of TF's freed activations goes back before a runtime loads
+            trim()  # what malloc kept of TF's freed activations goes back before a runtime loads
 
     @property
     def held_bytes(self) -> Optional[int]:
