@@ -69,13 +69,13 @@ def builder(name: str, num_classes: Optional[int], batch_norm: bool = True, **kw
     With batch_norm=False, every conv/fc is built with normalizer_fn=None (biases instead of BN):
     the network a folded checkpoint restores into."""
     arch, with_bn = _lookup(name)
-    tf_slim = slim()
-    module = importlib.import_module(f"tf_slim.nets.{arch.module}")
-    net_fn = getattr(module, arch.fn)
-    scope_fn = getattr(module, arch.arg_scope)
-    layers = [tf_slim.conv2d, tf_slim.separable_conv2d, tf_slim.fully_connected]
 
     def build(inputs):
+        tf_slim = slim()  # imported when a graph is built (not when a cached build is used: ckptkit.graph_cache)
+        module = importlib.import_module(f"tf_slim.nets.{arch.module}")
+        net_fn = getattr(module, arch.fn)
+        scope_fn = getattr(module, arch.arg_scope)
+        layers = [tf_slim.conv2d, tf_slim.separable_conv2d, tf_slim.fully_connected]
         kw = dict(kwargs)
         kw.setdefault("is_training", False)
         if num_classes is not None or arch.module.startswith("resnet"):

@@ -158,8 +158,11 @@ def _build(builder: Builder, input_shape: Sequence[int]):
     same arguments in one command (fold: the topology, then the graph beside the output) is the same graph, taken
     from the last build; nothing adds to a built graph."""
     key = getattr(builder, "ckptkit_build_key", None)
-    if key is not None:
-        return _kept_last(_BUILT, (key, tuple(input_shape)), lambda: _build_new(builder, input_shape))
+    if key is not None:  # an --arch network: also kept on disk between commands (ckptkit.graph_cache)
+        from . import graph_cache
+
+        return _kept_last(_BUILT, (key, tuple(input_shape)),
+                          lambda: graph_cache.graph(key, input_shape, lambda: _build_new(builder, input_shape)))
     return _build_new(builder, input_shape)
 
 

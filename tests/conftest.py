@@ -21,6 +21,23 @@ def _share_the_cores() -> None:
 
 _share_the_cores()
 
+
+def _own_graph_cache(config) -> None:
+    """--arch graphs are cached on disk (ckptkit.graph_cache): a test run keeps its own cache, made empty at the
+    start (so each network's first build in the run is a real build) and shared by the xdist workers, which
+    inherit the variable. A CKPTKIT_CACHE_DIR the caller set is kept."""
+    import tempfile
+
+    if not hasattr(config, "workerinput") and "CKPTKIT_CACHE_DIR" not in os.environ:
+        config._ckptkit_cache = tempfile.mkdtemp(prefix="ckptkit-test-cache-")
+        os.environ["CKPTKIT_CACHE_DIR"] = config._ckptkit_cache
+
+
+def pytest_unconfigure(config):
+    folder = getattr(config, "_ckptkit_cache", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+
 import numpy as np  # noqa: E402  (after the thread settings, which TensorFlow reads when it loads)
 import pytest  # noqa: E402
 
@@ -136,6 +153,7 @@ def quick(names) -> list:
 
 
 def pytest_configure(config):
+    _own_graph_cache(config)
     # `make test-fast` (pytest -m fast): the TF-free unit tests, the op cases in ONNX, one network per format, the
     # reader against TensorFlow, the quick CLI checks; each marked where it is defined (--strict-markers)
     config.addinivalue_line("markers", "fast: the quick development tier (`make test-fast`)")

@@ -1,0 +1,80 @@
+"""--arch graphs cached on disk between commands (ckptkit.graph_cache): a cached graph is the graph the build
+makes (same IR, same TensorFlow output), a damaged entry is built again, and a cache that cannot be used
+changes nothing but the time."""
+import os
+
+import numpy as np
+import pytest
+
+import ckptkit
+from ckptkit import graph_cache, sources, testing as T
+
+SHAPE = (64, 64, 3)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CKPTKIT_CACHE_DIR", str(tmp_path / "cache"))
+    sources._BUILT.clear()  # this process's in-memory copy of the last build
+    yield tmp_path / "cache" / "graphs"
+    sources._BUILT.clear()
+
+
+@pytest.fixture(scope="module")
+def resnet(tmp_path_factory):
+    prefix = str(tmp_path_factory.mktemp("resnet") / "model.ckpt")
+    T.save_model(T.arch_net("resnet_v1_50", num_classes=10), SHAPE, prefix)
+    return prefix
+
+
+def _load(prefix, **kw):
+    sources._BUILT.clear()
+    return ckptkit.load(prefix, arch="resnet_v1_50", input_shape="64,64,3", **kw)
+
+
+def _summary(model):
+    return [(n.name, n.op, tuple(n.shape), sorted(n.params), dict(n.sources)) for n in model.graph.nodes]
+
+
+def test_a_cached_graph_is_the_built_graph(resnet, cache):
+    x = T.random_input(SHAPE, batch=3)
+    built = _load(resnet)
+    files = os.listdir(cache)
+    assert len(files) == 1 and files[0].endswith(".meta")
+    cached = _load(resnet)
+    assert _summary(cached) == _summary(built)
+    for a, b in zip(built.graph.nodes, cached.graph.nodes):
+        for k in a.params:
+            assert np.array_equal(a.params[k], b.params[k]), (a.name, k)
+    assert np.array_equal(cached.reference(x), built.reference(x))
+    out = ckptkit.export(cached, "onnx", str(cache.parent.parent / "m.onnx"))
+    assert out.comparison.ok
+
+
+def test_other_arguments_are_other_entries(resnet, cache):
+    _load(resnet)
+    _load(resnet, arch_args={"output_stride": 16})
+    sources._BUILT.clear()
+    ckptkit.load(resnet, arch="resnet_v1_50", input_shape="96,96,3")
+    assert len(os.listdir(cache)) == 3
+
+
+def test_a_damaged_entry_is_built_again_and_replaced(resnet, cache):
+    built = _load(resnet)
+    (path,) = [cache / f for f in os.listdir(cache)]
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 3])
+    again = _load(resnet)
+    assert _summary(again) == _summary(built)
+    assert path.read_bytes() == good
+
+
+def test_a_cache_that_cannot_be_used_changes_nothing(resnet, cache, monkeypatch, tmp_path):
+    built = _summary(_load(resnet))
+    monkeypatch.setenv("CKPTKIT_CACHE_DIR", "")  # turned off
+    assert graph_cache.folder() is None and _summary(_load(resnet)) == built
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("CKPTKIT_CACHE_DIR", str(blocked))  # cannot be made
+    assert _summary(_load(resnet)) == built
+    assert blocked.read_text() == "not a folder"
