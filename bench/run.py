@@ -24,6 +24,7 @@ WORK = os.path.join(HERE, "work")
 PY = sys.executable
 CKPTKIT = [PY, "-m", "ckptkit.cli", "-q"]
 REPS = int(os.environ.get("BENCH_REPS", "3"))
+os.environ.setdefault("CKPTKIT_CACHE_DIR", os.path.join(WORK, "cache"))  # the bench's own --arch graph cache
 
 # Runs a command and prints its peak RSS (kB) on the last line of stderr.
 _MEASURE = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
@@ -36,13 +37,13 @@ class Run(tuple):
     phases: dict
 
 
-def measure(cmd: list[str], reps: int = REPS) -> Run:
+def measure(cmd: list[str], reps: int = REPS, env: dict | None = None) -> Run:
     """(median seconds, peak MB) of `cmd` over `reps` runs; fails loudly if the command fails."""
     times, peaks, phases = [], [], []
     for _ in range(reps):
         t0 = time.perf_counter()
         proc = subprocess.run([PY, "-c", _MEASURE, *cmd], capture_output=True, text=True, cwd=ROOT,
-                              env={**os.environ, "CKPTKIT_PHASES": "1"})
+                              env={**os.environ, "CKPTKIT_PHASES": "1", **(env or {})})
         times.append(time.perf_counter() - t0)
         if proc.returncode != 0:
             raise SystemExit(f"benchmark command failed: {' '.join(cmd)}\n{proc.stderr[-2000:]}")
@@ -149,12 +150,20 @@ def bench_sizes(rows: list) -> None:
             continue
         prefix = arch_ckpt(arch)
         ckpt = checkpoint_mb(prefix)
+        # the --arch graph cache (ckptkit.graph_cache) warmed first: the rows are what a second command on a
+        # network costs; to-onnx is also measured with the cache off (what the first command costs)
+        subprocess.run(script(f"from ckptkit import load; load({prefix!r}, arch={arch!r}, weights=False)"),
+                       capture_output=True, cwd=ROOT, check=True)
         for command, out in COMMANDS:
             if commands and command not in commands:
                 continue
             target = os.path.join(WORK, f"{arch}_out", out)
             extra = ["--to", "onnx,keras,caffe"] if command == "export" else []
-            ours = measure(CKPTKIT + [command, prefix, "--arch", arch, *extra, "-o", target])
+            cmd = CKPTKIT + [command, prefix, "--arch", arch, *extra, "-o", target]
+            if command == "to-onnx":
+                cold = measure(cmd, env={"CKPTKIT_CACHE_DIR": ""})
+                SIZE_ROWS.append((f"{size}: {arch} ({ckpt:.0f} MB)", "to-onnx, graph cache off", ckpt, cold, None))
+            ours = measure(cmd)
             peer = None
             if command == "to-onnx" and (size != "large" or os.environ.get("BENCH_PEER_LARGE") == "1"):
                 peer = measure(freeze_and_tf2onnx(arch, prefix, target))
