@@ -69,7 +69,7 @@ def is_placeholder(array: np.ndarray) -> bool:
     return array.size > 1 and not any(array.strides)
 
 
-CHUNK_BYTES = 64 * 2**20  # float64 working memory per step of an in-place scaling
+CHUNK_BYTES = 8 * 2**20  # float64 working memory per step of a slab-wise scaling
 
 
 def scale_outputs(weights: np.ndarray, layout: str, scale: np.ndarray, *, inplace: bool = False,
@@ -92,11 +92,19 @@ def scale_outputs(weights: np.ndarray, layout: str, scale: np.ndarray, *, inplac
     if out is None:
         out = weights if weights.flags.writeable else weights.copy()
     s = s.reshape((1,) * (weights.ndim - s.ndim) + s.shape)  # aligned with the weights' axes, to slice with them
-    rows = max(1, CHUNK_BYTES // max(1, 8 * (weights.size // max(1, weights.shape[0]))))
-    for start in range(0, weights.shape[0], rows):
+    w, o = weights, out
+    lead = next((i for i, n in enumerate(s.shape) if n != 1), s.ndim)
+    if lead > 1 and w.flags.c_contiguous and o.flags.c_contiguous:  # HWIO's [kh, kw, in] axes merged: fine slabs
+        w, o = w.reshape((-1,) + w.shape[lead:]), o.reshape((-1,) + o.shape[lead:])
+        s = s.reshape((1,) + s.shape[lead:])
+    rows = max(1, CHUNK_BYTES // max(1, 8 * (w.size // max(1, w.shape[0]))))
+    product = np.empty((min(rows, w.shape[0]),) + w.shape[1:], np.float64)  # reused: one float64 slab
+    for start in range(0, w.shape[0], rows):
         part = s if s.shape[0] == 1 else s[start:start + rows]
-        out[start:start + rows] = weights[start:start + rows] * part  # float64 product, one rounding on assignment
-        pages.release(weights[start:start + rows], out[start:start + rows])
+        n = min(rows, w.shape[0] - start)
+        np.multiply(w[start:start + n], part, out=product[:n])  # float64 product,
+        o[start:start + n] = product[:n]  # one rounding on assignment
+        pages.release(w[start:start + n], o[start:start + n])
     return out
 
 

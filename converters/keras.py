@@ -143,6 +143,7 @@ def runner(path: str, **_):
 
 class KerasWriter(Writer):
     name, label, suffixes, runtime_package = "keras", "Keras", EXTENSIONS, "keras"
+    leaves_cycles = True
 
     def destinations(self, path: str, graph: Optional[Graph]) -> list[str]:
         return destinations(path, graph)
