@@ -346,7 +346,7 @@ class GatedRun:
         # (A resource variable handed to anything but reads is assigned once, by the op made above.)
         self._feeds: list[tuple[list, str, np.dtype]] = []  # (tensors to feed, checkpoint key or init, dtype)
         self._values: dict[str, np.ndarray] = {}  # key -> what is fed (aligned copies, initial values)
-        self.held_bytes = 0  # their bytes (LazyReference.release collects garbage past a threshold)
+        self.held_bytes = 0  # their bytes (LazyReference.release trims the C heap past a threshold)
         try:
             for key, node in variables.items():
                 dtype = np.dtype(_tf.as_dtype(node.attr["dtype"].type).as_numpy_dtype)
@@ -390,7 +390,8 @@ class GatedRun:
         self.samples_per_run = samples_per_run(g)
 
     def _value(self, key: str, dtype: np.dtype) -> np.ndarray:
-        """A variable's value: a view of the checkpoint (not kept), or one held in _values."""
+        """A variable's value as fed, kept for the session's life: the checkpoint's view when it is already
+        aligned, else one aligned copy (or cast); initial values the checkpoint lacks are there already."""
         if key in self._values:
             return self._values[key]
         from .pages import ALIGN, aligned_copy
