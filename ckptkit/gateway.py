@@ -31,6 +31,7 @@ from .errors import CkptkitError
 log = logging.getLogger("ckptkit")
 
 MAX_TENSOR_BYTES = int(float(os.environ.get("CKPTKIT_MAX_TENSOR_BYTES", 4 * 2**30)))
+ASSIGN_BATCH_BYTES = 256 * 2**20  # values in flight per assignment run (variables a run cannot feed)
 
 
 @dataclass
@@ -368,11 +369,20 @@ class GatedRun:
                         raise CkptkitError(f"checkpoint {getattr(ckpt, 'prefix', '')} does not fit the graph "
                                            f"(variable {key} is {list(value.shape)} in the checkpoint, "
                                            f"{t.shape} in the graph): check --arch/--meta")
-            for key, ph, assign in assigns:
+            # assigned a batch of ASSIGN_BATCH_BYTES per run (every run of new fetches costs TF a graph pruning:
+            # the cond-v2 graphs of slim's training .meta hand every variable to an `If`)
+            batch, ops, keys, size = {}, [], [], 0
+            for i, (key, ph, assign) in enumerate(assigns):
                 value = self._value(key, np.dtype(ph.dtype.as_numpy_dtype))
-                self._sess.run(assign, {ph: value})
-                self._values.pop(key, None)
+                batch[ph], size = value, size + value.nbytes
+                ops.append(assign)
+                keys.append(key)
                 self.held_bytes += value.nbytes
+                if size >= ASSIGN_BATCH_BYTES or i == len(assigns) - 1:
+                    self._sess.run(ops, batch)
+                    for k in keys:  # the variables hold these values now
+                        self._values.pop(k, None)
+                    batch, ops, keys, size = {}, [], [], 0
             self.held_bytes += sum(v.nbytes for v in self._values.values())
         except _tf.errors.OpError as err:
             self.close()
