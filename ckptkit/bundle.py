@@ -213,11 +213,12 @@ class Bundle:
     def _check_crc(self, name: str, path: str, data: np.ndarray) -> None:
         from .pages import release
 
-        flat = memoryview(data.reshape(-1)).cast("B")
+        raw = data.reshape(-1).view(np.uint8)
         crc = 0
-        for start in range(0, len(flat), CRC_CHUNK):
-            crc = _crc32c(flat[start:start + CRC_CHUNK], crc)
-            release(data.reshape(-1).view(np.uint8)[start:start + CRC_CHUNK])
+        for start in range(0, raw.size, CRC_CHUNK):
+            part = raw[start:start + CRC_CHUNK]
+            crc = _crc32c(part, crc)
+            release(part)
         if crc != self.entries[name].crc:
             raise CkptkitError(f"tensor {name} cannot be read from {path} (crc32c mismatch): the data file is "
                                "damaged; re-copy or re-save it")

@@ -172,14 +172,6 @@ def release(*arrays) -> None:
             _advise(m, size, low - start, high - low)
 
 
-def release_all() -> None:
-    """Hand back every resident page of every map made here."""
-    for start, (ref, size) in list(_MAPS.items()):
-        m = ref()
-        if m is not None:
-            _advise(m, size)
-
-
 def is_mapped(a: np.ndarray) -> bool:
     """True when `a` lives in a map made here (its memory is the page cache's)."""
     return isinstance(a, np.ndarray) and a.size > 0 and _owner(byte_bounds(a)[0]) is not None
