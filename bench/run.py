@@ -170,6 +170,36 @@ def bench_sizes(rows: list) -> None:
             SIZE_ROWS.append((f"{size}: {arch} ({ckpt:.0f} MB)", command, ckpt, ours, peer))
             print(f"  {arch} {command}: {ours[0]:.2f} s, {ours[1]:.0f} MB ({ours[1] / ckpt:.1f}x the checkpoint)",
                   flush=True)
+            for runtime, cmd in floor_commands(command, target):
+                floor = measure(cmd)
+                SIZE_ROWS.append((f"{size}: {arch} ({ckpt:.0f} MB)", f"floor: {runtime}", ckpt, floor, None))
+                print(f"  {arch} floor {runtime}: {floor[0]:.2f} s, {floor[1]:.0f} MB", flush=True)
+
+
+def floor_commands(command: str, target: str) -> list[tuple[str, list[str]]]:
+    """What the runtimes an export is verified in cost on their own: a fresh process that only loads the
+    written files the way a user does and runs the verification's 4 samples (224 px). An export's peak memory
+    cannot go below these (its verification runs exactly this), whatever ckptkit does."""
+    x = os.path.join(WORK, "x224.npy")
+    if not os.path.exists(x):
+        subprocess.run(script(f"import numpy as np; np.save({x!r}, np.random.default_rng(0).random((4, 224, 224, 3), "
+                              "np.float32))"), check=True)
+    if command == "to-onnx":
+        return [("onnxruntime InferenceSession + run", script(
+            f"import onnxruntime as ort, numpy as np; s = ort.InferenceSession({target!r}, "
+            "providers=['CPUExecutionProvider']); s.run(None, {s.get_inputs()[0].name: "
+            f"np.load({x!r})}})"))]
+    if command == "to-keras":  # with oneDNN off, as ckptkit runs TF for a check (less memory than the default)
+        return [("keras.models.load_model + run", ["env", "TF_ENABLE_ONEDNN_OPTS=0", *script(
+            f"import keras, numpy as np; m = keras.models.load_model({target!r}, compile=False); "
+            f"m(np.load({x!r}), training=False)")])]
+    if command == "to-caffe":
+        proto, model = target + ".prototxt", target + ".caffemodel"
+        return [("OpenCV readNetFromCaffe + run", script(
+            f"import cv2, numpy as np; n = cv2.dnn.readNetFromCaffe({proto!r}, {model!r}); "
+            f"n.setInput(np.load({x!r}).transpose(0, 3, 1, 2).copy()); n.forward()")),
+            ("MNN convert + run", [PY, "-m", "converters.mnn_worker", proto, model, x, x + ".mnn-out.npy"])]
+    return []
 
 
 def sizes_table() -> list[str]:
@@ -177,7 +207,9 @@ def sizes_table() -> list[str]:
         return []
     lines = ["", "Every writing command by network size (peak RSS of the whole process against the checkpoint's "
              "size; the peer, freeze + tf2onnx, for to-onnx; it is not run on the large net, which the OOM killer "
-             "stopped at 24 GB in issue #26, unless BENCH_PEER_LARGE=1):", "",
+             "stopped at 24 GB in issue #26, unless BENCH_PEER_LARGE=1; rows named floor: a runtime the export is "
+             "verified in, alone in a fresh process, loading the written files as a user does and running the "
+             "verification's 4 samples: an export's peak cannot go below its runtimes' floors):", "",
              "| network (checkpoint) | command | ckptkit s | ckptkit peak MB | peak / checkpoint | peer s | peer peak MB "
              "| time ratio |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for net, command, ckpt, (t, m), peer in SIZE_ROWS:

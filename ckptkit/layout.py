@@ -14,6 +14,8 @@ from typing import Optional
 
 import numpy as np
 
+from .pages import slab_rows
+
 LAYOUTS = ("HWIO", "HWCM", "IO", "OI", "HWOI")
 
 
@@ -97,7 +99,7 @@ def scale_outputs(weights: np.ndarray, layout: str, scale: np.ndarray, *, inplac
     if lead > 1 and w.flags.c_contiguous and o.flags.c_contiguous:  # HWIO's [kh, kw, in] axes merged: fine slabs
         w, o = w.reshape((-1,) + w.shape[lead:]), o.reshape((-1,) + o.shape[lead:])
         s = s.reshape((1,) + s.shape[lead:])
-    rows = max(1, CHUNK_BYTES // max(1, 8 * (w.size // max(1, w.shape[0]))))
+    rows = slab_rows(w.shape, 8, CHUNK_BYTES)
     product = np.empty((min(rows, w.shape[0]),) + w.shape[1:], np.float64)  # reused: one float64 slab
     for start in range(0, w.shape[0], rows):
         part = s if s.shape[0] == 1 else s[start:start + rows]

@@ -115,11 +115,18 @@ def aligned_copy(a: np.ndarray, dtype=None) -> np.ndarray:
     if a.ndim == 0 or a.size == 0:
         out[...] = a
         return out
-    rows = max(1, COPY_CHUNK // max(1, dtype.itemsize * (a.size // max(1, a.shape[0]))))
+    rows = slab_rows(a.shape, dtype.itemsize, COPY_CHUNK)
     for i in range(0, a.shape[0], rows):
         out[i:i + rows] = a[i:i + rows]
         release(a[i:i + rows])
     return out
+
+
+def slab_rows(shape: tuple, itemsize: int, budget: int) -> int:
+    """How many rows of the first axis of an array of `shape` fit in `budget` bytes at `itemsize` each (at least 1):
+    the step of every slab-wise loop over a big tensor."""
+    row = itemsize * int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else itemsize
+    return max(1, budget // max(1, row))
 
 
 WRITE_SLAB = 4 << 20  # small enough that a slab's reordering stays in the CPU's caches
@@ -143,7 +150,7 @@ def write_array(f, a: np.ndarray, dtype=None) -> int:
     elif a.ndim == 0:
         f.write(np.asarray(a, dtype).tobytes())
     else:
-        rows = max(1, WRITE_SLAB // max(1, dtype.itemsize * (a.size // max(1, a.shape[0]))))
+        rows = slab_rows(a.shape, dtype.itemsize, WRITE_SLAB)
         for start in range(0, a.shape[0], rows):
             f.write(memoryview(_c_order(a[start:start + rows], dtype).reshape(-1)).cast("B"))
     release(a)

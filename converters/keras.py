@@ -6,8 +6,11 @@ runs the same kernels); any other padding becomes an explicit ZeroPadding2D.
 """
 from __future__ import annotations
 
+import os
 import re
-from typing import Optional
+import shutil
+import zipfile
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -121,13 +124,48 @@ def destinations(path: str, graph: Graph) -> list[str]:
 
 
 def export(graph: Graph, path: str, **_) -> str:
+    """Write `graph` as a Keras model at `path` (.keras or legacy .h5)."""
+    folder, finish = write_for_check(graph, path)
+    finish()
+    return path
+
+
+# the members of a .keras archive in the order Keras writes them (any others, e.g. assets, follow)
+ARCHIVE_MEMBERS = ("metadata.json", "config.json", "model.weights.h5")
+
+
+def write_for_check(graph: Graph, path: str) -> tuple[str, Callable[[], None]]:
+    """(what Keras loads to verify, finish() leaving the file at `path`). A `.keras` is first saved in
+    Keras's own folder form (`model.save(folder, zipped=False)`: config.json, metadata.json and
+    model.weights.h5, which h5py writes straight to its file; the zipped save builds the whole h5 in
+    memory first, and `load_model` of a `.keras` reads it whole into memory again), verified from that
+    folder by `keras.models.load_model`, then stored in the archive file to file."""
     import warnings
 
     model = build(graph)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Keras warns that .h5 is legacy: the user asked for it
-        model.save(path)
-    return path
+    if path.endswith(".h5"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Keras warns that .h5 is legacy: the user asked for it
+            model.save(path)
+        return path, lambda: None
+    folder = path + ".parts.tmp"
+    try:
+        model.save(folder, zipped=False)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder, lambda: archive(folder, path)
+
+
+def archive(folder: str, path: str) -> None:
+    """The `.keras` zip from Keras's folder form: its members in Keras's order, stored uncompressed as Keras
+    stores them, each copied file to file; the folder is removed."""
+    members = [os.path.relpath(os.path.join(root, f), folder) for root, _, files in os.walk(folder) for f in files]
+    order = sorted(members, key=lambda m: (ARCHIVE_MEMBERS.index(m) if m in ARCHIVE_MEMBERS else len(ARCHIVE_MEMBERS), m))
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for member in order:
+            zf.write(os.path.join(folder, member), member)
+    shutil.rmtree(folder)
 
 
 def runner(path: str, **_):
@@ -150,6 +188,9 @@ class KerasWriter(Writer):
 
     def write(self, graph: Graph, path: str, options) -> list[str]:
         return [export(graph, path)]
+
+    def write_for_check(self, graph: Graph, path: str, options):
+        return write_for_check(graph, path)
 
     def runner(self, path: str, graph: Graph, options):
         return runner(path)

@@ -131,3 +131,15 @@ def test_write_array_writes_any_view_in_c_order(tmp_path):
         assert buf.getvalue() == np.ascontiguousarray(views[1]).tobytes()
     finally:
         pages.WRITE_SLAB = monkey
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("shape, itemsize, budget, rows", [
+    ((100, 4, 4), 4, 1024, 16),  # 64-byte rows: 16 fit
+    ((100, 4, 4), 8, 1000, 7),  # 128-byte rows: 7 fit, the rest of the budget unused
+    ((10,), 4, 12, 3),  # a 1-D array: one element a row
+    ((3, 1 << 20), 4, 1024, 1),  # a row past the budget: still one row a step
+    ((0, 8), 4, 64, 2),  # an empty array: a step that covers nothing
+])
+def test_slab_rows_fit_the_budget(shape, itemsize, budget, rows):
+    assert pages.slab_rows(shape, itemsize, budget) == rows
