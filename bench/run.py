@@ -185,7 +185,7 @@ def floor_commands(command: str, target: str) -> list[tuple[str, list[str]]]:
         subprocess.run(script(f"import numpy as np; np.save({x!r}, np.random.default_rng(0).random((4, 224, 224, 3), "
                               "np.float32))"), check=True)
     if command == "to-onnx":
-        return [("onnxruntime InferenceSession + run", script(
+        return [("onnxruntime InferenceSession, default options, + run", script(
             f"import onnxruntime as ort, numpy as np; s = ort.InferenceSession({target!r}, "
             "providers=['CPUExecutionProvider']); s.run(None, {s.get_inputs()[0].name: "
             f"np.load({x!r})}})"))]
