@@ -21,7 +21,7 @@ from .ir import Graph
 from . import ops, validate
 from .passes import fold_batchnorm, simplify
 from .phases import phase
-from .publish import Stage, check_outputs, ensure_parent
+from .publish import Stage, check_outputs, check_space, ensure_parent
 from .sources import Model
 from .verify import Comparison, verification_inputs, verify
 
@@ -236,6 +236,7 @@ def _planned(model: Model, fmt: str, path: str, fold: bool, check: bool, verify_
 
     def write(st: Stage):
         staged = [st.path(p) for p in final_paths]
+        check_space(st.folder, *writer.disk_bytes(graph), f"the {fmt} export", shown=st.target)  # free now
         with phase(f"write {fmt}"):
             checked_path, finish = writer.write_for_check(graph, staged[0], opts)
         _free_memory(graph, writer)  # what the writer built (a Keras model sits in reference cycles)
@@ -283,7 +284,7 @@ def _free_memory(graph: Graph, writer) -> None:
     collection (~0.2 s with TensorFlow loaded) for the writers that say so; the C heap is trimmed for all."""
     from .sources import COLLECT_BYTES
 
-    if sum(v.nbytes for n in graph for v in n.params.values() if isinstance(v, np.ndarray)) >= COLLECT_BYTES:
+    if graph.weight_bytes() >= COLLECT_BYTES:
         from .pages import trim
 
         if writer.leaves_cycles:

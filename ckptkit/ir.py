@@ -90,6 +90,16 @@ class Graph:
     def count(self, op: str) -> int:
         return sum(1 for n in self.nodes if n.op == op)
 
+    def weight_bytes(self) -> int:
+        """The bytes of every weight as held (views, scratch maps and arrays alike)."""
+        return sum(int(v.nbytes) for n in self.nodes for v in n.params.values() if isinstance(v, np.ndarray))
+
+    def written_bytes(self) -> int:
+        """The bytes a writer stores for the weights: each value at most 4 bytes (float32; a float64 parameter
+        is written as float32), the least any output of this graph takes on disk."""
+        return sum(int(v.size) * min(v.itemsize, 4) for n in self.nodes for v in n.params.values()
+                   if isinstance(v, np.ndarray))
+
     @property
     def input_shape(self) -> tuple:
         return self[self.inputs[0]].shape

@@ -107,6 +107,30 @@ def is_disk_full(err: BaseException) -> bool:
     return any(w in text for w in _DISK_WORDS)
 
 
+def check_space(folder: str, need: int, largest: int, what: str, shown: Optional[str] = None) -> None:
+    """Refuse, before anything is written, an output that cannot fit: `need` bytes in all beyond what `folder`'s
+    filesystem has free, or a file of `largest` bytes past the process's file-size limit (ulimit -f). Every
+    writer would fail later anyway, and HDF5 (the Keras writer's h5py) can crash the process when a disk fills
+    under it instead of raising (h5py issue #914). `shown`: the folder the message names (default `folder`)."""
+    import resource
+
+    shown = shown or folder
+    fs = os.statvfs(folder)
+    free = (fs.f_bfree if os.geteuid() == 0 else fs.f_bavail) * fs.f_frsize  # root may use the reserved blocks
+    if need > free:
+        raise CkptkitError(f"no space left writing {what} in {shown}: it needs about {_size(need)}, "
+                           f"{_size(free)} are free; free some space or choose another -o; nothing was written")
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and largest > limit:
+        raise CkptkitError(f"no space left writing {what} in {shown}: a file of about {_size(largest)} is past "
+                           f"this process's file-size limit of {_size(limit)} (ulimit -f); raise it or choose "
+                           "another -o; nothing was written")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.0f} kB"
+
+
 def ensure_parent(path: str) -> str:
     """The output's folder, checked without creating anything: it exists as a writable folder, or the
     nearest existing folder above it is writable (it is created when the output is published)."""

@@ -71,6 +71,12 @@ class Writer:
     def check(self, graph: Graph, options: object) -> None:
         """Refuse, before anything is written, what a runtime the files are verified in would misread."""
 
+    def disk_bytes(self, graph: Graph) -> tuple[int, int]:
+        """(bytes on disk at the most while writing, the largest single file): at least the weights once, in
+        the one file that holds them."""
+        size = graph.written_bytes()
+        return size, size
+
     def write(self, graph: Graph, path: str, options: object) -> list[str]:
         raise NotImplementedError
 

@@ -6,11 +6,8 @@ runs the same kernels); any other padding becomes an explicit ZeroPadding2D.
 """
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import zipfile
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -124,48 +121,35 @@ def destinations(path: str, graph: Graph) -> list[str]:
 
 
 def export(graph: Graph, path: str, **_) -> str:
-    """Write `graph` as a Keras model at `path` (.keras or legacy .h5)."""
-    folder, finish = write_for_check(graph, path)
-    finish()
+    model = build(graph)
+    if path.endswith(".h5"):
+        _save_h5(model, path)
+    else:  # Keras builds the weights' h5 in memory (when the machine has the memory) and Python writes the zip
+        model.save(path)
     return path
 
 
-# the members of a .keras archive in the order Keras writes them (any others, e.g. assets, follow)
-ARCHIVE_MEMBERS = ("metadata.json", "config.json", "model.weights.h5")
-
-
-def write_for_check(graph: Graph, path: str) -> tuple[str, Callable[[], None]]:
-    """(what Keras loads to verify, finish() leaving the file at `path`). A `.keras` is first saved in
-    Keras's own folder form (`model.save(folder, zipped=False)`: config.json, metadata.json and
-    model.weights.h5, which h5py writes straight to its file; the zipped save builds the whole h5 in
-    memory first, and `load_model` of a `.keras` reads it whole into memory again), verified from that
-    folder by `keras.models.load_model`, then stored in the archive file to file."""
+def _save_h5(model, path: str) -> None:
+    """The legacy HDF5 file, made by Keras's own h5 writer in memory and then written with Python's file writes:
+    HDF5 writing to a disk that fills crashes the process instead of raising (h5py issue #914; measured here:
+    SIGSEGV under a file-size limit), where a failed Python write is an OSError that ends as one line."""
+    import io
     import warnings
 
-    model = build(graph)
-    if path.endswith(".h5"):
+    import h5py
+
+    try:
+        from keras.src.legacy.saving.legacy_h5_format import save_model_to_hdf5
+    except ImportError:  # a Keras without it: its public save, straight to the file
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Keras warns that .h5 is legacy: the user asked for it
             model.save(path)
-        return path, lambda: None
-    folder = path + ".parts.tmp"
-    try:
-        model.save(folder, zipped=False)
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-    return folder, lambda: archive(folder, path)
-
-
-def archive(folder: str, path: str) -> None:
-    """The `.keras` zip from Keras's folder form: its members in Keras's order, stored uncompressed as Keras
-    stores them, each copied file to file; the folder is removed."""
-    members = [os.path.relpath(os.path.join(root, f), folder) for root, _, files in os.walk(folder) for f in files]
-    order = sorted(members, key=lambda m: (ARCHIVE_MEMBERS.index(m) if m in ARCHIVE_MEMBERS else len(ARCHIVE_MEMBERS), m))
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
-        for member in order:
-            zf.write(os.path.join(folder, member), member)
-    shutil.rmtree(folder)
+        return
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        save_model_to_hdf5(model, f)
+    with open(path, "wb") as out:
+        out.write(buffer.getbuffer())
 
 
 def runner(path: str, **_):
@@ -188,9 +172,6 @@ class KerasWriter(Writer):
 
     def write(self, graph: Graph, path: str, options) -> list[str]:
         return [export(graph, path)]
-
-    def write_for_check(self, graph: Graph, path: str, options):
-        return write_for_check(graph, path)
 
     def runner(self, path: str, graph: Graph, options):
         return runner(path)

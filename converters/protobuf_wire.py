@@ -29,17 +29,13 @@ def field(number: int, payload_size: int) -> bytes:
     return varint(number << 3 | 2) + varint(payload_size)
 
 
-def weight_bytes(graph: Graph) -> int:
-    return sum(int(v.nbytes) for node in graph for v in node.params.values() if v is not None)
-
-
 def too_big(graph: Graph) -> bool:
     """Whether the weights are past what one protobuf message can hold beside the graph."""
-    return weight_bytes(graph) > PROTOBUF_LIMIT - ROOM_FOR_GRAPH
+    return graph.weight_bytes() > PROTOBUF_LIMIT - ROOM_FOR_GRAPH
 
 
 def check_protobuf_size(graph: Graph, what: str, instead: str) -> None:
     """Refuse, before anything is written, weights that one protobuf message cannot hold."""
     if too_big(graph):
-        raise CkptkitError(f"this model's weights are {weight_bytes(graph) / 2**30:.2f} GiB, and {what} is one "
+        raise CkptkitError(f"this model's weights are {graph.weight_bytes() / 2**30:.2f} GiB, and {what} is one "
                            f"protobuf message, which cannot reach 2 GiB: {instead}")

@@ -50,21 +50,3 @@ def test_wrong_extension_is_refused(tmp_path):
     with pytest.raises(CkptkitError, match=r"must end in \.keras"):
         export(load(FIXTURE), "keras", str(tmp_path / "m.onnx"))
 
-
-def test_archive_holds_what_keras_itself_writes(tmp_path):
-    """The .keras is assembled from Keras's folder form (the export verifies that folder): the archive has the
-    members, order and compression of the one Keras's own model.save writes, intact, and nothing else is left."""
-    import zipfile
-
-    from conftest import FIXTURE
-
-    ours = tmp_path / "m.keras"
-    export(load(FIXTURE), "keras", str(ours))
-    model = keras.models.load_model(ours, compile=False)
-    theirs = tmp_path / "k.keras"
-    model.save(theirs)
-    with zipfile.ZipFile(ours) as a, zipfile.ZipFile(theirs) as b:
-        assert [(i.filename, i.compress_type) for i in a.infolist()] == \
-            [(i.filename, i.compress_type) for i in b.infolist()]
-        assert a.testzip() is None
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.keras", "m.keras"]

@@ -1,6 +1,7 @@
 """Publication: every output set is whole or absent, crashes leave nothing that grows, full disks are one line."""
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -119,18 +120,57 @@ def _limited_file_size(limit):
     return set_limit
 
 
-@pytest.mark.parametrize("command", [["fold"], ["to-onnx", "--no-verify"], ["to-caffe", "--no-verify"]])
-def test_a_full_disk_is_one_line_and_leaves_nothing(command, tmp_path):
-    """A file-size limit makes every write past 4 kB fail as a full disk would (EFBIG from the kernel)."""
-    out = tmp_path / "out"
-    target = {"fold": "model.ckpt", "to-onnx": "model.onnx", "to-caffe": "model.prototxt"}[command[0]]
-    run = subprocess.run([sys.executable, "-m", "ckptkit.cli", command[0], FIXTURE, "-o", str(out / target),
-                          *command[1:]], capture_output=True, text=True, preexec_fn=_limited_file_size(4096))
+def _full_disk_run(command: list[str], out, limit: int):
+    target = {"fold": "model.ckpt", "to-onnx": "model.onnx", "to-caffe": "model.prototxt"}.get(command[0], command[-1])
+    args = command[:-1] if command[0] == "to-keras" else command
+    return subprocess.run([sys.executable, "-m", "ckptkit.cli", args[0], FIXTURE, "-o", str(out / target), *args[1:]],
+                          capture_output=True, text=True, preexec_fn=_limited_file_size(limit) if limit else None)
+
+
+def _assert_one_line_and_nothing_left(run, out):
     assert run.returncode == 2, run.stderr
     assert "Traceback" not in run.stderr
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("ckptkit: error: no space left writing") and "nothing was written" in last, last
     assert not out.exists(), "the folder made for the output stays after a failure"
+
+
+FULL_DISK_COMMANDS = [["fold"], ["to-onnx", "--no-verify"], ["to-caffe", "--no-verify"],
+                      ["to-keras", "--no-verify", "model.keras"], ["to-keras", "--no-verify", "model.h5"]]
+
+
+@pytest.mark.parametrize("command", FULL_DISK_COMMANDS, ids=lambda c: c[-1] if c[0] == "to-keras" else c[0])
+def test_a_full_disk_is_one_line_and_leaves_nothing(command, tmp_path):
+    """A file-size limit makes every write past 4 kB fail as a full disk would (EFBIG from the kernel): each
+    export refuses before writing (its weights alone are past the limit), fold when its write fails."""
+    out = tmp_path / "out"
+    _assert_one_line_and_nothing_left(_full_disk_run(command, out, 4096), out)
+
+
+MID_WRITE = [["to-keras", "--no-verify", "model.h5"], ["to-keras", "--no-verify", "model.keras"],
+             ["to-onnx", "--no-verify"]]
+
+
+@pytest.mark.parametrize("command", MID_WRITE, ids=lambda c: c[-1] if c[0] == "to-keras" else c[0])
+def test_a_disk_that_fills_mid_write_is_one_line(command, tmp_path):
+    """A limit at half the file's size: past the up-front check (the weights fit), failing while the file is
+    written. HDF5 writing straight to such a file crashed the process (SIGSEGV, h5py issue #914); the .h5 is made
+    in memory and written by Python, so this is one line too."""
+    whole = _full_disk_run(command, tmp_path / "whole", 0)
+    assert whole.returncode == 0, whole.stderr
+    name = command[-1] if command[0] == "to-keras" else "model.onnx"
+    out = tmp_path / "out"
+    _assert_one_line_and_nothing_left(_full_disk_run(command, out, os.path.getsize(tmp_path / "whole" / name) // 2),
+                                      out)
+
+
+@pytest.mark.fast
+def test_space_is_checked_before_writing(tmp_path):
+    total = shutil.disk_usage(tmp_path).total  # more than the file system holds, reserved blocks and all
+    with pytest.raises(CkptkitError, match=r"no space left writing the x export in /shown: it needs about .* MB, .* "
+                                           r"are free; .*nothing was written"):
+        publish.check_space(str(tmp_path), total + 2**30, 1, "the x export", shown="/shown")
+    publish.check_space(str(tmp_path), 1, 1, "the x export")  # fits: nothing raised
 
 
 def _mount_read_only(path):
