@@ -144,7 +144,10 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(command, tmp_path):
     """A file-size limit makes every write past 4 kB fail as a full disk would (EFBIG from the kernel): each
     export refuses before writing (its weights alone are past the limit), fold when its write fails."""
     out = tmp_path / "out"
-    _assert_one_line_and_nothing_left(_full_disk_run(command, out, 4096), out)
+    run = _full_disk_run(command, out, 4096)
+    _assert_one_line_and_nothing_left(run, out)
+    if command[0] != "fold":  # refused by the up-front check, which names the limit
+        assert "file-size limit of 4 kB (ulimit -f)" in run.stderr, run.stderr
 
 
 MID_WRITE = [["to-keras", "--no-verify", "model.h5"], ["to-keras", "--no-verify", "model.keras"],
