@@ -117,7 +117,7 @@ def check_space(folder: str, need: int, largest: int, what: str, shown: Optional
     shown = shown or folder
     fs = os.statvfs(folder)
     free = (fs.f_bfree if os.geteuid() == 0 else fs.f_bavail) * fs.f_frsize  # root may use the reserved blocks
-    if need > free:
+    if fs.f_blocks and need > free:  # a file system that reports no size at all (some FUSE mounts) is not judged
         raise CkptkitError(f"no space left writing {what} in {shown}: it needs about {_size(need)}, "
                            f"{_size(free)} are free; free some space or choose another -o; nothing was written")
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
