@@ -15,7 +15,7 @@ JOBS   ?= 2
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]" --config-settings editable_mode=compat
+	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -48,7 +48,7 @@ test-fast: setup
 	$(PY) -m pytest -n $(JOBS) -m fast tests
 
 bench: setup
-	$(PY) -m pip install -q -e ".[bench]" --config-settings editable_mode=compat
+	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) bench/run.py
 
 fixtures: setup

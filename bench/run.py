@@ -198,7 +198,8 @@ def floor_commands(command: str, target: str) -> list[tuple[str, list[str]]]:
         return [("OpenCV readNetFromCaffe + run", script(
             f"import cv2, numpy as np; n = cv2.dnn.readNetFromCaffe({proto!r}, {model!r}); "
             f"n.setInput(np.load({x!r}).transpose(0, 3, 1, 2).copy()); n.forward()")),
-            ("MNN convert + run", [PY, "-m", "converters.mnn_worker", proto, model, x, x + ".mnn-out.npy"])]
+            ("MNN convert + run", [PY, "-I", os.path.join(ROOT, "converters", "mnn_worker.py"), proto, model, x,
+                                    x + ".mnn-out.npy"])]
     return []
 
 

@@ -132,11 +132,9 @@ class Bundle:
         self.prefix = prefix
         self._maps: dict = {}  # shard -> pages.Mapping (None: not mappable)
         self._checked: set[str] = set()  # tensors whose crc32c a view has checked
-        try:
-            with open(prefix + ".index", "rb") as f:
-                data = f.read()
-        except OSError as err:
-            raise CkptkitError(f"checkpoint {prefix}.index cannot be read ({err.strerror})") from None
+        from .safe_io import MAX_GRAPH_BYTES, read_bounded
+
+        data = read_bounded(prefix + ".index", "checkpoint index", MAX_GRAPH_BYTES)
         try:
             self.entries, self.num_shards = self._parse(data)
         except (ValueError, struct.error) as err:
@@ -199,11 +197,10 @@ class Bundle:
         if e.size != nbytes or min(e.shape, default=0) < 0:
             raise CkptkitError(f"tensor {name} cannot be read from {path} (its index gives {e.size} bytes for "
                                f"{e.dtype}{list(e.shape)}): the checkpoint is damaged; re-copy or re-save it")
-        try:  # the data file must hold what the index declares before anything is allocated
-            available = os.path.getsize(path) - e.offset
-        except OSError as err:
-            raise CkptkitError(f"tensor {name} cannot be read from {path} ({err.strerror}): re-copy the checkpoint") \
-                from None
+        from .safe_io import check_regular
+
+        # the data file must be a regular file holding what the index declares before anything is allocated
+        available = check_regular(path, "checkpoint data file").st_size - e.offset
         if e.offset < 0 or e.size > available:
             raise CkptkitError(f"tensor {name} cannot be read from {path} (its index declares {e.size} bytes at "
                                f"offset {e.offset}; the file holds {max(available, 0)} from there): the checkpoint "

@@ -65,10 +65,11 @@ def resolve_prefix(path: str) -> str:
 def _state_latest(state: str) -> str | None:
     """The latest checkpoint a `checkpoint` state file names (relative to its folder), or None when the
     file is empty, not UTF-8 or names nothing (the folder's single *.index is then used)."""
+    from .safe_io import MAX_RECORD_BYTES, read_bounded
+
     try:
-        with open(state, "rb") as f:
-            text = f.read(1 << 20).decode("utf-8")
-    except (OSError, UnicodeDecodeError):
+        text = read_bounded(state, "checkpoint state file", MAX_RECORD_BYTES).decode("utf-8")
+    except (CkptkitError, UnicodeDecodeError):
         return None
     match = re.search(r'^model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"', text, re.M)
     if not match:

@@ -9,7 +9,6 @@ import contextlib
 import json
 import logging
 import os
-import shlex
 import sys
 import threading
 from typing import Optional, Sequence
@@ -18,6 +17,7 @@ from . import __version__
 from .errors import CkptkitError
 from .ir import shorten
 from .ops import TARGETS
+from .safe_io import shell_word
 
 log = logging.getLogger("ckptkit")
 
@@ -194,10 +194,10 @@ def cmd_inspect(args) -> int:
         print(f"\n{len(info['issues'])} issue(s):")
         for i in info["issues"]:
             print(f"  {i['code']}: {i['message']}")
-        print(f"why and what to run, measured on data: ckptkit diagnose {shlex.quote(args.checkpoint)} --data DIR")
+        print(f"why and what to run, measured on data: ckptkit diagnose {shell_word(args.checkpoint)} --data DIR")
     else:
         print("\nno issues found" + ("; whether the statistics are stale (an EMA lagging the weights) can only be "
-                                     f"judged with data: ckptkit diagnose {shlex.quote(args.checkpoint)} --data DIR"
+                                     f"judged with data: ckptkit diagnose {shell_word(args.checkpoint)} --data DIR"
                                      if units else ""))
     return found
 
@@ -226,7 +226,7 @@ def _emit(doc: dict, code: int = 0) -> int:
 
 
 def cmd_to_onnx(args) -> int:
-    from converters.onnx import check_opset
+    from ckptkit.converters.onnx import check_opset
 
     check_opset(args.opset)  # before any work
     return _run_export(args, "onnx", args.bn == "fold", opset=args.opset, nchw=args.nchw)
@@ -263,14 +263,14 @@ def cmd_export(args) -> int:
 
 
 def _consumers_help() -> str:
-    from converters.caffe_consumers import CONSUMERS
+    from ckptkit.converters.caffe_consumers import CONSUMERS
 
     return "; ".join(f"{c.name}: {c.label} (tolerance {c.tolerance:g}; {c.install})" for c in CONSUMERS.values()) + "."
 
 
 def _add_onnx_options(p, prefix: str = "") -> None:
     """The ONNX writer's flags (to-onnx, export): declared once."""
-    from converters.onnx import DEFAULT_OPSET
+    from ckptkit.converters.onnx import DEFAULT_OPSET
 
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                    help=f"{prefix or 'ONNX '}opset (default {DEFAULT_OPSET}, at least 13)")
@@ -279,8 +279,8 @@ def _add_onnx_options(p, prefix: str = "") -> None:
 
 def _add_caffe_options(p, prefix: str = "") -> None:
     """The Caffe writer's flags (to-caffe, export): declared once."""
-    from converters.caffe import RELU6_MODES
-    from converters.caffe_consumers import CONSUMERS
+    from ckptkit.converters.caffe import RELU6_MODES
+    from ckptkit.converters.caffe_consumers import CONSUMERS
 
     p.add_argument("--relu6", choices=RELU6_MODES, default=RELU6_MODES[0],
                    help=f"{prefix}portable: relu(x) - relu(relu(x) - 6), loads in every Caffe consumer (default); "
@@ -326,7 +326,7 @@ def cmd_diagnose(args) -> int:
     def start(total: int) -> None:
         bars.append(tqdm(total=total, unit="samples", desc=_pass_label("measuring", args),
                          disable=args.quiet or args.json,
-                         file=sys.stderr, unit_scale=True))
+                         file=raw_stderr(), unit_scale=True))
 
     try:
         d = diagnose(args.checkpoint, args.data, progress=lambda n: bars and bars[-1].update(n), progress_total=start,
@@ -366,7 +366,7 @@ def cmd_recalibrate(args) -> int:
 
     def start(total: int) -> None:
         bars.append(tqdm(total=total, unit="samples", desc=_pass_label("recalibrating", args), disable=args.quiet,
-                         file=sys.stderr,
+                         file=raw_stderr(),
                          unit_scale=True))
 
     try:
@@ -568,7 +568,39 @@ def _output_folder(args) -> str:
     return os.path.dirname(path)
 
 
+class _PrintableStream:
+    """sys.stdout/sys.stderr while a command runs: every control character a name, path or message may carry
+    (ESC/CSI/OSC sequences, CR) is shown escaped (`\\x1b`), so nothing printed can rewrite the terminal.
+    Progress bars write to the raw stream (`raw_stderr`)."""
+
+    def __init__(self, raw):
+        self.raw = raw
+
+    def write(self, text: str) -> int:
+        from .safe_io import printable
+
+        self.raw.write(printable(text, newlines=True))
+        return len(text)
+
+    def __getattr__(self, name):
+        return getattr(self.raw, name)
+
+
+def raw_stderr():
+    """The terminal's own stderr, for progress bars (their text is ckptkit's own)."""
+    return getattr(sys.stderr, "raw", sys.stderr)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = (s if isinstance(s, _PrintableStream) else _PrintableStream(s) for s in streams)
+    try:
+        return _parse_and_run(argv)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _parse_and_run(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.debug else (logging.WARNING if args.quiet else logging.INFO)

@@ -65,9 +65,8 @@ def _usable_images(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # judged below, by our bound
                 with Image.open(p) as im:
-                    fmt, (w, h) = im.format, im.size
-                    if w * h > MAX_IMAGE_PIXELS:
-                        raise Image.DecompressionBombError(f"{w}x{h}")
+                    fmt = im.format
+                    decoded_pixels(im)  # every frame, as TensorFlow's decoder allocates them
                     im.verify()
         except Image.DecompressionBombError:  # the header alone: nothing decoded yet
             log.warning("skipping %s: its header declares more than %d pixels (a decompression bomb, or not a "
@@ -84,6 +83,54 @@ def _usable_images(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
             continue
         good.append(p)
     return good, bad
+
+
+MAX_FRAMES = 10_000  # frames of one animated image whose headers are read
+
+
+def decoded_pixels(im) -> int:
+    """Pixels TensorFlow's decode_image allocates for an open PIL image: every frame at the largest frame's
+    size (its GIF decoder keeps all frames, even with expand_animations=False), judged from the headers
+    before anything is decoded. Over MAX_IMAGE_PIXELS raises PIL's DecompressionBombError."""
+    from PIL import Image
+
+    frames = getattr(im, "n_frames", 1) if getattr(im, "is_animated", False) else 1
+    if frames > MAX_FRAMES:
+        raise Image.DecompressionBombError(f"{frames} frames")
+    w, h = im.size
+    for i in range(1, frames):
+        im.seek(i)  # reads the frame's header; its extent may exceed the first frame's
+        boxes = [tile[1] for tile in (im.tile or [])] + [(0, 0) + im.size]
+        w = max([w] + [b[2] for b in boxes])
+        h = max([h] + [b[3] for b in boxes])
+        if frames * w * h > MAX_IMAGE_PIXELS:
+            break
+    if frames * w * h > MAX_IMAGE_PIXELS:
+        raise Image.DecompressionBombError(f"{frames} frame(s) of {w}x{h}")
+    if frames > 1:
+        im.seek(0)
+    return frames * w * h
+
+
+def encoded_image_ok(raw: bytes) -> bool:
+    """Whether TensorFlow may decode these image bytes (a TFRecord's): within the pixel bound on every frame."""
+    import io
+    import warnings as _warnings
+
+    from PIL import Image
+
+    try:
+        with _warnings.catch_warnings():
+            _warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(raw)) as im:
+                decoded_pixels(im)
+        return True
+    except Image.DecompressionBombError:
+        log.warning("skipping a TFRecord image whose header declares more than %d pixels (over all its frames)",
+                    MAX_IMAGE_PIXELS)
+        return False
+    except Exception:  # not an image PIL knows: TensorFlow's decoder judges it (and skips what it cannot read)
+        return True
 
 
 def _open_arrays(paths: list[str], shape: tuple) -> list[tuple[str, np.ndarray]]:
@@ -419,8 +466,11 @@ def dataset(root: str, shape: tuple, *, batch_size: int = 32, max_samples: Optio
             rec = rec.enumerate().filter(lambda i, r: keep[i]).map(lambda i, r: r)
             offset, n_records = offset + n_records, int(mine.sum())
         spec = {image_key: _tf.io.FixedLenFeature([], _tf.string)}
-        parts.append(rec.map(lambda r: (_tf.constant("record"), decode(_tf.io.parse_single_example(r, spec)[image_key])),
-                             num_parallel_calls=_tf.data.AUTOTUNE).ignore_errors())
+        raw = rec.map(lambda r: _tf.io.parse_single_example(r, spec)[image_key]).ignore_errors()
+        # every image's header is judged (all frames) before TensorFlow decodes it: a bomb is skipped, not decoded
+        bounded = raw.filter(lambda b: _tf.reshape(_tf.numpy_function(encoded_image_ok, [b], _tf.bool, stateful=False), []))
+        parts.append(bounded.map(lambda b: (_tf.constant("record"), decode(b)),
+                                 num_parallel_calls=_tf.data.AUTOTUNE).ignore_errors())
         count += n_records
     arrs = _open_arrays(arrays, shape)
     n_arrays = take(sum(len(a) for _, a in arrs))

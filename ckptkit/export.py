@@ -32,7 +32,7 @@ FORMATS = ops.TARGETS  # one list: the targets op modules write for (converters.
 
 def writer_for(fmt: str):
     """The converters.base.Writer of a format."""
-    from converters import base
+    from ckptkit.converters import base
 
     return base.get(fmt)
 
@@ -216,7 +216,7 @@ def _planned(model: Model, fmt: str, path: str, fold: bool, check: bool, verify_
     paths, comparison)), the write verifying in the target runtime before anything is published."""
     if fmt not in FORMATS:
         raise CkptkitError(f"unknown format {fmt}: choose one of {', '.join(FORMATS)}")
-    from converters import base
+    from ckptkit.converters import base
 
     unknown = set(options) - {k for names in base.option_names().values() for k in names}
     if unknown:
@@ -321,7 +321,7 @@ def export_many(model: Model, formats: list[str], folder: str, **options) -> lis
     from .sources import model_name
 
     name = model.graph.name or model_name("", folder)
-    from converters import base
+    from ckptkit.converters import base
 
     per_format = base.option_names()  # options only that writer takes
     writer_only = {k for keys in per_format.values() for k in keys}

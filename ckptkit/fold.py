@@ -212,11 +212,9 @@ def fold_checkpoint(checkpoint: str, output: str, *, eps: Optional[float] = None
 
 
 def _read_sidecar(prefix: str) -> Optional[bytes]:
-    try:
-        with open(prefix + SIDECAR, "rb") as f:
-            return f.read()
-    except OSError:
-        return None
+    from .safe_io import read_optional
+
+    return read_optional(prefix + SIDECAR, "record")
 
 
 def _graph_writer(ckpt: Checkpoint, fold_units: dict, report: FoldReport, **topology):

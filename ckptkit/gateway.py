@@ -17,6 +17,7 @@ op of the user's graph ever runs. `GatedRun` is the only place ckptkit creates a
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -27,11 +28,59 @@ import numpy as np
 from . import allowlist
 from ._tf import tf, tf1
 from .errors import CkptkitError
+from .safe_io import MAX_TENSOR_BYTES
 
 log = logging.getLogger("ckptkit")
 
-MAX_TENSOR_BYTES = int(float(os.environ.get("CKPTKIT_MAX_TENSOR_BYTES", 4 * 2**30)))
 ASSIGN_BATCH_BYTES = 256 * 2**20  # values in flight per assignment run (variables a run cannot feed)
+RUN_SECONDS = float(os.environ.get("CKPTKIT_RUN_SECONDS", 600))  # wall-clock limit of one reference run
+LOOP_OPS = {"While", "StatelessWhile", "Enter", "LoopCond", "NextIteration"}
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 16 * 2**30
+
+
+# memory one reference run may add to the process (its shapes may be known only at run time): half the machine
+RUN_MEMORY = int(float(os.environ.get("CKPTKIT_RUN_MEMORY", max(4 * 2**30, _physical_memory() // 2))))
+
+
+def _data_bytes() -> Optional[int]:
+    """The process's data segment as RLIMIT_DATA counts it (VmData), or None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmData:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+@contextlib.contextmanager
+def memory_budget(extra: Optional[int] = None):
+    """RLIMIT_DATA at what the process holds plus `extra` (RUN_MEMORY) while a reference run goes: TensorFlow's
+    allocations past it fail as ResourceExhaustedError (one clear line), not the machine's memory."""
+    import resource
+
+    now = _data_bytes()
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    except (OSError, ValueError):
+        now = None
+    limit = None if now is None else now + (RUN_MEMORY if extra is None else extra)
+    if limit is None or (hard != resource.RLIM_INFINITY and limit > hard) or \
+            (soft != resource.RLIM_INFINITY and limit >= soft):
+        yield  # a tighter limit is already set (or none can be read): leave it
+        return
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
 
 
 @dataclass
@@ -423,8 +472,26 @@ class GatedRun:
             release()
 
     def _run(self, x: np.ndarray) -> np.ndarray:
+        _tf = tf()
+        options = tf1.RunOptions(timeout_in_ms=int(RUN_SECONDS * 1000))
         try:
-            return self._sess.run(self._output, {self._input: x, **self._feed, **self._weights()})
+            with memory_budget():
+                return self._sess.run(self._output, {self._input: x, **self._feed, **self._weights()},
+                                      options=options)
+        except _tf.errors.DeadlineExceededError:
+            loops = sorted({op.name.split("/")[0] for op in self._graph.get_operations()
+                            if op.type in LOOP_OPS})[:3]
+            where = f"; its loops: {', '.join(loops)}" if loops else ""
+            raise CkptkitError(f"the TensorFlow reference did not finish one run within {RUN_SECONDS:g} s{where}: a "
+                               "loop of the graph may never end (the graph is damaged or hostile; "
+                               "CKPTKIT_RUN_SECONDS raises the limit)") from None
+        except _tf.errors.ResourceExhaustedError as err:
+            op = getattr(err, "op", None)
+            name = f"op {op.name} ({op.type})" if op is not None else "an op"
+            raise CkptkitError(f"the TensorFlow reference needed more than ckptkit's run-time budget of "
+                               f"{RUN_MEMORY / 2**30:.1f} GiB: {name} asked for more at this batch (the graph is "
+                               "damaged or hostile, or pass a smaller batch; CKPTKIT_RUN_MEMORY raises the "
+                               "budget)") from None
         finally:
             self._release_pages()
 

@@ -10,13 +10,21 @@ imports it. It holds structure only (variables, no values).
 CKPTKIT_CACHE_DIR names the folder (default $XDG_CACHE_HOME/ckptkit or ~/.cache/ckptkit); set it empty to
 turn the cache off. A file that cannot be read is built again and replaced; a folder that cannot be written
 only means no cache. Entries are written atomically (a temporary file renamed into place). A cached graph is
-a graph like any other: it runs only through ckptkit's gateway, and every export is verified against it.
+a graph like any other: it runs only through ckptkit's gateway.
+
+The cache is trusted only as far as no one else can write it, because the export *and* its verification
+reference come from the same cached graph: its `graphs` folder must be a private folder of this user
+(`safe_io.private_dir`: owner-only, not a link, under parents no other user can change) -- a shared or foreign
+folder is not used at all (a warning; the network is built instead) -- and every entry is read without
+following links and checked against the SHA-256 digest written beside it when it was stored. An entry that
+does not match (rewritten, truncated) is built again and replaced.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+import stat
 import tempfile
 from typing import Callable, Optional, Sequence
 
@@ -58,11 +66,55 @@ def _path(key, input_shape: Sequence[int]) -> Optional[str]:
     return os.path.join(where, digest[:32] + ".meta")
 
 
+def _private(where: str) -> bool:
+    """Whether the cache folder is (made) a private folder of this user; a warning when it cannot be."""
+    from .errors import CkptkitError
+    from .safe_io import private_dir
+
+    try:
+        private_dir(where, "graph cache folder")
+        return True
+    except CkptkitError as err:
+        log.warning("not using the --arch graph cache: %s", str(err).replace("ckptkit uses it", "it is used"))
+    except OSError as err:  # cannot be created (read-only home): no cache, nothing else changes
+        log.debug("graph cache %s not usable (%s)", where, err)
+    return False
+
+
+def _read_entry(path: str) -> Optional[bytes]:
+    """The entry's bytes when it and its digest are regular files (links not followed) that agree, else None."""
+    from .safe_io import MAX_GRAPH_BYTES
+
+    def read(p: str, limit: int) -> bytes:
+        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+                raise ValueError("not a regular file of a bounded size")
+            return f.read(limit + 1)
+
+    try:
+        data, digest = read(path, MAX_GRAPH_BYTES), read(path + ".sha256", 64).decode("ascii")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        log.warning("graph cache entry %s not used (%s): built again", path, err)
+        return None
+    if hashlib.sha256(data).hexdigest() != digest:
+        log.warning("graph cache entry %s does not match its digest (changed since ckptkit wrote it): built again "
+                    "and replaced", path)
+        return None
+    return data
+
+
 def graph(key, input_shape: Sequence[int], build: Callable[[], tuple]) -> tuple:
     """(tf.Graph, input, output): the cached build of `key` at `input_shape`, or `build()` (then cached)."""
     path = _path(key, input_shape)
-    if path is not None and os.path.isfile(path):
-        found = _load(path)
+    if path is not None and not _private(os.path.dirname(path)):
+        path = None
+    data = _read_entry(path) if path is not None else None
+    if data is not None:
+        found = _load(path, data)
         if found is not None:
             return found
     g, x, out = build()
@@ -71,7 +123,7 @@ def graph(key, input_shape: Sequence[int], build: Callable[[], tuple]) -> tuple:
     return g, x, out
 
 
-def _load(path: str) -> Optional[tuple]:
+def _load(path: str, data: bytes) -> Optional[tuple]:
     from ._tf import tf
     from .phases import phase
 
@@ -80,7 +132,10 @@ def _load(path: str) -> Optional[tuple]:
 
     try:
         with phase("import cached TF graph"):
-            mgd = _tf.compat.v1.MetaGraphDef.FromString(open(path, "rb").read())
+            mgd = _tf.compat.v1.MetaGraphDef.FromString(data)
+            from .tf_import.const_eval import check_graph_def
+
+            check_graph_def(mgd.graph_def, f"cached graph {path}")  # bounded like any graph before TF imports it
             names = [n.decode() for n in mgd.collection_def[IO_COLLECTION].bytes_list.value]
             del mgd.collection_def[IO_COLLECTION]
             g = _tf.Graph()
@@ -100,14 +155,16 @@ def _store(path: str, g, x, out) -> None:
         with g.as_default():
             mgd = tf1.train.export_meta_graph(graph=g, clear_devices=True)
         mgd.collection_def[IO_COLLECTION].bytes_list.value.extend([x.name.encode(), out.name.encode()])
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".meta")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(mgd.SerializeToString(deterministic=True))
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        data = mgd.SerializeToString(deterministic=True)
+        # the entry first, then its digest: a reader sees a pair that agrees, or rebuilds
+        for target, content in ((path, data), (path + ".sha256", hashlib.sha256(data).hexdigest().encode())):
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".meta")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(content)
+                os.replace(tmp, target)
+            except BaseException:
+                os.unlink(tmp)
+                raise
     except Exception as err:  # a read-only or full cache folder: no cache, nothing else changes
         log.debug("graph cache %s not written (%s: %s)", path, type(err).__name__, err)

@@ -6,7 +6,6 @@ a measurement can never be dropped or re-spelled on the way back. TensorFlow-fre
 """
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Optional
 
@@ -125,7 +124,10 @@ def _importable_name(fn) -> str:
 
 
 def command(words: list[str]) -> str:
-    return " ".join(shlex.quote(w) for w in words)
+    """A shell command line: each word quoted, control characters spelled $'\\x1b' (pasted, it runs as shown)."""
+    from .safe_io import shell_word
+
+    return " ".join(shell_word(w) for w in words)
 
 
 def preprocessing_options(recorded: Optional[dict]) -> dict:

@@ -193,8 +193,10 @@ def _lock_path(key: str) -> str:
     """The lock file of an output folder (which may not exist yet): one per folder path, in the temp dir."""
     import hashlib
 
-    locks = os.path.join(tempfile.gettempdir(), f"ckptkit-locks-{os.getuid()}")
-    os.makedirs(locks, mode=0o700, exist_ok=True)
+    from .safe_io import private_dir
+
+    # another local user must not be able to pre-create, redirect or hold this folder: owner-only, verified
+    locks = private_dir(os.path.join(tempfile.gettempdir(), f"ckptkit-locks-{os.geteuid()}"), "lock folder")
     return os.path.join(locks, hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest() + ".lock")
 
 
@@ -205,10 +207,19 @@ def _lock(folder: str) -> None:
         fd, depth = _HELD[key]
         _HELD[key] = (fd, depth + 1)
         return
+    from .safe_io import open_private_file
+
     try:
-        fd = os.open(_lock_path(key), os.O_RDWR | os.O_CREAT, 0o600)
+        path = _lock_path(key)  # a lock folder that is not privately ours is refused in one line
     except OSError:  # no writable temp dir: no lock, as before
         return
+    try:
+        fd = open_private_file(path, os.O_RDWR | os.O_CREAT)  # a planted symlink is not followed
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise CkptkitError(f"lock file {path} is a symbolic link: remove it (ckptkit never follows one "
+                               "there)") from None
+        return  # no writable temp dir: no lock, as before
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:

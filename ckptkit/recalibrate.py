@@ -150,8 +150,9 @@ def recalibrate(checkpoint: str, data: str, output: Optional[str] = None, *, mod
 
 
 def _read_bytes(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+    from .safe_io import MAX_GRAPH_BYTES, read_bounded
+
+    return read_bounded(path, "meta graph", MAX_GRAPH_BYTES)
 
 
 def _write_json(path: str, value) -> None:

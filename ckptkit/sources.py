@@ -393,13 +393,18 @@ def _read_meta(meta: str):
     tf()  # TensorFlow's first import goes through ckptkit._tf, which keeps its start-up chatter off stderr
     from tensorflow.core.protobuf import meta_graph_pb2
 
+    from .safe_io import MAX_GRAPH_BYTES, read_bounded
+
+    data = read_bounded(meta, "meta graph", MAX_GRAPH_BYTES)
     mgd = meta_graph_pb2.MetaGraphDef()
     try:
-        with open(meta, "rb") as f:
-            mgd.ParseFromString(f.read())
+        mgd.ParseFromString(data)
     except Exception as err:
         raise CkptkitError(f"meta graph {meta} cannot be parsed ({type(err).__name__}): is it a .meta file?") from None
     strip_recorded_shapes(mgd.graph_def)
+    from .tf_import.const_eval import check_graph_def
+
+    check_graph_def(mgd.graph_def, f"meta graph {meta}")  # before TF's shape inference folds its constants
     return mgd
 
 
@@ -511,15 +516,20 @@ def from_meta(ckpt: Checkpoint, meta: str, input_name=None, output_name=None, in
 
 def _frozen_graphs(path: str, input_name=None, input_shape=None):
     _tf = tf()
+    from .safe_io import MAX_GRAPH_BYTES, read_bounded
+
+    if not os.path.lexists(path):
+        raise CkptkitError(f"frozen graph {path} does not exist")
+    data = read_bounded(path, "frozen graph", MAX_GRAPH_BYTES)
     gd = _tf.compat.v1.GraphDef()
     try:
-        with open(path, "rb") as f:
-            gd.ParseFromString(f.read())
-    except FileNotFoundError:
-        raise CkptkitError(f"frozen graph {path} does not exist") from None
+        gd.ParseFromString(data)
     except Exception as err:
         raise CkptkitError(f"frozen graph {path} cannot be parsed ({type(err).__name__}): is it a GraphDef .pb?") from None
     strip_recorded_shapes(gd)
+    from .tf_import.const_eval import check_graph_def
+
+    check_graph_def(gd, f"frozen graph {path}")  # before TF's shape inference folds its constants
     probe = _tf.Graph()
     with probe.as_default():
         try:

@@ -113,7 +113,7 @@ def verify(reference: Callable[[np.ndarray], np.ndarray], candidate: Callable[[n
 
     Args:
         reference: NHWC batch -> output (TensorFlow, e.g. `model.reference`).
-        candidate: NHWC batch -> output (e.g. `converters.onnx.runner(path)`).
+        candidate: NHWC batch -> output (e.g. `ckptkit.converters.onnx.runner(path)`).
         inputs: the NHWC batch.  tolerance: largest relative error accepted.
         float64: NHWC batch -> the model evaluated in float64 (e.g. `tf_exec.float64_fn(graph)`): when the
             error is beyond `tolerance` but within float32 rounding of a deep net, both sides are measured
@@ -121,7 +121,7 @@ def verify(reference: Callable[[np.ndarray], np.ndarray], candidate: Callable[[n
     Returns:
         Comparison: max_abs, max_rel, tolerance, samples; `.ok`.
     Example:
-        >>> verify(model.reference, converters.onnx.runner("m.onnx"), x).ok
+        >>> verify(model.reference, ckptkit.converters.onnx.runner("m.onnx"), x).ok
         True
     """
     from .phases import phase

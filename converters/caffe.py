@@ -68,7 +68,7 @@ BLOB_DATA = 5  # BlobProto.data (packed float)
 
 
 def _pb():
-    from converters import caffe_pb2
+    from ckptkit.converters import caffe_pb2
 
     return caffe_pb2
 

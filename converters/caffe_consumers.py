@@ -108,6 +108,15 @@ def _mnn_version() -> Optional[str]:
 
 
 MNN_TIMEOUT = 600  # seconds for MNN's conversion and one run of the verification batch
+MNN_WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mnn_worker.py")
+
+
+def worker_command(script: str, *args: str) -> list[str]:
+    """A helper process that resolves code only from the installation: `python -I SCRIPT` by its path inside
+    the package -- isolated mode ignores PYTHONPATH and the other PYTHON* variables and the user's site folder,
+    and puts neither the current folder nor the script's folder first on sys.path (`-m NAME` would search the
+    current folder first: a model repository holding its own `converters/` would run as the user)."""
+    return [sys.executable, "-I", script, *args]
 
 
 def _mnn_runner(prototxt: str, graph: Optional[Graph] = None):
@@ -125,12 +134,9 @@ def _mnn_runner(prototxt: str, graph: Optional[Graph] = None):
         with tempfile.TemporaryDirectory(prefix="ckptkit-mnn-") as tmp:
             x_path, y_path = os.path.join(tmp, "x.npy"), os.path.join(tmp, "y.npy")
             np.save(x_path, np.ascontiguousarray(x, np.float32))
-            env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-                [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))] +
-                [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
             try:
-                done = subprocess.run([sys.executable, "-m", "converters.mnn_worker", prototxt, caffemodel, x_path,
-                                       y_path], capture_output=True, text=True, timeout=MNN_TIMEOUT, env=env)
+                done = subprocess.run(worker_command(MNN_WORKER, prototxt, caffemodel, x_path, y_path),
+                                      capture_output=True, text=True, timeout=MNN_TIMEOUT, cwd=tmp)
             except subprocess.TimeoutExpired:
                 raise CkptkitError(f"MNN did not convert and run the Caffe files within {MNN_TIMEOUT} s: pass "
                                    "--caffe-runtime opencv to verify without it") from None

@@ -1,4 +1,7 @@
-"""Run a Caffe export in MNN, in a process of its own: python -m converters.mnn_worker PROTOTXT CAFFEMODEL IN.npy OUT.npy
+"""Run a Caffe export in MNN, in a process of its own: python -I .../mnn_worker.py PROTOTXT CAFFEMODEL IN.npy OUT.npy
+
+Started by path in isolated mode (caffe_consumers.worker_command): it imports only numpy and MNN, from the
+installation, never from the current folder or PYTHONPATH.
 
 MNN is kept out of ckptkit's process: loaded beside TensorFlow it corrupts the heap ("corrupted double-linked
 list", MNN 3.6.1 with TF 2.21). The converter is called through its native entry point (`_tools.mnnconvert`):

@@ -11,8 +11,8 @@ from ckptkit.errors import CkptkitError
 from ckptkit.export import export
 from ckptkit.sources import load
 from conftest import E2E, E2E_IDS, NETS, quick, rel_error
-from converters.caffe import runner
-from converters.caffe_consumers import CONSUMERS
+from ckptkit.converters.caffe import runner
+from ckptkit.converters.caffe_consumers import CONSUMERS
 
 INSTALLED = [c for c in CONSUMERS.values() if c.version() is not None]
 # nets with a BatchNorm that does not directly follow a plain convolution: --bn keep cannot be read by MNN

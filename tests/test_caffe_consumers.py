@@ -14,8 +14,8 @@ from ckptkit.errors import CkptkitError, VerificationError
 from ckptkit.export import export
 from ckptkit.ops import pool
 from ckptkit.sources import load
-from converters import caffe_consumers
-from converters.caffe_consumers import CONSUMERS
+from ckptkit.converters import caffe_consumers
+from ckptkit.converters.caffe_consumers import CONSUMERS
 
 from test_ops import bn, conv
 
@@ -119,8 +119,8 @@ def test_files_no_installed_consumer_can_run_are_refused_in_one_line(tmp_path):
 def test_the_caffemodel_written_from_arrays_is_the_message_protobuf_writes(tmp_path):
     """Blobs go to the .caffemodel straight from numpy (not through `repeated float data`): parsed back by
     protobuf it is the message protobuf itself would have built, blob for blob and bit for bit."""
-    from converters import caffe as writer
-    from converters import caffe_pb2
+    from ckptkit.converters import caffe as writer
+    from ckptkit.converters import caffe_pb2
 
     model = load(builder=bn_after_pool_net, input_shape=(9, 9, 3))
     _, weights = writer.build(model.graph)

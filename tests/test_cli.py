@@ -171,7 +171,7 @@ def test_export_to_several_formats_runs_tensorflow_once(tmp_path, ckptkit):
                                                     "mobilenet_v2_tiny.onnx", "mobilenet_v2_tiny.prototxt"]
     out = ckptkit("export", FIXTURE, "--to", "onnx,caffe", "-o", str(tmp_path / "cli"))
     assert out.returncode == 0, out.stderr
-    from converters.caffe_consumers import CONSUMERS
+    from ckptkit.converters.caffe_consumers import CONSUMERS
 
     consumers = [c.label for c in CONSUMERS.values() if c.version() is not None]  # Caffe: each one by name
     assert out.stdout.count("verified against TensorFlow in ") == 1 + len(consumers)

@@ -22,14 +22,14 @@ def workdir(tmp_path_factory):
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples_run(name, workdir, monkeypatch):
     import ckptkit
-    import converters.onnx
+    import ckptkit.converters.onnx
 
     monkeypatch.chdir(workdir)
     model = ckptkit.load("fixtures/mobilenet_v2_tiny")
     x = np.random.default_rng(0).normal(size=(2, *model.input_shape[1:])).astype(np.float32)
     if name == "ckptkit.verify":  # its example runs a written model
         ckptkit.export(model, "onnx", "m.onnx")
-    globs = {"ckptkit": ckptkit, "np": np, "converters": converters, "model": model, "x": x,
+    globs = {"ckptkit": ckptkit, "np": np, "model": model, "x": x,
              "verify": ckptkit.verify}
     module = importlib.import_module(name)
     tests = [t for t in doctest.DocTestFinder().find(module, name, globs=globs) if t.examples]

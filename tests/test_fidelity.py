@@ -13,7 +13,7 @@ from ckptkit.fold import fold_checkpoint
 from ckptkit.inspect import inspect_checkpoint
 from ckptkit.sources import load
 from conftest import rel_error
-from converters.onnx import runner
+from ckptkit.converters.onnx import runner
 
 
 @pytest.fixture

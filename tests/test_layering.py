@@ -25,6 +25,8 @@ def _modules() -> dict[str, str]:
                 if f.endswith(".py") and not f.endswith("_pb2.py"):
                     path = os.path.join(folder, f)
                     name = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
+                    if pkg == "converters":  # the repository's converters/ installs as ckptkit.converters
+                        name = "ckptkit." + name
                     out[name.removesuffix(".__init__")] = path
     return out
 

@@ -9,7 +9,7 @@ from ckptkit import CkptkitError, testing as T
 from ckptkit.export import export
 from ckptkit.sources import load
 from conftest import ARCH, E2E, E2E_IDS, FIXTURE, NETS, quick, rel_error
-from converters.onnx import runner
+from ckptkit.converters.onnx import runner
 
 @pytest.mark.parametrize("name, fold", quick(E2E), ids=E2E_IDS)
 def test_onnx_from_training_meta(store, reference, tmp_path, name, fold):

@@ -16,8 +16,8 @@ from ckptkit import testing as T
 from ckptkit.export import export
 from ckptkit.sources import load
 from conftest import rel_error
-from converters import protobuf_wire
-from converters.onnx import runner
+from ckptkit.converters import protobuf_wire
+from ckptkit.converters.onnx import runner
 from big_net import BIG_INPUT, BIG_UNITS
 
 BUILDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "big_net.py") + ":big_net"

@@ -19,8 +19,8 @@ from ckptkit.errors import CkptkitError
 from ckptkit.export import export, writer_for
 from ckptkit.passes import fold_batchnorm
 from ckptkit.sources import load
-from converters.caffe import mnn_misreads
-from converters.caffe_consumers import CONSUMERS
+from ckptkit.converters.caffe import mnn_misreads
+from ckptkit.converters.caffe_consumers import CONSUMERS
 
 INSTALLED = [c for c in CONSUMERS.values() if c.version() is not None]
 

@@ -7,8 +7,8 @@ from ckptkit._tf import tf, tf1
 from ckptkit.export import export
 from ckptkit.sources import load
 from conftest import FIXTURE, rel_error
-from converters import caffe, keras as keras_writer, onnx as onnx_writer
-from converters.onnx import runner
+from ckptkit.converters import caffe, keras as keras_writer, onnx as onnx_writer
+from ckptkit.converters.onnx import runner
 
 
 def export_everywhere(model, tmp_path, x, ref, caffe_runtime=None) -> None:

@@ -337,10 +337,12 @@ class _Scan:
 
 def scan_units(ckpt: Checkpoint, meta_path: str) -> Optional[list[BNUnit]]:
     """The BN units `find_fold_units` finds from the `.meta`, or None when this scan cannot be sure."""
+    from ..safe_io import MAX_GRAPH_BYTES, read_bounded
+
+    data = read_bounded(meta_path, "meta graph", MAX_GRAPH_BYTES)  # a FIFO or device is refused, not waited on
     try:
-        with open(meta_path, "rb") as f:
-            meta = _meta_graph_class()()
-            meta.ParseFromString(f.read())
+        meta = _meta_graph_class()()
+        meta.ParseFromString(data)
         scan = _Scan(meta.graph_def, ckpt)
         units, position = [], {}
         for scope, bn, pos in scan.candidates():

@@ -129,10 +129,12 @@ def figure(result: "Recalibration"):
 
 def recorded_preprocessing(prefix: str) -> Optional[dict]:
     """The preprocessing recorded beside a checkpoint by an earlier recalibration, if any."""
+    from ..safe_io import read_optional
+
+    data = read_optional(prefix + SIDECAR, "record")  # a FIFO or a link to /dev/zero is refused, never read
     try:
-        with open(prefix + SIDECAR) as f:
-            return json.load(f).get("preprocessing")
-    except (OSError, ValueError, AttributeError):
+        return json.loads(data).get("preprocessing") if data is not None else None
+    except (ValueError, AttributeError):
         return None
 
 

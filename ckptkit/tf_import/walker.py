@@ -83,6 +83,7 @@ class Walker:
         self._alias: dict[tuple[int, str], object] = {}  # function-graph inputs -> outer tensors
         self._func_cache: dict[tuple[int, str, str], object] = {}
         self._library = None
+        self._folders: dict[int, object] = {}  # id(tf graph) -> its bounded constant folder
 
     # ---- naming and emitting -------------------------------------------------------------
     def unique(self, name: str) -> str:
@@ -215,12 +216,13 @@ class Walker:
             return self.values.get(var)
         if op.type in ("Placeholder", "PlaceholderWithDefault") or tensor is self.input:
             return None
-        try:
-            from tensorflow.python.framework import tensor_util
+        folder = self._folders.get(id(tensor.graph))
+        if folder is None:
+            from .const_eval import graph_folder
 
-            value = tensor_util.constant_value(tensor)
-        except Exception:  # constant_value raises on some ops it cannot fold
-            value = None
+            folder = self._folders[id(tensor.graph)] = graph_folder(tensor.graph)
+        # TensorFlow's constant_value set, every intermediate sized before it is made (a split of a huge fill)
+        value = folder.value(tensor.name)
         return None if value is None else np.asarray(value)
 
     # ---- conversion ----------------------------------------------------------------------
