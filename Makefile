@@ -12,10 +12,18 @@ JOBS   ?= 2
 
 .PHONY: setup demo test test-fast bench fixtures caffe-proto clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+# The editable install is setuptools' "strict" mode: a tree of links to the sources, put on sys.path, holding
+# exactly the packages pyproject.toml declares (`converters/` as `ckptkit.converters`, no top-level `converters`)
+# and found before a namespace folder named ckptkit in the current folder. A new source file needs a new link:
+# SOURCES lists them, and the install runs again when the list changes.
+SOURCES := $(VENV)/.sources
+$(shell mkdir -p $(VENV) && find ckptkit converters -name '*.py' | sort > $(SOURCES).now && \
+        (cmp -s $(SOURCES).now $(SOURCES) || mv $(SOURCES).now $(SOURCES)); rm -f $(SOURCES).now)
+
+$(STAMP): pyproject.toml $(SOURCES)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test]" --config-settings editable_mode=strict
 	touch $(STAMP)
 
 setup: $(STAMP)

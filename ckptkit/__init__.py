@@ -40,3 +40,8 @@ class _Package(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _Package
+
+# a user's own `import tf_slim` after `import ckptkit` gets the TF 2.21 shims (applied when tf_slim is imported)
+from .compat import install_import_hook  # noqa: E402
+
+install_import_hook()

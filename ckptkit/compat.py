@@ -1,7 +1,8 @@
 """Shims that make tf_slim 1.1.0 import and build networks on TensorFlow 2.21.
 
-Applied once, lazily, by `slim()`. Each shim only fills in what is missing, so a
-TensorFlow that still has the old names is left alone.
+Applied once, lazily, by `slim()`, and by the import hook `import ckptkit` installs: a user's own
+`import tf_slim` (their training script, a `--builder`) then works in ckptkit's environment too. Each shim
+only fills in what is missing, so a TensorFlow that still has the old names is left alone.
 """
 from __future__ import annotations
 
@@ -12,9 +13,33 @@ import warnings
 from ._tf import Refuse, tf
 
 
+class _ShimsBeforeSlim:
+    """A sys.meta_path entry that applies the shims the first time anything imports `tf_slim` (a user's own
+    slim code, `--builder`), then steps aside: `import ckptkit` is all a script needs to import tf_slim on
+    TF 2.21. It finds nothing itself; the import goes on as usual."""
+
+    busy = False
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tf_slim" or self.busy or "tf_slim" in sys.modules:
+            return None
+        type(self).busy = True
+        try:
+            apply_shims()
+        finally:
+            type(self).busy = False
+        return None
+
+
+def install_import_hook() -> None:
+    """Make a plain `import tf_slim` work after `import ckptkit` (no TensorFlow is imported until then)."""
+    if not any(isinstance(f, _ShimsBeforeSlim) for f in sys.meta_path):
+        sys.meta_path.insert(0, _ShimsBeforeSlim())
+
+
 @functools.lru_cache(maxsize=None)
-def slim():
-    """Return the `tf_slim` module, with the TF 2.21 shims applied."""
+def apply_shims() -> None:
+    """The TF 2.21 shims tf_slim 1.1.0 needs to import and build networks (each only where missing)."""
     _tf = tf()
     # 1. tf_slim imports `tf_keras.legacy_tf_layers(.normalization)`, which moved under `src`.
     import tf_keras.src.legacy_tf_layers as legacy_layers
@@ -32,6 +57,12 @@ def slim():
 
     if not hasattr(control_flow_ops, "cond"):
         control_flow_ops.cond = _tf.compat.v1.cond
+
+
+@functools.lru_cache(maxsize=None)
+def slim():
+    """Return the `tf_slim` module, with the TF 2.21 shims applied."""
+    apply_shims()
     from .phases import phase
 
     # 4. tf_slim imports scikit-learn (0.6 s) for its metric-learning losses only: refused during the import,

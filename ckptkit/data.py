@@ -17,6 +17,7 @@ import numpy as np
 
 from ._tf import tf
 from .errors import CkptkitError
+from .safe_io import check_npz_members
 
 log = logging.getLogger("ckptkit")
 
@@ -139,7 +140,12 @@ def _open_arrays(paths: list[str], shape: tuple) -> list[tuple[str, np.ndarray]]
     for p in paths:
         try:
             arr = np.load(p, mmap_mode="r") if p.lower().endswith(".npy") else np.load(p)
+            if hasattr(arr, "files"):
+                check_npz_members(p, "array file")  # a zip bomb is skipped, never unpacked
             arrays = [arr[k] for k in arr.files] if hasattr(arr, "files") else [arr]
+        except CkptkitError as err:
+            log.warning("skipping %s: %s", p, str(err).split(": ", 1)[-1])
+            continue
         except Exception as err:
             log.warning("skipping %s: not a readable array (%s)", p, type(err).__name__)
             continue

@@ -87,6 +87,22 @@ def read_optional(path: str, what: str, limit: int = MAX_RECORD_BYTES) -> bytes 
     return read_bounded(path, what, limit)
 
 
+def check_npz_members(path: str, what: str, limit: int = MAX_TENSOR_BYTES) -> None:
+    """Refuse a .npz whose members would unpack past `limit` bytes each (a compressed zip bomb), from the sizes
+    its zip directory declares (zipfile reads no more than declared)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if info.file_size > limit:
+                    raise CkptkitError(f"{what} {printable(path)}: member {printable(info.filename)} unpacks to "
+                                       f"{info.file_size} bytes, over ckptkit's bound of {limit}: the file is "
+                                       "damaged or hostile (CKPTKIT_MAX_TENSOR_BYTES raises the bound)")
+    except (zipfile.BadZipFile, OSError) as err:
+        raise CkptkitError(f"{what} {printable(path)} cannot be read ({err})") from None
+
+
 # ---- private folders ------------------------------------------------------------------------------------------
 def private_dir(path: str, what: str) -> str:
     """Create `path` owner-only if missing (its parents as usual), then verify it: a folder, not a link,

@@ -86,11 +86,15 @@ def verification_inputs(shape: tuple, data: Optional[str] = None, batch: int = 4
     if data is None:
         lo, hi = value_range or DEFAULT_RANGE
         return np.random.default_rng(seed).uniform(lo, hi, (batch,) + want).astype(np.float32)
-    if not os.path.isfile(data):
+    if not os.path.lexists(data):
         raise CkptkitError(f"--verify-data {data} does not exist: give a .npy or .npz file of NHWC samples")
+    from .safe_io import MAX_TENSOR_BYTES, check_npz_members, check_regular
+
+    check_regular(data, "--verify-data", MAX_TENSOR_BYTES)  # a FIFO or device is refused, not read
     try:
-        arr = np.load(data)
+        arr = np.load(data, mmap_mode="r")
         if hasattr(arr, "files"):
+            check_npz_members(data, "--verify-data")
             arr = arr[arr.files[0]]
     except Exception as err:
         raise CkptkitError(f"--verify-data {data} cannot be read ({type(err).__name__}): give a .npy or .npz file") from None

@@ -32,6 +32,10 @@ def _load(prefix, **kw):
     return ckptkit.load(prefix, arch="resnet_v1_50", input_shape="64,64,3", **kw)
 
 
+def _entries(cache):
+    return [cache / f for f in os.listdir(cache) if f.endswith(".meta")]
+
+
 def _summary(model):
     return [(n.name, n.op, tuple(n.shape), sorted(n.params), dict(n.sources)) for n in model.graph.nodes]
 
@@ -39,8 +43,8 @@ def _summary(model):
 def test_a_cached_graph_is_the_built_graph(resnet, cache):
     x = T.random_input(SHAPE, batch=3)
     built = _load(resnet)
-    files = os.listdir(cache)
-    assert len(files) == 1 and files[0].endswith(".meta")
+    files = sorted(os.listdir(cache))
+    assert len(files) == 2 and files[0].endswith(".meta") and files[1] == files[0] + ".sha256"
     cached = _load(resnet)
     assert _summary(cached) == _summary(built)
     for a, b in zip(built.graph.nodes, cached.graph.nodes):
@@ -56,12 +60,12 @@ def test_other_arguments_are_other_entries(resnet, cache):
     _load(resnet, arch_args={"output_stride": 16})
     sources._BUILT.clear()
     ckptkit.load(resnet, arch="resnet_v1_50", input_shape="96,96,3")
-    assert len(os.listdir(cache)) == 3
+    assert len(_entries(cache)) == 3
 
 
 def test_a_damaged_entry_is_built_again_and_replaced(resnet, cache):
     built = _load(resnet)
-    (path,) = [cache / f for f in os.listdir(cache)]
+    (path,) = _entries(cache)
     good = path.read_bytes()
     path.write_bytes(good[: len(good) // 3])
     again = _load(resnet)
@@ -78,3 +82,32 @@ def test_a_cache_that_cannot_be_used_changes_nothing(resnet, cache, monkeypatch,
     monkeypatch.setenv("CKPTKIT_CACHE_DIR", str(blocked))  # cannot be made
     assert _summary(_load(resnet)) == built
     assert blocked.read_text() == "not a folder"
+
+
+def test_a_rewritten_entry_is_not_trusted(resnet, cache, caplog):
+    """An entry replaced by another valid graph (here: the one built at another input size, as an attacker's
+    edited graph would be) no longer matches its digest: it is built again, and the export is of the real net."""
+    built = _load(resnet)
+    (path,) = _entries(cache)
+    sources._BUILT.clear()
+    ckptkit.load(resnet, arch="resnet_v1_50", input_shape="96,96,3")
+    (other,) = [p for p in _entries(cache) if p != path]
+    path.write_bytes(other.read_bytes())  # valid, parseable, and not this key's graph
+    with caplog.at_level("WARNING", logger="ckptkit"):
+        again = _load(resnet)
+    assert "does not match its digest" in caplog.text
+    assert _summary(again) == _summary(built)
+    x = T.random_input(SHAPE, batch=2)
+    assert np.array_equal(again.reference(x), built.reference(x))
+
+
+def test_a_shared_cache_folder_is_not_used(resnet, tmp_path, monkeypatch, caplog):
+    shared = tmp_path / "shared"
+    (shared / "graphs").mkdir(parents=True)
+    os.chmod(shared / "graphs", 0o777)  # another user could write entries here
+    monkeypatch.setenv("CKPTKIT_CACHE_DIR", str(shared))
+    sources._BUILT.clear()
+    with caplog.at_level("WARNING", logger="ckptkit"):
+        _load(resnet)
+    assert "not using the --arch graph cache" in caplog.text and "open to other users" in caplog.text
+    assert os.listdir(shared / "graphs") == []
