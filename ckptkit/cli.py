@@ -149,7 +149,7 @@ def _run_export(args, fmt: str, fold: bool, **options) -> int:
     for f in result.files:
         print(f"wrote {f}")
     for comparison in result.comparisons:
-        print(f"verified against TensorFlow in {comparison.runtime}: {comparison}")
+        print(f"{comparison.verb} in {comparison.runtime}: {comparison}")
     return 0
 
 
@@ -258,7 +258,7 @@ def cmd_export(args) -> int:
         for f in result.files:
             print(f"wrote {f}")
         for comparison in result.comparisons:
-            print(f"  {fmt} verified against TensorFlow in {comparison.runtime}: {comparison}")
+            print(f"  {fmt} {comparison.verb} in {comparison.runtime}: {comparison}")
     return 0
 
 

@@ -256,7 +256,8 @@ def _planned(model: Model, fmt: str, path: str, fold: bool, check: bool, verify_
                 try:
                     with phase("verify: target runtime"):
                         run = runtime.load()
-                    comparison = replace(verify(reference, run, inputs, tol, float64=exact), runtime=runtime.label)
+                    comparison = replace(verify(reference, run, inputs, tol, float64=exact), runtime=runtime.label,
+                                         independent=getattr(model.reference, "independent", True))
                 except VerificationError:
                     raise
                 except CkptkitError as err:

@@ -18,6 +18,7 @@ none of the above stays in training mode, so verification fails rather than pass
 """
 from __future__ import annotations
 
+import collections
 import logging
 from dataclasses import dataclass, field
 from typing import Optional
@@ -69,46 +70,92 @@ def _variable_op(tensor) -> Optional[object]:
     return None
 
 
-def _assigned_variable(tensor, want: Optional[str] = None, depth: int = 12):
-    """The moving variable an update op fed by `tensor` writes to (forward walk to an Assign*)."""
-    found, frontier, seen = [], [tensor.op], set()
-    for _ in range(depth):
-        nxt = []
-        for op in frontier:
-            for out in op.outputs:
-                for c in out.consumers():
-                    if c.name in seen:
-                        continue
-                    seen.add(c.name)
-                    if c.type in _ASSIGN_OPS:
-                        var = _variable_op(c.inputs[0])
-                        if var is not None:
-                            found.append(var)
-                    else:
-                        nxt.append(c)
-        frontier = nxt
-    plain = [v for v in found if "/biased" not in v.name and "local_step" not in v.name]
-    if want:
-        preferred = [v for v in plain if want in v.name.rsplit("/", 1)[-1]]
-        if preferred:
-            return preferred[0]
-    return plain[0] if plain else None
+class StatisticUpdates:
+    """Which moving variable each batch statistic of the output's BatchNorms is averaged into, found from the
+    updates themselves, never from names or proximity alone.
+
+    Walks back from every assignment's value, through ops the output does not need, to the tensors where it
+    meets the inference path: those are the statistics it averages. A zero-debiased update reads an auxiliary
+    variable (`biased`) right after assigning it (a resource read with the assignment as control input, or a
+    ref assignment's own result): the walk goes on through that assignment's value, and the auxiliary variable
+    is never a candidate. A variable is the answer for a statistic only if it is not trainable, has the
+    statistic's shape and is the single nearest such assignment: two variables at the same distance are no
+    answer rather than a guess."""
+
+    def __init__(self, graph, needed: set, depth: int = 10):
+        trainable = {v.op.name for v in graph.get_collection("trainable_variables")}
+        self.nearest: dict[str, list[tuple[int, object]]] = {}  # statistic tensor name -> [(distance, var op)]
+        auxiliary: set[str] = set()
+        walks = []
+        for op in graph.get_operations():
+            if op.type not in _ASSIGN_OPS or op.name in needed:
+                continue
+            var = _variable_op(op.inputs[0])
+            if var is None or var.name in trainable:
+                continue
+            found, through = _walk_back(op, needed, depth)
+            auxiliary |= through
+            walks.append((var, found))
+        for var, found in walks:
+            if var.name in auxiliary:
+                continue
+            shape = _variable_shape(var)
+            for tensor, distance in found.items():
+                if shape is not None and _known_shape(tensor) == shape:
+                    self.nearest.setdefault(tensor.name, []).append((distance, var))
+
+    def variable(self, statistic) -> Optional[object]:
+        """The moving variable `statistic` (a tensor) is averaged into, or None when no single one is."""
+        candidates = self.nearest.get(statistic.name, [])
+        if not candidates:
+            return None
+        best = min(d for d, _ in candidates)
+        at_best = {v.name: v for d, v in candidates if d == best}
+        return next(iter(at_best.values())) if len(at_best) == 1 else None
 
 
-def _reaches_assign(op, depth: int = 12) -> bool:
-    frontier, seen = [op], set()
-    for _ in range(depth):
-        nxt = []
-        for o in frontier:
-            if o.type in _ASSIGN_OPS:
-                return True
-            for out in o.outputs:
-                for c in out.consumers():
-                    if c.name not in seen:
-                        seen.add(c.name)
-                        nxt.append(c)
-        frontier = nxt
-    return False
+def _walk_back(assign, needed: set, depth: int):
+    """Tensors on the inference path that `assign`'s value derives from (with their distance), and the
+    auxiliary variables whose assignment the value reads back."""
+    found, through, seen = {}, set(), set()
+    frontier = collections.deque([(assign.inputs[1], 1)])  # breadth first: the first visit is the nearest
+    while frontier:
+        tensor, d = frontier.popleft()
+        op = tensor.op
+        if op.name in needed:
+            if d < found.get(tensor, depth + 1):
+                found[tensor] = d
+            continue
+        if d > depth or op.name in seen or op.type in _VARIABLE_OPS:
+            continue
+        seen.add(op.name)
+        steps = [op] if op.type in _ASSIGN_OPS else []  # a ref assignment's result
+        if op.type == "ReadVariableOp":  # a read right after an assignment of its own variable
+            var = _variable_op(op.inputs[0])
+            steps = [c for c in op.control_inputs if c.type in _ASSIGN_OPS and _variable_op(c.inputs[0]) is var]
+        if steps:
+            for step in steps:
+                var = _variable_op(step.inputs[0])
+                if var is not None:
+                    through.add(var.name)
+                frontier.append((step.inputs[1], d + 1))
+            continue
+        frontier.extend((t, d + 1) for t in op.inputs)
+    return found, through
+
+
+def _variable_shape(var) -> Optional[tuple]:
+    from tensorflow.python.framework import tensor_shape
+
+    if "shape" not in var.node_def.attr:
+        return None
+    dims = tensor_shape.TensorShape(var.node_def.attr["shape"].shape).as_list()
+    return tuple(dims) if dims is not None and None not in dims else None
+
+
+def _known_shape(tensor) -> Optional[tuple]:
+    dims = tensor.shape.as_list() if tensor.shape.rank is not None else None
+    return tuple(dims) if dims is not None and None not in dims else None
 
 
 def _is_update(op, depth: int = 4) -> bool:
@@ -172,32 +219,34 @@ def plan(graph, output) -> Rewrite:
     """What to change in `graph` (a tf.Graph of the training GraphDef) so `output` computes inference."""
     needed = ancestors(output, control=False)
     rw = Rewrite()
+    statistics = StatisticUpdates(graph, needed)
     for name in sorted(needed):
         op = graph.get_operation_by_name(name)
-        updates = {c.name for c in op.control_inputs if _is_update(c)}
-        if updates:
-            rw.drop_control[name] = updates
+        ordered_after = {c.name for c in op.control_inputs if _is_update(c)}
+        if ordered_after:
+            rw.drop_control[name] = ordered_after
         if op.type in ("Placeholder", "PlaceholderWithDefault") and op.outputs[0].dtype.is_bool \
                 and op.outputs[0].shape.rank == 0:
             rw.feed_false.append(op.outputs[0].name)
         elif op.type in _FUSED_BN and op.get_attr("is_training"):
-            mean_var = _assigned_variable(op.outputs[1], "mean")
-            var_var = _assigned_variable(op.outputs[2], "var")
-            if mean_var is None or var_var is None:
-                log.debug("%s: training-mode BatchNorm without update ops: left as it is", op.name)
+            mean_var, var_var = statistics.variable(op.outputs[1]), statistics.variable(op.outputs[2])
+            if mean_var is None or var_var is None or mean_var is var_var:
+                _left_in_training(op.name, "FusedBatchNorm", mean_var, var_var)
                 continue
             rw.fused[op.name] = (mean_var.name, var_var.name)
             rw.read_resource |= {v.name for v in (mean_var, var_var) if v.type == "VarHandleOp"}
-        elif _is_batch_statistic(op):
-            var = _assigned_variable(op.outputs[0], "var" if _is_variance(op) else "mean")
-            if var is None:
-                continue
-            new = var.name + ("/ckptkit_read" if var.type == "VarHandleOp" else "")
-            if var.type == "VarHandleOp":
-                rw.read_resource.add(var.name)
-            for c in op.outputs[0].consumers():
-                if c.name in needed and not _reaches_assign(c):
-                    rw.rewire.setdefault(c.name, {})[_ref(op.outputs[0])] = new
+        elif statistics.nearest.keys() & {t.name for t in op.outputs}:
+            for stat in op.outputs:  # a batch statistic an update averages (tf.nn.moments, by hand, ...)
+                var = statistics.variable(stat)
+                if var is None:
+                    _left_in_training(stat.name, "batch statistic", None, None)
+                    continue
+                new = var.name + ("/ckptkit_read" if var.type == "VarHandleOp" else "")
+                if var.type == "VarHandleOp":
+                    rw.read_resource.add(var.name)
+                for c in stat.consumers():
+                    if c.name in needed:
+                        rw.rewire.setdefault(c.name, {})[_ref(stat)] = new
         else:
             kept = _dropout_input(op) if op.type in ("Mul", "Add", "AddV2", "SelectV2", "Select") else None
             if kept is not None:
@@ -207,19 +256,12 @@ def plan(graph, output) -> Rewrite:
     return rw
 
 
-def _is_batch_statistic(op) -> bool:
-    """tf.nn.moments' mean or variance (after its Squeeze, or the keep_dims Mean itself)."""
-    if "moments" not in op.name:
-        return False
-    if op.type == "Squeeze":
-        return op.inputs[0].op.type == "Mean"
-    return op.type == "Mean" and all(c.type != "Squeeze" for c in op.outputs[0].consumers()) \
-        and op.name.rsplit("/", 1)[-1] in ("mean", "variance")
-
-
-def _is_variance(op) -> bool:
-    src = op.inputs[0].op if op.type == "Squeeze" else op
-    return src.name.rsplit("/", 1)[-1].startswith("variance")
+def _left_in_training(name: str, what: str, mean_var, var_var) -> None:
+    """Say why a BatchNorm keeps its batch statistics in the reference (verification will then not match)."""
+    found = ", ".join(f"{role} -> {v.name}" for role, v in (("mean", mean_var), ("variance", var_var)) if v)
+    log.warning("verification reference: %s %s: no single moving variable is updated from it%s; it stays in "
+                "training mode, so an export will not match this reference", what, name,
+                f" ({found})" if found else "")
 
 
 def apply(graph_def, rw: Rewrite) -> None:

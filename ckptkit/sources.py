@@ -33,6 +33,7 @@ class LazyReference:
 
     def __init__(self, make: Callable[[], Callable[[np.ndarray], np.ndarray]], kind: str):
         self._make, self._fn, self.kind = make, None, kind
+        self.independent = True  # False once `make` fell back to ckptkit's own import (see Comparison.independent)
         self._last: Optional[tuple[bytes, np.ndarray]] = None  # several exports verify on the same inputs
 
     @eager
@@ -43,6 +44,7 @@ class LazyReference:
         try:
             if self._fn is None:
                 self._fn = self._make()
+                self.independent = getattr(self._fn, "independent", True)
             y = self._fn(x)
         except CkptkitError:
             raise
@@ -479,9 +481,12 @@ def _inference_reference(mgd, meta: str, ckpt: Checkpoint, old_in, out_name: str
             out = g.get_tensor_by_name(out_name)
             feed = {g.get_tensor_by_name(n): False for n in rewrite.feed_false}
         except CkptkitError as err:
-            log.warning("verification reference: %s; using ckptkit's own import run with TensorFlow kernels "
-                        "instead, which shares the importer's assumptions", err)
-            return reference_fn(ir)
+            log.warning("verification reference: %s; checking against ckptkit's own import run with TensorFlow "
+                        "kernels instead, which shares the importer's assumptions: NOT an independent verification",
+                        err)
+            fn = reference_fn(ir)
+            fn.independent = False
+            return fn
         return _session_reference(g, x, out, ckpt, feed)
 
     return LazyReference(make, "the training graph's own ops in inference mode")

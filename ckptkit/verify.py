@@ -26,6 +26,9 @@ class Comparison:
     tf_from_float64: Optional[float] = None
     export_from_float64: Optional[float] = None
     runtime: str = ""  # the program the export ran in ("onnxruntime 1.23.2", "MNN 3.6.1")
+    # False when the reference is ckptkit's own import run by TensorFlow (the training graph could not be
+    # rewritten): the check then shares the importer's assumptions, and an export is not called verified
+    independent: bool = True
 
     @property
     def ok(self) -> bool:
@@ -57,7 +60,15 @@ class Comparison:
                     "both are far from float64: the import itself disagrees with TensorFlow")
             text += (f"; against a float64 evaluation TensorFlow's float32 output is {self.tf_from_float64:.3g} off, "
                      f"the export {self.export_from_float64:.3g} ({side})")
+        if not self.independent:
+            text += "; against ckptkit's own import, not an independent reference"
         return f"{text}: {verdict}"
+
+    @property
+    def verb(self) -> str:
+        """How a report names this check: only an independent reference verifies."""
+        return "verified against TensorFlow" if self.independent else \
+            "checked against ckptkit's own import (NOT an independent verification)"
 
 
 def compare(reference: np.ndarray, got: np.ndarray, tolerance: float = TOLERANCE) -> Comparison:
