@@ -206,7 +206,8 @@ def cmd_fold(args) -> int:
     from .fold import fold_checkpoint
 
     report = fold_checkpoint(args.checkpoint, args.output_path, eps=args.eps, use_meta=not args.no_meta,
-                             input_shape=args.input_shape, **_topology(args),
+                             input_shape=args.input_shape, input_name=args.input, output_name=args.output,
+                             **_topology(args),
                              allow_bad_statistics=args.allow_bad_statistics)
     if args.json:
         return _emit({"format_version": 1, **report.to_json()})
@@ -487,6 +488,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint prefix, one of its files, or its folder")
     p.add_argument("-o", dest="output_path", required=True, metavar="OUT", help="output checkpoint prefix")
     _add_graph_choice(p, "to read epsilon from", "pair BatchNorms with layers by slim's variable names")
+    p.add_argument("--inputs", "--input", dest="input", metavar="NAME", help="the graph's input op or tensor "
+                                                                             "(default: detected when unambiguous)")
+    p.add_argument("--outputs", "--output", dest="output", metavar="NAME",
+                   help="the output the BN-free graph written beside the checkpoint ends at (default: every "
+                        "output the graph has)")
     p.add_argument("--eps", type=float, help="epsilon when there is no graph (default: slim's 0.001, with a "
                                              "warning); refused together with a graph, which gives each BN's own")
     p.add_argument("--allow-bad-statistics", action="store_true",

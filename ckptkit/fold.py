@@ -108,7 +108,7 @@ def _scaled(weights: np.ndarray, unit: BNUnit, s: np.ndarray) -> np.ndarray:
 def fold_checkpoint(checkpoint: str, output: str, *, eps: Optional[float] = None, meta: Optional[str] = None,
                     arch: Optional[str] = None, arch_args: Optional[dict] = None, use_meta: bool = True,
                     builder=None, input_shape=None, input_name: Optional[str] = None,
-                    allow_bad_statistics: bool = False, write_graph: bool = True) -> FoldReport:
+                    output_name: Optional[str] = None, allow_bad_statistics: bool = False, write_graph: bool = True) -> FoldReport:
     """Fold every BN unit that directly follows a conv/depthwise/fully connected layer; write `output`.
 
     Refuses (CkptkitError, nothing written) missing statistics, never-updated or invalid ones (unless
@@ -119,6 +119,7 @@ def fold_checkpoint(checkpoint: str, output: str, *, eps: Optional[float] = None
         eps: BatchNorm epsilon when there is no graph (refused with one: the graph gives each BN's own).
         meta / arch (+ arch_args) / builder (+ input_shape, input_name): the graph (default: the `.meta`
             beside the checkpoint); use_meta=False pairs units with layers by slim's names.
+        output_name: the output the BN-free graph ends at (default: every output the graph has).
         write_graph: also write the BN-free graph as OUTPUT.meta (verified by TensorFlow first).
     Returns:
         FoldReport: folded and kept units (with why), epsilon per unit and its source, files, graph.
@@ -197,7 +198,8 @@ def fold_checkpoint(checkpoint: str, output: str, *, eps: Optional[float] = None
             yield bias_name, t.astype(weights.dtype)
 
     graph_writer = _graph_writer(ckpt, fold_units, report, meta=meta, arch=arch, arch_args=arch_args,
-                                 builder=builder, input_shape=input_shape, input_name=input_name) \
+                                 builder=builder, input_shape=input_shape, input_name=input_name,
+                                 output_name=output_name) \
         if from_graph and write_graph else None
 
     def graph_file(staged: str) -> dict:
@@ -218,20 +220,29 @@ def _read_sidecar(prefix: str) -> Optional[bytes]:
 
 
 def _graph_writer(ckpt: Checkpoint, fold_units: dict, report: FoldReport, **topology):
-    """The BN-free graph maker (fold_graph.folded_meta) for this fold, or None when the graph cannot be
-    loaded with one output (several heads: the next command then needs --meta/--arch)."""
+    """The BN-free graph maker (fold_graph.folded_meta) for this fold, or None (with a warning) when the graph
+    cannot be loaded. A training graph with several outputs and no `output_name` (the logits and slim's
+    `predictions`, say) is written with every one of them, as the original has them."""
     from .fold_graph import folded_meta
-    from .sources import load
+    from .sources import followed_outputs, load
 
+    meta = topology.get("meta") or (ckpt.meta_path if not topology.get("arch") and
+                                    topology.get("builder") is None else None)
     try:
-        model = load(ckpt.prefix, weights=False, **topology)
+        outputs = followed_outputs(meta, topology.get("input_name")) \
+            if meta and not topology.get("output_name") else []
+        if len(outputs) > 1:
+            log.info("the graph has %d outputs (%s): the BN-free graph keeps them all", len(outputs),
+                     ", ".join(outputs))
+            models = [load(ckpt.prefix, weights=False, **{**topology, "output_name": name}) for name in outputs]
+        else:
+            models = [load(ckpt.prefix, weights=False, **topology)]
     except CkptkitError as err:
         log.warning("no graph written beside the folded checkpoint (%s)", str(err)[:200])
         return None
     scopes = set(report.folded)
-    folded = {n.name for n in model.graph.nodes if n.op == "BatchNorm" and
-              unit_scope(n) in scopes}
+    folded = {n.name for m in models for n in m.graph.nodes if n.op == "BatchNorm" and unit_scope(n) in scopes}
     bias_names = {w: u.layer.biases or u.layer.scope + "/biases" for w, u in fold_units.items()}
     dtypes = {name: t.dtype for name, t in ckpt.tensors.items()}
     dtypes.update({b: ckpt.tensors[w].dtype for w, b in bias_names.items() if w in ckpt.tensors})
-    return folded_meta(model.graph, model.reference, folded, bias_names, dtypes)
+    return folded_meta(models, folded, bias_names, dtypes)

@@ -14,7 +14,6 @@ from typing import Callable, Optional
 import numpy as np
 
 from ._tf import tf, tf1
-from .batchnorm.formula import normalize
 from .errors import CkptkitError
 from .ir import Graph, Node, same_pads
 from .passes import absorb_into_layers, absorbs
@@ -27,7 +26,10 @@ log = logging.getLogger("ckptkit")
 
 
 def _bn(node: Node, x, p: dict):
-    return normalize(x, p["mean"], p["variance"], node.attrs.epsilon, p.get("gamma"), p.get("beta"))
+    """A BatchNorm that stays: written as tf.nn.batch_normalization, the spelling every reader (ckptkit's
+    importer included) knows as BatchNorm, with its statistics as variables of the checkpoint's names."""
+    return tf().nn.batch_normalization(x, p["mean"], p["variance"], p.get("beta"), p.get("gamma"),
+                                       node.attrs.epsilon)
 
 
 def _padding(node: Node, in_shape) -> str | None:
@@ -53,11 +55,12 @@ def _pool(node: Node, x, in_shape):
     return pool(x, k, s, padding)
 
 
-def build(graph: Graph, folded: set[str], bias_names: dict[str, str], dtypes: dict[str, str]):
-    """(tf.Graph, input, output, Saver) of `graph` with the BatchNorms named in `folded` folded away;
-    every parameter is a variable named as in the folded checkpoint."""
+def build(graphs: list[Graph], folded: set[str], bias_names: dict[str, str], dtypes: dict[str, str]):
+    """(tf.Graph, input, outputs, Saver) of `graphs` (one IR per output of the same network: a node of one
+    name is one op, built once) with the BatchNorms named in `folded` folded away; every parameter is a
+    variable named as in the folded checkpoint."""
     _tf = tf()
-    ir = absorb_into_layers(graph, lambda n: n.op == "BatchNorm" and n.name in folded)
+    graph = graphs[0]
     g = _tf.Graph()
     variables: dict[str, object] = {}
 
@@ -70,75 +73,90 @@ def build(graph: Graph, folded: set[str], bias_names: dict[str, str], dtypes: di
     with g.as_default():
         in_name = (graph.input_names[0] if graph.input_names else "input:0").split(":")[0]
         x = tf1.placeholder(_tf.float32, [None, *graph.input_shape[1:]], name=in_name)
-        values = {ir.inputs[0]: x}
-        for node in ir.nodes:
-            if node.op == "Input":
-                continue
-            params = {}
-            for key, value in node.params.items():
-                if value is None:
-                    params[key] = None
-                    continue
-                source = node.sources.get(key)
-                weights = node.sources.get("weights") or node.sources.get("folded")  # folded: same name, scaled
-                if absorbs(node) and key == "weights":
-                    source = weights
-                if absorbs(node) and key == "bias" and weights in bias_names:
-                    source = bias_names[weights]
-                if not source and absorbs(node) and key == "weights":
-                    raise CkptkitError(f"{node.name} has weights the checkpoint does not hold")
-                # constants of the original graph (x + 3 in hard-swish, a scaled residual, a bias merged with
-                # the constant added after it) stay constants
-                params[key] = _tf.cast(variable(source, value), _tf.float32) if source else _tf.constant(value)
-            pooled = _pool(node, values[node.inputs[0]], ir[node.inputs[0]].shape) \
-                if node.op in ("MaxPool", "AvgPool") else None
-            values[node.name] = pooled if pooled is not None else apply_node(
-                node, [values[i] for i in node.inputs], lambda n, t, p=params: _bn(n, t, p), params)
-        out_name = (graph.output_names[0] if graph.output_names else "output:0").split(":")[0]
-        out = _tf.identity(values[ir.outputs[0]], name=out_name)
+        values, outputs = {}, []
+        for one in graphs:
+            ir = absorb_into_layers(one, lambda n: n.op == "BatchNorm" and n.name in folded)
+            values[ir.inputs[0]] = x
+            _build_nodes(ir, values, variable, bias_names)
+            out_name = (one.output_names[0] if one.output_names else "output:0").split(":")[0]
+            outputs.append(_tf.identity(values[ir.outputs[0]], name=out_name))
         saver = tf1.train.Saver(var_list=variables, sharded=False)
-    return g, x, out, saver
+    return g, x, outputs, saver
 
 
-def folded_meta(graph: Graph, reference: Callable[[np.ndarray], np.ndarray], folded: set[str],
-                bias_names: dict[str, str], dtypes: dict[str, str]) -> Callable[[str], Optional[bytes]]:
+def _build_nodes(ir: Graph, values: dict, variable: Callable, bias_names: dict[str, str]) -> None:
+    """TensorFlow ops for every node of `ir` not yet in `values` (node name -> tensor)."""
+    _tf = tf()
+    for node in ir.nodes:
+        if node.op == "Input" or node.name in values:
+            continue
+        params = {}
+        for key, value in node.params.items():
+            if value is None:
+                params[key] = None
+                continue
+            source = node.sources.get(key)
+            weights = node.sources.get("weights") or node.sources.get("folded")  # folded: same name, scaled
+            if absorbs(node) and key == "weights":
+                source = weights
+            if absorbs(node) and key == "bias" and weights in bias_names:
+                source = bias_names[weights]
+            if not source and absorbs(node) and key == "weights":
+                raise CkptkitError(f"{node.name} has weights the checkpoint does not hold")
+            # constants of the original graph (x + 3 in hard-swish, a scaled residual, a bias merged with
+            # the constant added after it) stay constants
+            params[key] = _tf.cast(variable(source, value), _tf.float32) if source else _tf.constant(value)
+        pooled = _pool(node, values[node.inputs[0]], ir[node.inputs[0]].shape) \
+            if node.op in ("MaxPool", "AvgPool") else None
+        values[node.name] = pooled if pooled is not None else apply_node(
+            node, [values[i] for i in node.inputs], lambda n, t, p=params: _bn(n, t, p), params)
+
+
+def folded_meta(models: list, folded: set[str], bias_names: dict[str, str],
+                dtypes: dict[str, str]) -> Callable[[str], Optional[bytes]]:
     """A function staged-prefix -> MetaGraphDef bytes (None, with a warning, when the graph cannot be made or
-    does not reproduce the original's output once the folded checkpoint is restored into it)."""
+    does not reproduce the original's outputs once the folded checkpoint is restored into it). `models`: one
+    loaded Model (IR + reference) per output of the graph."""
     from .phases import phase
     from .verify import verification_inputs
 
-    inputs = verification_inputs(graph.input_shape)
-    try:
-        with phase("verify: TensorFlow reference"):
-            expected = np.asarray(reference(inputs))  # the original graph, original checkpoint
-    except CkptkitError as err:
-        log.warning("no graph written beside the folded checkpoint: %s", err)
-        return lambda prefix: None
-    finally:  # one copy of the weights at a time: the reference's session goes before the fold streams
-        getattr(reference, "close", lambda: None)()
+    inputs = verification_inputs(models[0].graph.input_shape)
+    expected = []
+    for model in models:
+        try:
+            with phase("verify: TensorFlow reference"):
+                expected.append(np.asarray(model.reference(inputs)))  # the original graph and checkpoint
+        except CkptkitError as err:
+            log.warning("no graph written beside the folded checkpoint: %s", err)
+            return lambda prefix: None
+        finally:  # one copy of the weights at a time: the reference's session goes before the fold streams
+            getattr(model.reference, "close", lambda: None)()
 
     def make(prefix: str) -> Optional[bytes]:
         _tf = tf()
         try:
-            g, x, out, saver = build(graph, folded, bias_names, dtypes)
+            g, x, outs, saver = build([m.graph for m in models], folded, bias_names, dtypes)
             from .gateway import samples_per_run
 
             n = samples_per_run(g)  # activations within the reference's budget (vgg at 224 px: one sample a run)
             with tf1.Session(graph=g) as sess:
                 saver.restore(sess, prefix)
-                got = np.concatenate([sess.run(out, {x: inputs[i:i + n]}) for i in range(0, len(inputs), n)])
+                runs = [sess.run(outs, {x: inputs[i:i + n]}) for i in range(0, len(inputs), n)]
+            got = [np.concatenate([run[k] for run in runs]) for k in range(len(outs))]
         except (CkptkitError, _tf.errors.OpError, ValueError, TypeError) as err:
             first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
             log.warning("no graph written beside the folded checkpoint (%s): give the next command --meta or "
                         "--arch", first)
             return None
-        comparison = compare(expected, got, TOLERANCE)
-        if not comparison.ok:
-            log.warning("no graph written beside the folded checkpoint: restored into the BN-free graph it "
-                        "does not reproduce the original (%s)", comparison)
-            return None
-        try:  # the next command reads it with ckptkit's importer: it must import
-            import_graph(g, x, out, ValueSource(Checkpoint(prefix), weights=False))
+        for out, want, have in zip(outs, expected, got):
+            comparison = compare(want, have, TOLERANCE)
+            if not comparison.ok:
+                log.warning("no graph written beside the folded checkpoint: restored into the BN-free graph, its "
+                            "output %s does not reproduce the original (%s)", out.op.name, comparison)
+                return None
+        try:  # the next command reads it with ckptkit's importer: every output must import
+            for out in outs:
+                import_graph(g, x, out, ValueSource(Checkpoint(prefix), weights=False))
         except CkptkitError as err:
             log.warning("no graph written beside the folded checkpoint: ckptkit could not read it back (%s)", err)
             return None

@@ -30,6 +30,9 @@ log = logging.getLogger("ckptkit")
 _ASSIGN_OPS = {"AssignSubVariableOp", "AssignSub", "AssignVariableOp", "Assign", "AssignAddVariableOp", "AssignAdd"}
 _VARIABLE_OPS = {"VariableV2", "Variable", "VarHandleOp"}
 _FUSED_BN = {"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"}
+# a statistic leaving a tf.cond/while is chosen by the training flag, which the reference feeds False
+_CONTROL_FLOW = {"If", "StatelessIf", "Case", "StatelessCase", "Merge", "Switch", "While", "StatelessWhile", "Enter",
+                 "Exit", "PartitionedCall", "StatefulPartitionedCall"}
 
 
 @dataclass
@@ -235,7 +238,7 @@ def plan(graph, output) -> Rewrite:
                 continue
             rw.fused[op.name] = (mean_var.name, var_var.name)
             rw.read_resource |= {v.name for v in (mean_var, var_var) if v.type == "VarHandleOp"}
-        elif statistics.nearest.keys() & {t.name for t in op.outputs}:
+        elif op.type not in _CONTROL_FLOW and statistics.nearest.keys() & {t.name for t in op.outputs}:
             for stat in op.outputs:  # a batch statistic an update averages (tf.nn.moments, by hand, ...)
                 var = statistics.variable(stat)
                 if var is None:

@@ -377,6 +377,14 @@ def graph_io(checkpoint: str, meta: Optional[str] = None) -> dict:
     return {"graph": meta, "inputs": inputs, "outputs": outputs}
 
 
+def followed_outputs(meta: str, input_name: Optional[str] = None) -> list[str]:
+    """The outputs an unnamed-output load chooses between (the loss's logits when there is one, else every
+    sink): what a command that must keep them all (fold's BN-free graph) writes."""
+    probe = _probe(_read_meta(meta), meta)
+    old_in, _ = _pick_input(probe, input_name, meta, None) if input_name else (_candidate_inputs(probe)[0], None)
+    return [t.name for t in _candidate_outputs(probe, old_in)]
+
+
 def strip_recorded_shapes(graph_def) -> None:
     """Drop the `_output_shapes` a GraphDef records, so shapes are inferred anew (another input size)."""
     nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]

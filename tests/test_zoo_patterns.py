@@ -9,6 +9,8 @@ against TensorFlow in the target's runtime, or refused up front where the target
   inception_resnet  branches, concat, scaled residual `net += 0.17 * up`
   deeplab        atrous convolutions, ASPP with image pooling, bilinear resize (align_corners)
   pix2pix        U-Net: leaky ReLU encoder, transposed-conv decoder with BN, skip concat, tanh
+  attention      broadcasting of computed tensors: a spatial mask [N,H,W,1] times the features, a channel
+                 gate [N,1,1,C] added, minimum with a per-row [N,1,W,C] mean (Caffe: refused by name)
 """
 import numpy as np
 import pytest
@@ -145,6 +147,23 @@ def pix2pix(inputs, is_training=False):
         return out
 
 
+def attention(inputs, is_training=False, rows: bool = True):
+    s, _tf = T.slim(), tf()
+    a, b = _scopes(is_training)
+    with a, b:
+        net = s.conv2d(inputs, 8, 3, stride=2, scope="conv1")
+        mask = s.conv2d(net, 1, 1, normalizer_fn=None, activation_fn=_tf.sigmoid, scope="spatial_mask")
+        net = mask * net  # [N,H,W,1] * [N,H,W,C]: the channel axis is broadcast
+        gate = s.conv2d(_tf.reduce_mean(net, [1, 2], keepdims=True), 8, 1, normalizer_fn=None, scope="gate")
+        net = net + gate  # [N,H,W,C] + [N,1,1,C]
+        if rows:
+            h = int(net.shape[1])  # [N,1,W,C], each column's mean: one row spread over H
+            net = _tf.minimum(net, s.avg_pool2d(net, [h, 1], stride=[h, 1], padding="VALID"))
+        net = s.conv2d(net, 8, 3, scope="conv2")
+        net = _tf.reduce_mean(net, [1, 2])
+        return s.fully_connected(net, 10, activation_fn=None, normalizer_fn=None, scope="logits")
+
+
 NETS = {  # builder, input shape, targets that must refuse it (and a word of why)
     "mobilenet_v3": (mobilenet_v3, (32, 32, 3), {}),
     "cifarnet": (cifarnet, (16, 16, 3), {"keras": "LRN"}),
@@ -152,6 +171,8 @@ NETS = {  # builder, input shape, targets that must refuse it (and a word of why
     "inception_resnet": (inception_resnet, (17, 17, 3), {}),
     "deeplab": (deeplab, (33, 33, 3), {"keras": "align_corners", "caffe": "bilinear"}),
     "pix2pix": (pix2pix, (16, 16, 3), {}),
+    "attention": (attention, (16, 16, 3), {"caffe": "broadcasting"}),
+    "attention_caffe": (lambda x, is_training=False: attention(x, is_training, rows=False), (16, 16, 3), {}),
 }
 
 

@@ -24,26 +24,26 @@ def _runner(name: str):
     return lambda ctx, node, xs, p: getattr(tf().math, _TF[name])(xs[0], xs[1])
 
 
-BINARY = {name: define(name, run=_runner(name), doc=f"element-wise {name.lower()}, per-channel broadcasting")
-          for name in _TF}
+BINARY = {name: define(name, run=_runner(name), doc=f"element-wise {name.lower()}, numpy broadcasting of "
+                                                    "inputs of one rank") for name in _TF}
 
 
-def broadcast_side(node, graph) -> int | None:
-    """Which input (0 or 1) is broadcast per channel, None when the shapes are equal."""
-    a, b = (graph[i].shape for i in node.inputs)
-    if a == b:
-        return None
-    return 1 if len(b) == 4 and b[1:3] == (1, 1) else 0
+def broadcast_dims(shape: tuple, out: tuple) -> tuple[int, ...]:
+    """The axes along which an input of `shape` is broadcast to `out` (same rank; size 1 there)."""
+    return tuple(i for i, (s, o) in enumerate(zip(shape, out)) if s != o)
 
 
 # ---- TensorFlow import -----------------------------------------------------------------------
 def _check_shapes(w: Walker, t) -> None:
+    """Numpy broadcasting between inputs that both carry the batch: same rank, each axis equal or 1 on one side
+    (an [N,H,W,1] mask over [N,H,W,C], a per-channel [N,1,1,C] gate, an [N,1,W,C] row). Inputs of other ranks
+    align the batch with another axis: refused."""
     out = w.shape_of(t)
     for x in t.op.inputs:
         s = w.shape_of(x)
-        if s != out and not (len(s) == 4 and s[1:3] == (1, 1) and s[3] == out[3]):
-            raise UnsupportedOpError(f"{t.op.type} {t.op.name} broadcasts {s} to {out}: only equal shapes or "
-                                     "per-channel [N,1,1,C] are supported")
+        if len(s) != len(out) or any(a != o and a != 1 for a, o in zip(s[1:], out[1:])):
+            raise UnsupportedOpError(f"{t.op.type} {t.op.name} broadcasts {s} to {out}: only inputs of the output's "
+                                     "rank whose other axes are equal or 1 are supported")
 
 
 def _emit(w: Walker, t, name: str, a, b) -> str:
@@ -152,28 +152,42 @@ def _keras(name: str):
 
 def _caffe_check(name: str):
     def check(node, graph):
-        if broadcast_side(node, graph) is not None and name != "Mul":
-            return "per-channel broadcasting, which Caffe's Eltwise cannot do"
+        for i in node.inputs:
+            dims = broadcast_dims(graph[i].shape, node.shape)
+            if dims and (len(node.shape) != 4 or dims not in ((3,), (1, 2), (1, 2, 3))):
+                return (f"broadcasting {graph[i].shape} to {node.shape}, which Caffe's layers cannot spread "
+                        "exactly (over channels, or over the whole H x W, they can)")
         return None
 
     return check
 
 
+def _caffe_spread(c, node, bottom: str, shape: tuple) -> str:
+    """`bottom` (NCHW, `shape` in NHWC) spread to the node's shape by exact copies: over channels by a 1x1
+    convolution with weights 1, over the whole H x W by a ones-kernel grouped Deconvolution (each value times 1)."""
+    pb, n = c.pb, node.name
+    h, w, ch = node.shape[1:]
+    if shape[3] == 1 and ch != 1:
+        param = pb.ConvolutionParameter(num_output=ch, bias_term=False, kernel_h=1, kernel_w=1, stride_h=1,
+                                        stride_w=1)
+        bottom = c.layer(n + "/spread_c", "Convolution", [bottom], [np.ones((ch, 1, 1, 1), np.float32)],
+                         convolution_param=param)
+    if shape[1:3] == (1, 1) and (h, w) != (1, 1):
+        # (A Scale with the gate as second bottom is BVLC's spelling, but MNN 3.6 crashes converting it.)
+        param = pb.ConvolutionParameter(num_output=ch, bias_term=False, group=ch, kernel_h=h, kernel_w=w,
+                                        stride_h=1, stride_w=1)
+        bottom = c.layer(n + "/spread", "Deconvolution", [bottom], [np.ones((ch, 1, h, w), np.float32)],
+                         convolution_param=param)
+    return bottom
+
+
 def _caffe(name: str):
     def write(c, node, bottoms):
         pb, n = c.pb, node.name
-        side = broadcast_side(node, c.g)
         E = pb.EltwiseParameter
-        if side is not None:
-            # Mul by a per-channel gate (N,C,1,1), e.g. squeeze-excite: spread over H x W by a ones-kernel grouped
-            # Deconvolution (each value times 1: exact), then Eltwise PROD. (A Scale with the gate as second
-            # bottom is BVLC's spelling, but MNN 3.6 crashes converting it.)
-            h, w, ch = node.shape[1:]
-            param = pb.ConvolutionParameter(num_output=ch, bias_term=False, group=ch, kernel_h=h, kernel_w=w,
-                                            stride_h=1, stride_w=1)
-            spread = c.layer(n + "/spread", "Deconvolution", [bottoms[side]], [np.ones((ch, 1, h, w), np.float32)],
-                             convolution_param=param)
-            return c.layer(n, "Eltwise", [bottoms[1 - side], spread], eltwise_param=E(operation=E.PROD))
+        # a squeeze-excite gate (N,C,1,1), a spatial mask (N,1,H,W): spread to the output's shape, then Eltwise
+        bottoms = [_caffe_spread(c, node, b, c.g[i].shape) if c.g[i].shape != node.shape else b
+                   for i, b in zip(node.inputs, bottoms)]
         if name == "Minimum":  # min(a, b) = -max(-a, -b)
             ones = np.ones(node.shape[-1], np.float32)
             neg = [c.channel_affine(f"{n}/neg{i}", x, -ones, None, len(node.shape)) for i, x in enumerate(bottoms)]
