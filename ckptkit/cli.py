@@ -579,12 +579,15 @@ class _PrintableStream:
     (ESC/CSI/OSC sequences, CR) is shown escaped (`\\x1b`), so nothing printed can rewrite the terminal.
     Progress bars write to the raw stream (`raw_stderr`)."""
 
-    def __init__(self, raw):
+    def __init__(self, raw, advice: Optional[list] = None):
         self.raw = raw
+        self.advice = advice  # stderr: every text written, to check the flags it advises (see ckptkit.advice)
 
     def write(self, text: str) -> int:
         from .safe_io import printable
 
+        if self.advice is not None:
+            self.advice.append(text)
         self.raw.write(printable(text, newlines=True))
         return len(text)
 
@@ -599,11 +602,35 @@ def raw_stderr():
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     streams = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = (s if isinstance(s, _PrintableStream) else _PrintableStream(s) for s in streams)
+    printed: list[str] = []
+    sys.stdout = streams[0] if isinstance(streams[0], _PrintableStream) else _PrintableStream(streams[0])
+    sys.stderr = _PrintableStream(getattr(streams[1], "raw", streams[1]), printed)
     try:
         return _parse_and_run(argv)
     finally:
         sys.stdout, sys.stderr = streams
+        if os.environ.get("CKPTKIT_CHECK_ADVICE") == "1":
+            _check_advice("".join(printed), argv)
+
+
+def _check_advice(text: str, argv: Optional[Sequence[str]]) -> None:
+    """Fail loudly (tests) when stderr advised a flag the command it names would reject."""
+    from .advice import unaccepted_flags
+
+    parser = build_parser()
+    args = list(sys.argv[1:] if argv is None else argv)
+    commands = [a for a in args if a in _subcommand_names(parser)]
+    if not commands:
+        return
+    bad = unaccepted_flags(text, parser, commands[0])
+    if bad:
+        raise AssertionError(f"ckptkit {commands[0]} advised flags its parser rejects: {bad}\n{text}")
+
+
+def _subcommand_names(parser) -> set[str]:
+    from .advice import _subcommands
+
+    return set(_subcommands(parser))
 
 
 def _parse_and_run(argv: Optional[Sequence[str]]) -> int:

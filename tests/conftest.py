@@ -22,6 +22,10 @@ def _share_the_cores() -> None:
 _share_the_cores()
 
 
+# every run of the CLI in the suite checks that the advice it printed names flags the command accepts
+os.environ["CKPTKIT_CHECK_ADVICE"] = "1"
+
+
 def _own_graph_cache(config) -> None:
     """--arch graphs are cached on disk (ckptkit.graph_cache): a test run keeps its own cache, made empty at the
     start (so each network's first build in the run is a real build) and shared by the xdist workers, which
