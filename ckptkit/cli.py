@@ -671,6 +671,9 @@ def _main(args) -> int:
         from .errors import VerificationError
 
         print(f"ckptkit: error: {err}", file=sys.stderr)
+        if isinstance(err, VerificationError) and getattr(args, "json", False):
+            divergence = err.divergence.to_json() if err.divergence is not None else None
+            _emit({"format_version": 1, "error": str(err), "divergence": divergence})
         return EXIT_VERIFY if isinstance(err, VerificationError) else EXIT_ERROR
     except KeyboardInterrupt:
         done = f"published before it: {', '.join(PUBLISHED)}; nothing else" if PUBLISHED else "nothing"

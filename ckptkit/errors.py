@@ -10,4 +10,9 @@ class UnsupportedOpError(CkptkitError):
 
 
 class VerificationError(CkptkitError):
-    """A written model disagrees with TensorFlow beyond tolerance."""
+    """A written model disagrees with TensorFlow beyond tolerance. `divergence`: where it first departs
+    (ckptkit.localise.Divergence), when that could be found."""
+
+    def __init__(self, message: str, divergence=None):
+        super().__init__(message)
+        self.divergence = divergence

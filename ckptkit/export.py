@@ -93,10 +93,13 @@ def _mismatch(fmt: str, failure: tuple[str, str], passed: list[Comparison]) -> s
     if passed:
         others = ", ".join(f"{c.runtime} ({c.max_rel:.2g})" for c in passed)
         name, keep = runtime.split()[0], ",".join(c.runtime.split()[0].lower() for c in passed)
-        advice = f"export to ONNX for {name}, or " if what.startswith("does not match") else ""
         text += (f"; {others} reproduce{'s' if len(passed) == 1 else ''} TensorFlow from the same files, so "
-                 f"{name} reads them differently: {advice}leave it out with --caffe-runtime {keep} if the files "
-                 f"are not for {name}")
+                 f"{name} reads them differently")
+        if fmt == "caffe":
+            advice = f"export to ONNX for {name}, or " if what.startswith("does not match") else ""
+            text += f": {advice}leave it out with --caffe-runtime {keep} if the files are not for {name}"
+        else:
+            text += f": if the files are not for {name}, pass --no-verify to write them unverified"
     elif not what.startswith("does not match"):
         text += "; pass --no-verify to write it unverified"
     return text + "; nothing was written"
@@ -251,6 +254,7 @@ def _planned(model: Model, fmt: str, path: str, fold: bool, check: bool, verify_
                 release()
             runtimes = writer.runtimes(checked_path, graph, opts)  # Caffe: every installed consumer
             failures = []  # (runtime, what went wrong): a comparison beyond tolerance, or files it cannot run
+            divergence = None  # where the first runtime that does not match departs (ckptkit.localise)
             for runtime in runtimes:
                 tol = tolerance if tolerance is not None else runtime.tolerance
                 try:
@@ -268,15 +272,33 @@ def _planned(model: Model, fmt: str, path: str, fold: bool, check: bool, verify_
                 comparisons.append(comparison)
                 if not comparison.ok:
                     failures.append((runtime.label, f"does not match TensorFlow in {runtime.label}: {comparison}"))
+                    if divergence is None:
+                        divergence = _locate(graph, model.reference, run, writer, checked_path, opts, inputs, tol)
                 run = None  # this runtime's copy of the model goes before the next one loads its own
                 _free_memory(graph, writer)
             if failures:
-                raise VerificationError(_mismatch(fmt, failures[0], [c for c in comparisons if c.ok]))
+                text = _mismatch(fmt, failures[0], [c for c in comparisons if c.ok])
+                if divergence is not None:
+                    text = text.replace("; nothing was written", f"; {divergence}; nothing was written")
+                raise VerificationError(text, divergence=divergence)
         with phase(f"write {fmt}"):
             finish()
         return staged, comparisons
 
     return final_paths, graph, write
+
+
+def _locate(graph: Graph, reference, run, writer, path: str, opts, inputs, tolerance: float):
+    """The first diverging node (ckptkit.localise), or None when it cannot be found (never an error of its own:
+    the mismatch is reported either way)."""
+    from .localise import locate
+
+    try:
+        with phase("verify: locate the first diverging node"):
+            return locate(graph, reference, run, writer.intermediates(path, graph, opts), inputs, tolerance)
+    except Exception as err:  # a runtime's or TensorFlow's own error types: the verdict stands without it
+        log.debug("could not locate the divergence: %s", err)
+        return None
 
 
 def _free_memory(graph: Graph, writer) -> None:

@@ -96,7 +96,7 @@ class Refusal:
             return f"op {self.op} ({self.op_type}) in {self.where}, read by {self.needed_by}, {self.reason}"
         why = "not pure computation" if self.op_type not in allowlist.ALLOWED else "a function it calls is refused"
         return (f"the output needs op {self.op} ({self.op_type}) in {self.where}, read by {self.needed_by}: ckptkit "
-                f"never runs it ({why}; a graph is data, not code): choose an --outputs before it, or use --arch")
+                f"never runs it ({why}; a graph is data, not code): end the export before it (ckptkit export CKPT --outputs NAME …), or use --arch")
 
 
 @dataclass

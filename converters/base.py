@@ -95,6 +95,11 @@ class Writer:
         """A function NHWC batch -> output running the written files in the target's runtime."""
         raise NotImplementedError
 
+    def intermediates(self, path: str, graph: Graph, options: object) -> Optional[Callable]:
+        """(NHWC batch, IR node names) -> {node: its value in the runtime, NHWC} for the nodes the runtime can
+        expose (see ckptkit.localise), or None when it exposes none."""
+        return None
+
 
 def package_label(package: str) -> str:
     """'onnxruntime 1.23.2': a distribution and its installed version."""

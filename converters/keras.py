@@ -163,6 +163,25 @@ def runner(path: str, **_):
     return run
 
 
+def intermediates(path: str, **_):
+    """(NHWC batch, IR node names) -> {node: value}: the output of the layer named after each node."""
+    import keras
+
+    model = keras.models.load_model(path, compile=False)
+    layers = {layer.name: layer for layer in model.layers}
+
+    def run(x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+        found = {n: layers[_name(n, UniqueNames())] for n in names if _name(n, UniqueNames()) in layers}
+        if not found:
+            return {}
+        probe = keras.Model(model.inputs, [layer.output for layer in found.values()])
+        values = probe(x, training=False)
+        values = values if isinstance(values, (list, tuple)) else [values]
+        return {n: np.asarray(v) for n, v in zip(found, values)}
+
+    return run
+
+
 class KerasWriter(Writer):
     name, label, suffixes, runtime_package = "keras", "Keras", EXTENSIONS, "keras"
     leaves_cycles = True
@@ -175,6 +194,9 @@ class KerasWriter(Writer):
 
     def runner(self, path: str, graph: Graph, options):
         return runner(path)
+
+    def intermediates(self, path: str, graph: Graph, options):
+        return intermediates(path)
 
 
 WRITER = KerasWriter()

@@ -10,6 +10,7 @@ Weights go to disk as the model is built (`onnx_file`): one `.onnx` file, or pas
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -20,7 +21,7 @@ from ckptkit.errors import CkptkitError
 from ckptkit.ir import Graph, Node, UniqueNames
 
 from . import protobuf_wire
-from .base import Writer, write_node
+from .base import Runtime, Writer, package_label, write_node
 from .onnx_file import TensorSpool, assemble
 
 DEFAULT_OPSET = 17
@@ -225,6 +226,58 @@ def runner(path: str, *, nchw: bool = False, **_):
     return run
 
 
+def openvino_runner(path: str, *, nchw: bool = False, **_):
+    """A function NHWC batch -> output, running the written file in OpenVINO on the CPU in float32 (the
+    precision hint pinned: a CPU with bf16 or f16 units would otherwise run in them)."""
+    import openvino as ov
+
+    core = ov.Core()
+    try:
+        compiled = core.compile_model(core.read_model(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    except Exception as err:  # OpenVINO raises its own RuntimeError subtypes
+        first = str(err).strip().splitlines()[0][-200:] if str(err).strip() else type(err).__name__
+        raise CkptkitError(f"OpenVINO {ov.__version__} cannot load the written model ({first}): try another "
+                           "--opset, or pass --no-verify") from None
+    output = compiled.output(0)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        feed = np.ascontiguousarray(x.transpose(0, 3, 1, 2) if nchw else x, np.float32)
+        y = np.asarray(compiled(feed)[output])
+        return y.transpose(0, 2, 3, 1) if (nchw and y.ndim == 4) else y
+
+    return run
+
+
+def intermediates(path: str, *, nchw: bool = False, **_):
+    """(NHWC batch, IR node names) -> {node: value, NHWC}: the written model with the values named after IR
+    nodes made graph outputs too (a copy beside it, sharing its external weights), run unoptimised."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(path, load_external_data=False)
+    made = {o for n in model.graph.node for o in n.output}
+    listed = {o.name for o in model.graph.output}
+
+    def run(x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+        wanted = [n for n in names if n in made and n not in listed]
+        model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in wanted)
+        copy = os.path.join(os.path.dirname(os.path.abspath(path)), ".ckptkit-locate-" + os.path.basename(path))
+        try:
+            onnx.save(model, copy)
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            sess = ort.InferenceSession(copy, options, providers=["CPUExecutionProvider"])
+            feed = x.transpose(0, 3, 1, 2) if nchw else x
+            values = sess.run(wanted, {sess.get_inputs()[0].name: np.ascontiguousarray(feed, np.float32)})
+        finally:
+            del model.graph.output[len(listed):]
+            if os.path.exists(copy):
+                os.remove(copy)
+        return {n: (v.transpose(0, 2, 3, 1) if v.ndim == 4 else v) for n, v in zip(wanted, values)}
+
+    return run
+
+
 @dataclass(frozen=True)
 class Options:
     opset: int = DEFAULT_OPSET
@@ -258,6 +311,17 @@ class OnnxWriter(Writer):
 
     def runner(self, path: str, graph: Graph, options: Options):
         return runner(path, nchw=options.nchw)
+
+    def runtimes(self, path: str, graph: Graph, options: Options) -> list[Runtime]:
+        """onnxruntime, and OpenVINO (the second runtime slim nets deploy on) when it is installed."""
+        found = super().runtimes(path, graph, options)
+        if importlib.util.find_spec("openvino") is not None:
+            found.append(Runtime(package_label("openvino"), lambda: openvino_runner(path, nchw=options.nchw),
+                                 self.tolerance))
+        return found
+
+    def intermediates(self, path: str, graph: Graph, options: Options):
+        return intermediates(path, nchw=options.nchw)
 
 
 WRITER = OnnxWriter()

@@ -143,3 +143,34 @@ def test_a_reference_that_is_not_independent_is_not_called_verified(monkeypatch,
     assert rc == 0, err
     assert "verified" not in out.replace("NOT an independent verification", ""), out
     assert "NOT an independent verification" in out and "NOT an independent verification" in err
+
+
+def test_a_failed_verification_names_the_first_diverging_node(monkeypatch, tmp_path, capsys):
+    """A target that computes one op wrongly (here every ONNX Relu6 written as Relu: wrong only where a value
+    passes 6) is refused, and the refusal names the first node where onnxruntime departs from TensorFlow's
+    kernels, with its statistics, in one line and in --json."""
+    import json
+
+    from ckptkit import cli, ops
+
+    def net(inputs, is_training=False):
+        s = slim()
+        bn = dict(normalizer_fn=s.batch_norm, normalizer_params=dict(is_training=is_training, scale=True))
+        x = s.conv2d(inputs, 8, 3, scope="conv1", **bn)  # relu: right in the broken writer
+        x = s.conv2d(x, 8, 3, scope="conv2", activation_fn=tf().nn.relu6, **bn)
+        x = s.flatten(s.conv2d(x * 20.0, 8, 3, stride=2, scope="conv3", activation_fn=tf().nn.relu6, **bn))
+        return s.fully_connected(x, 10, activation_fn=None, scope="logits")
+
+    prefix = T.save_model(net, SHAPE, str(tmp_path / "ck" / "model.ckpt"))
+    relu6 = ops.get("Relu6")
+    monkeypatch.setitem(relu6.writers, "onnx", lambda b, node, xs: b.op("Relu", xs, node.name))
+    rc = cli.main(["to-onnx", prefix, "-o", str(tmp_path / "m.onnx"), "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 3, err
+    line = [ln for ln in err.splitlines() if ln.startswith("ckptkit: error:")][0]
+    doc = json.loads(out)["divergence"]
+    assert doc["op"] == "Relu6" and doc["where"] == "target", doc
+    assert doc["node"].startswith(("conv2/", "conv3/")), doc  # the first Relu6 whose input passes 6
+    assert f"first diverging node: Relu6 {doc['node']}" in line and "cosine" in line
+    assert doc["beyond"] > 0 and doc["max_rel"] > 1e-4 and doc["compared"] > 0
+    assert not (tmp_path / "m.onnx").exists()

@@ -23,8 +23,11 @@ from ckptkit import testing as T
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 TINY = os.path.join(ROOT, "fixtures", "mobilenet_v2_tiny")
 DIGITS = os.path.join(ROOT, "fixtures", "digits")
-CKPTKIT = [sys.executable, "-c", "import resource, sys; from ckptkit.cli import main; code = main(); "
-           "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)"]
+# the peak is VmHWM, this process image's own high-water mark: ru_maxrss would carry over, through exec, the RSS
+# of the forked pytest worker (several GB late in a run)
+CKPTKIT = [sys.executable, "-c", "import sys; from ckptkit.cli import main; code = main(); "
+           "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]; "
+           "print('PEAK_KB', hwm, file=sys.stderr); sys.exit(code)"]
 CONTROL = [chr(c) for c in range(32) if chr(c) not in "\n\t"] + ["\x7f", "\x9b"]
 
 

@@ -133,4 +133,4 @@ def require(graph, target: str, label: Optional[str] = None) -> None:
         shown = "; ".join(bad[:6]) + (f"; and {len(bad) - 6} more" if len(bad) > 6 else "")
         other = FALLBACK[target]
         raise CkptkitError(f"{label or target} cannot express {len(bad)} node(s) of this model: {shown}; export to "
-                           f"{other} instead, or choose an --outputs before them")
+                           f"{other} instead, or end the export before them (ckptkit export CKPT --outputs NAME …)")

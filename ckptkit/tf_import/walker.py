@@ -242,7 +242,7 @@ class Walker:
                     raise CkptkitError(f"the output depends on placeholder {op.name} other than the input "
                                        f"{self.input.name}: pass --input {op.name} or check --output")
                 raise UnsupportedOpError(f"unsupported TensorFlow op {op.type} at node {op.name}: ckptkit cannot "
-                                         "convert it; choose an --output before it or report the op")
+                                         "convert it; an export can end before it (ckptkit export CKPT --outputs NAME …) or report the op")
             name = handler(self, tensor)
         self._memo[key] = name
         return name
