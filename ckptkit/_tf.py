@@ -40,6 +40,9 @@ def tf():
     # TensorFlow's C++ start-up notes (oneDNN, CUDA probing) go straight to fd 2 and ignore
     # TF_CPP_MIN_LOG_LEVEL; hide them during the import unless CKPTKIT_TF_LOGS=1.
     quiet = os.environ.get("CKPTKIT_TF_LOGS") != "1"
+    from .phases import announce
+
+    announce("import TensorFlow")  # said now: stderr is silenced while it loads
     saved = os.dup(2) if quiet else None
     if quiet:
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -59,7 +59,18 @@ def resolve_prefix(path: str) -> str:
         return stripped
     if _exists(path):
         return path
+    steps = sorted((i[: -len(".index")] for i in glob.glob(glob.escape(path) + "-*.index")), key=_step_order)
+    if steps:  # `model.ckpt` given, `model.ckpt-25` there: the saver appends the global step
+        names = ", ".join(os.path.basename(p) for p in steps[-3:])
+        raise CkptkitError(f"no checkpoint at {path}, but {len(steps)} beside it with a step: {names}: pass the "
+                           f"prefix with its step, e.g. {steps[-1]}, or the folder {os.path.dirname(path) or '.'}")
     raise CkptkitError(f"no checkpoint at {path}: expected PREFIX.index (V2), a V1 checkpoint file, or a folder holding them")
+
+
+def _step_order(prefix: str) -> tuple:
+    """model.ckpt-9 before model.ckpt-25: by the step number after the last dash."""
+    tail = prefix.rsplit("-", 1)[-1]
+    return (int(tail), prefix) if tail.isdigit() else (-1, prefix)
 
 
 def _state_latest(state: str) -> str | None:

@@ -192,14 +192,30 @@ def cmd_inspect(args) -> int:
                   f"{follows}{'  [' + flags + ']' if flags else ''}")
     if info["issues"]:
         print(f"\n{len(info['issues'])} issue(s):")
-        for i in info["issues"]:
-            print(f"  {i['code']}: {i['message']}")
+        for line in _grouped_issues(info["issues"]):
+            print(f"  {line}")
         print(f"why and what to run, measured on data: ckptkit diagnose {shell_word(args.checkpoint)} --data DIR")
     else:
         print("\nno issues found" + ("; whether the statistics are stale (an EMA lagging the weights) can only be "
                                      f"judged with data: ckptkit diagnose {shell_word(args.checkpoint)} --data DIR"
                                      if units else ""))
     return found
+
+
+def _grouped_issues(issues: list[dict]) -> list[str]:
+    """One line per issue code: the first unit's message, and how many units share it (scopes listed up to 4)."""
+    groups: dict[str, list[dict]] = {}
+    for issue in issues:
+        groups.setdefault(issue["code"], []).append(issue)
+    lines = []
+    for code, same in groups.items():
+        if len(same) == 1:
+            lines.append(f"{code}: {same[0]['message']}")
+            continue
+        scopes = [i.get("scope") or "?" for i in same]
+        shown = ", ".join(scopes[:4]) + (f" and {len(scopes) - 4} more" if len(scopes) > 4 else "")
+        lines.append(f"{code} in {len(same)} units ({shown}); the first: {same[0]['message']}")
+    return lines
 
 
 def cmd_fold(args) -> int:
@@ -595,6 +611,27 @@ class _PrintableStream:
         return getattr(self.raw, name)
 
 
+class _LineHandler(logging.StreamHandler):
+    """ckptkit's log lines on stderr, each on a line of its own: while a progress bar is drawn, the bar is cleared,
+    the line written, the bar drawn again below it (tqdm.write), never `…29.3samples/s]ckptkit: skipping …`."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        if not getattr(tqdm, "_instances", None):
+            return super().emit(record)
+        try:
+            from .safe_io import printable
+
+            text = self.format(record)
+            advice = getattr(sys.stderr, "advice", None)
+            if advice is not None:
+                advice.append(text + "\n")
+            tqdm.write(printable(text, newlines=True), file=raw_stderr())
+        except Exception:  # logging's own contract: a failing handler never breaks the program
+            self.handleError(record)
+
+
 def raw_stderr():
     """The terminal's own stderr, for progress bars (their text is ckptkit's own)."""
     return getattr(sys.stderr, "raw", sys.stderr)
@@ -609,6 +646,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _parse_and_run(argv)
     finally:
         sys.stdout, sys.stderr = streams
+        from . import phases, validate
+
+        validate.CLI = False  # library calls after it in this process name their keywords
+        phases.ANNOUNCE = False
         if os.environ.get("CKPTKIT_CHECK_ADVICE") == "1":
             _check_advice("".join(printed), argv)
 
@@ -634,10 +675,17 @@ def _subcommand_names(parser) -> set[str]:
 
 
 def _parse_and_run(argv: Optional[Sequence[str]]) -> int:
+    from . import validate
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    validate.CLI = True  # option values are named by their flags in messages
     level = logging.DEBUG if args.debug else (logging.WARNING if args.quiet else logging.INFO)
-    handler = logging.StreamHandler(sys.stderr)
+    from . import phases
+
+    phases.ANNOUNCE = level <= logging.INFO  # long work says which phase it is in as it goes (not with -q)
+    phases.start_clock()
+    handler = _LineHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("ckptkit: %(message)s"))
     log.handlers = [handler]  # not added again when main() runs again in one process
     log.setLevel(level)

@@ -21,7 +21,8 @@ from .safe_io import check_npz_members
 
 log = logging.getLogger("ckptkit")
 
-IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")  # listed (TIFFs then skipped, named)
+DECODED_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")  # what TensorFlow's decoder reads
 MAX_IMAGE_PIXELS = 89_478_485  # Pillow's decompression-bomb bound (~ 9459x9459): larger headers are skipped
 TF_FORMATS = {"JPEG", "PNG", "BMP", "GIF", "WEBP", "MPO"}  # what tf.io.decode_image reads (PIL's names)
 ARRAY_EXT = (".npy", ".npz")
@@ -53,6 +54,23 @@ def find_files(root: str, with_others: bool = False):
             else:
                 others += 1
     return (images, arrays, records, others) if with_others else (images, arrays, records)
+
+
+def check_data(root: str, preprocess_known: bool) -> None:
+    """What can be told of `--data` from its listing alone, before TensorFlow is imported (an error in well
+    under a second): a folder, holding something usable, and images only with a known preprocessing."""
+    images, arrays, records = find_files(root)
+    decodable = [p for p in images if p.lower().endswith(DECODED_EXT)]
+    if not (decodable or arrays or records):
+        tiffs = f" ({len(images)} TIFF file(s), which TensorFlow does not decode: convert them to PNG)" if images \
+            else ""
+        raise CkptkitError(f"no usable samples in --data {root}{tiffs}: expected images ({', '.join(DECODED_EXT)}), "
+                           ".npy/.npz arrays (N,H,W,C), or TFRecords")
+    if (decodable or records) and not preprocess_known:
+        what = f"{len(decodable)} image(s)" if decodable else f"{len(records)} TFRecord file(s)"
+        raise CkptkitError(f"--data {root} holds {what}: say how images were preprocessed in training with "
+                           "--preprocess inception|vgg|unit|none (slim: inception for inception/mobilenet nets, vgg "
+                           "for vgg/resnet_v1; none = raw 0-255)")
 
 
 def _usable_images(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
@@ -501,7 +519,7 @@ def dataset(root: str, shape: tuple, *, batch_size: int = 32, max_samples: Optio
                     workers)
         parts = [_tf.data.Dataset.from_tensor_slices((_tf.constant([], _tf.string), _tf.zeros((0, h, w, c))))]
     if not parts or count == 0 and workers == 1:
-        raise CkptkitError(f"no usable samples in --data {root}: expected images ({', '.join(IMAGE_EXT)}), "
+        raise CkptkitError(f"no usable samples in --data {root}: expected images ({', '.join(DECODED_EXT)}), "
                            f".npy/.npz arrays of shape (N,{h},{w},{c}), or TFRecords with {image_key}")
     ds = parts[0]
     for p in parts[1:]:

@@ -145,10 +145,11 @@ def recalibrate_command(checkpoint: str, data: str, preprocessing: Optional[dict
     """The `ckptkit recalibrate` command that reproduces what was measured: the same checkpoint, data,
     topology and data options (as given to `diagnose`), and the preprocessing that was used (`preprocessing`,
     also when it came from a record), spelled by ckptkit.options' one table."""
-    if os.path.isdir(checkpoint):  # runs/x/ -> runs/x-recalibrated/model.ckpt
-        out = os.path.join(checkpoint.rstrip("/") + "-recalibrated", os.path.basename(resolve_prefix(checkpoint)))
-    else:
-        out = checkpoint + "-recalibrated"
+    # in the current folder, named after the checkpoint (runs/x/ -> x-recalibrated/model.ckpt): never beside an
+    # input that may be read-only or someone else's (a repository's fixtures/, a shared model store)
+    prefix = resolve_prefix(checkpoint)
+    stem = os.path.basename(os.path.normpath(checkpoint)) if os.path.isdir(checkpoint) else os.path.basename(prefix)
+    out = os.path.join(stem + "-recalibrated", os.path.basename(prefix))
     given = {k: v for k, v in flags.as_options(topology, sampling).items()
              if k not in ("preprocess", "mean", "std", "resize")}
     measured = {**given, **flags.preprocessing_options(preprocessing)}

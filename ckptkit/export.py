@@ -258,10 +258,11 @@ def _planned(model: Model, fmt: str, path: str, fold: bool, check: bool, verify_
             for runtime in runtimes:
                 tol = tolerance if tolerance is not None else runtime.tolerance
                 try:
-                    with phase("verify: target runtime"):
+                    with phase(f"verify {fmt} in {runtime.label}"):
                         run = runtime.load()
-                    comparison = replace(verify(reference, run, inputs, tol, float64=exact), runtime=runtime.label,
-                                         independent=getattr(model.reference, "independent", True))
+                        comparison = replace(verify(reference, run, inputs, tol, float64=exact),
+                                             runtime=runtime.label,
+                                             independent=getattr(model.reference, "independent", True))
                 except VerificationError:
                     raise
                 except CkptkitError as err:
@@ -281,7 +282,7 @@ def _planned(model: Model, fmt: str, path: str, fold: bool, check: bool, verify_
                 if divergence is not None:
                     text = text.replace("; nothing was written", f"; {divergence}; nothing was written")
                 raise VerificationError(text, divergence=divergence)
-        with phase(f"write {fmt}"):
+        with phase(f"publish {fmt}"):
             finish()
         return staged, comparisons
 
@@ -365,4 +366,23 @@ def export_many(model: Model, formats: list[str], folder: str, **options) -> lis
             sets.append(list(zip(staged, final_paths)))
             results.append(ExportResult(final_paths, graph, comparisons, format=fmt))
         st.publish_sets(sets)
+    _say_what_else_is_there(folder, {p for r in results for p in r.files})
     return results
+
+
+def _say_what_else_is_there(folder: str, written: set) -> None:
+    """A folder is shared, not owned: models of other exports in it stay as they are, and that is said, so that a
+    Keras file is never taken for the companion of an older ONNX file of another checkpoint beside it."""
+    from ckptkit.converters import base
+
+    suffixes = tuple(s for name in base.MODULES for s in writer_for(name).suffixes) + (".prototxt", ".caffemodel")
+    try:
+        others = sorted(f for f in os.listdir(folder) if f.endswith(suffixes) and
+                        os.path.join(folder, f) not in written and os.path.abspath(os.path.join(folder, f))
+                        not in {os.path.abspath(p) for p in written})
+    except OSError:
+        return
+    if others:
+        shown = ", ".join(others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4 else "")
+        log.warning("%s also holds models this export did not write (%s): left as they were, and not "
+                    "checked against this checkpoint", folder, shown)

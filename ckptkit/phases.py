@@ -16,16 +16,49 @@ from contextlib import contextmanager
 from typing import Iterator
 
 ENABLED = bool(os.environ.get("CKPTKIT_PHASES"))
+# the CLI turns this on (not with -q): each outermost phase says on stderr that it starts, so a long command
+# shows where it is (import, reference, each format written and verified) as it goes
+ANNOUNCE = False
+_depth = [0]
+_announced: set = set()
+_start = [time.perf_counter()]
 _totals: dict[str, float] = {}
 _peaks: dict[str, float] = {}  # peak RSS (MB) of the process when the phase last ended
 _stack: list[list] = []  # [name, start, time spent in nested phases]
 
 
+def start_clock() -> None:
+    """Announced phases say how long the command has run: from here."""
+    _start[0] = time.perf_counter()
+    _announced.clear()
+
+
+def announce(name: str) -> None:
+    """`ckptkit: [3.1 s] NAME` on stderr, once per name (the reference runs again for each format: not news)."""
+    if ANNOUNCE and name not in _announced:
+        import logging
+
+        _announced.add(name)
+        logging.getLogger("ckptkit").info("[%.1f s] %s", time.perf_counter() - _start[0], name)
+
+
 @contextmanager
 def phase(name: str) -> Iterator[None]:
-    if not ENABLED:
-        yield
-        return
+    if _depth[0] == 0:
+        announce(name)
+    _depth[0] += 1
+    try:
+        if not ENABLED:
+            yield
+            return
+        with _timed(name):
+            yield
+    finally:
+        _depth[0] -= 1
+
+
+@contextmanager
+def _timed(name: str) -> Iterator[None]:
     entry = [name, time.perf_counter(), 0.0]
     _stack.append(entry)
     try:

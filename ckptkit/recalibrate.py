@@ -26,7 +26,7 @@ from .options import Sampling, Topology, split
 from .recalibration.moments import Moments
 from .recalibration.output import check_new_statistics, check_output_paths, write_statistics
 from .recalibration.report import Recalibration, figure, layer_report, plot, record, recorded_preprocessing
-from .recalibration.runner import Progress, estimate, resolve_devices
+from .recalibration.runner import Progress, check_device_spelling, estimate, resolve_devices
 
 __all__ = ["measure", "recalibrate", "Recalibration", "Moments", "estimate", "resolve_devices", "figure", "plot",
            "recorded_preprocessing", "write_statistics"]
@@ -41,7 +41,7 @@ def measure(checkpoint: str, data: str, *, topology: Optional[Topology] = None, 
     """(model, samples, Recalibration): the statistics of `data` per BN, nothing written. `before_work` runs
     once the options are checked, before the model is loaded (output checks)."""
     from .cluster import from_environment
-    from .data import Preprocessing, dataset, preprocessing
+    from .data import Preprocessing, check_data, dataset, preprocessing
     from .sources import load
 
     topology, sampling = topology or Topology(), sampling or Sampling()
@@ -49,12 +49,16 @@ def measure(checkpoint: str, data: str, *, topology: Optional[Topology] = None, 
     preprocess, mean, std, resize = sampling.preprocess, sampling.mean, sampling.std, sampling.resize
     cluster = from_environment()  # TF_CONFIG: first, before TensorFlow runs anything
     ckpt_prefix = Checkpoint(checkpoint).prefix
-    if before_work:
-        before_work()
     validate.count("--batch-size", batch_size, 2, "batch statistics need at least 2 samples")
     validate.count("--max-samples", max_samples, 1, optional=True)
     validate.count("--seed", seed, 0)
     validate.choice("--mode", mode, ("precise", "sequential"))
+    if preprocess is None and (mean is not None or std is not None or resize is not None):
+        raise CkptkitError("--mean/--std/--resize refine a --preprocess preset: give --preprocess too")
+    check_device_spelling(sampling.device)
+    check_data(data, preprocess is not None or recorded_preprocessing(ckpt_prefix) is not None)  # before TF
+    if before_work:
+        before_work()
     model = model or load(checkpoint, **topology.load_args())
     channels = int(model.input_shape[-1])
     prep: Optional[Preprocessing] = None
@@ -72,16 +76,19 @@ def measure(checkpoint: str, data: str, *, topology: Optional[Topology] = None, 
                                 preprocess=prep, image_key=sampling.image_key, seed=seed,
                                 shard=(cluster.rank, cluster.workers) if cluster else (0, 1))
     samples = make(batch_size)
-    if min_batches and cluster is None and samples.count and samples.count < min_batches * batch_size:
-        # the noise of the estimate comes from its halves (alternate batches): small data needs small batches;
-        # precise statistics are pooled exactly, whatever the batch size
-        quiet, log.disabled = log.disabled, True  # its skipped files were named by the first listing
-        try:
-            samples = make(max(2, samples.count // min_batches))
-        finally:
-            log.disabled = quiet
     full, halves, order, seen = estimate(model.graph, samples, mode=mode, device=devices, progress=progress,
                                          samples=samples.count, progress_total=progress_total, cluster=cluster)
+    if min_batches and cluster is None and samples.count and samples.count < min_batches * batch_size:
+        # the noise of the estimate comes from its halves (alternate batches): small data needs small batches for
+        # them. The statistics themselves stay those of the batch size asked for: in precise mode upstream BNs
+        # normalise by batch statistics, so the batch size shapes them, and `recalibrate` must reproduce them
+        quiet, log.disabled = log.disabled, True  # its skipped files were named by the first listing
+        try:
+            small = make(max(2, samples.count // min_batches))
+        finally:
+            log.disabled = quiet
+        _, halves, _, _ = estimate(model.graph, small, mode=mode, device=devices, samples=small.count,
+                                   cluster=cluster)
     used = samples.summary()
     if seen == 0:
         raise CkptkitError(f"no usable samples in --data {data}: every sample was skipped (see the warnings)")

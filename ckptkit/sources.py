@@ -192,11 +192,18 @@ def from_builder(ckpt: Optional[Checkpoint], builder: Builder, input_shape: Sequ
     return Model(graph, ckpt, _session_reference(g, x, out, ckpt), source)
 
 
+_SIZES_SAID: set = set()  # the size an --arch network was built at is said once per process
+
+
 def _arch_builder(ckpt: Checkpoint, arch: str, input_shape, arch_args: Optional[dict]):
     from . import archs
 
     size = archs.default_size(arch)
     shape = _parse_shape(input_shape) or (size, size, 3)
+    if input_shape is None and (arch, size) not in _SIZES_SAID:
+        _SIZES_SAID.add((arch, size))
+        log.info("--arch %s built at %dx%dx3, its standard size: if it was trained at another, pass --input-shape "
+                 "H,W,3 (what is written and verified has the size it was built at)", arch, size, size)
     num_classes = archs.num_classes_from(ckpt.names, {n: t.shape for n, t in ckpt.tensors.items()}, arch)
     build = archs.builder(arch, num_classes, **(arch_args or {}))
 

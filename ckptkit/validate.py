@@ -7,6 +7,15 @@ from typing import Iterable, Optional
 
 from .errors import CkptkitError
 
+# how messages name an option: as the command line's flag (`--batch-size 1`, set by ckptkit.cli) or as the
+# library keyword the caller passed (`batch_size=1`)
+CLI = False
+
+
+def named(flag: str, value) -> str:
+    """`--batch-size 1` on the command line, `batch_size=1` in library use."""
+    return f"{flag} {value}" if CLI else f"{flag.lstrip('-').replace('-', '_')}={value!r}"
+
 
 def count(flag: str, value: Optional[int], minimum: int = 1, why: str = "", optional: bool = False) -> Optional[int]:
     """An integer of at least `minimum` (None allowed when `optional`)."""
@@ -14,7 +23,7 @@ def count(flag: str, value: Optional[int], minimum: int = 1, why: str = "", opti
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         fix = f"give {minimum} or more" + (", or leave it out" if optional else "")
-        raise CkptkitError(f"{flag} {value} is too small{': ' + why if why else ''}: {fix}")
+        raise CkptkitError(f"{named(flag, value)} is too small{': ' + why if why else ''}: {fix}")
     return value
 
 
@@ -27,12 +36,12 @@ def positive_number(flag: str, value: Optional[float], what: str, optional: bool
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise CkptkitError(f"{flag} {value} is not a positive finite number: give {what}")
+        raise CkptkitError(f"{named(flag, value)} is not a positive finite number: give {what}")
     return float(value)
 
 
 def choice(flag: str, value: str, choices: Iterable[str]) -> str:
     choices = list(choices)
     if value not in choices:
-        raise CkptkitError(f"{flag} {value} is unknown: choose one of {', '.join(choices)}")
+        raise CkptkitError(f"{named(flag, value)} is unknown: choose one of {', '.join(choices)}")
     return value

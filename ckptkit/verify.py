@@ -29,6 +29,7 @@ class Comparison:
     # False when the reference is ckptkit's own import run by TensorFlow (the training graph could not be
     # rewritten): the check then shares the importer's assumptions, and an export is not called verified
     independent: bool = True
+    scale: Optional[float] = None  # the reference's largest |value|: what the relative error is relative to
 
     @property
     def ok(self) -> bool:
@@ -51,7 +52,8 @@ class Comparison:
 
     def __str__(self) -> str:
         verdict = "ok" if self.ok else "FAILED"
-        text = (f"max abs error {self.max_abs:.3g}, max relative error {self.max_rel:.3g} "
+        of = f" of outputs up to {self.scale:.3g}" if self.scale is not None else ""
+        text = (f"max abs error {self.max_abs:.3g}, max relative error {self.max_rel:.3g}{of} "
                 f"(tolerance {self.tolerance:g}, {self.samples} samples)")
         if self.export_from_float64 is not None:
             side = ("the export is at least as close to float64 as TensorFlow: float32 rounding" if self.ok else
@@ -83,7 +85,7 @@ def compare(reference: np.ndarray, got: np.ndarray, tolerance: float = TOLERANCE
     rel = diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
     if not np.isfinite(got).all():
         rel = float("inf")
-    return Comparison(diff, rel, tolerance, int(reference.shape[0]) if reference.ndim else 1)
+    return Comparison(diff, rel, tolerance, int(reference.shape[0]) if reference.ndim else 1, scale=scale)
 
 
 DEFAULT_RANGE = (-1.0, 1.0)  # slim's inception preprocessing; a recorded preprocessing gives its own

@@ -288,7 +288,9 @@ class OnnxWriter(Writer):
     name, label, suffixes, options, runtime_package = "onnx", "ONNX", (".onnx",), Options, "onnxruntime"
 
     def destinations(self, path: str, graph: Optional[Graph]) -> list[str]:
-        # any name: onnxruntime does not care; past 2 GiB the weights go to PATH.data beside it
+        # `.onnx`, as Netron, onnxruntime's tools and every reader expect (a `-o model.pb` is a slip, refused up
+        # front as to-keras refuses its own); past 2 GiB the weights go to PATH.data beside it
+        super().destinations(path, graph)
         return [path, data_file(path)] if graph is not None and needs_external_data(graph) else [path]
 
     def check_options(self, options: Options) -> None:

@@ -122,3 +122,23 @@ def test_inconclusive_is_said_with_the_samples_needed(healthy_subset, cli):
     first = run.stdout.splitlines()[0]
     assert first.startswith(("diagnosis: HEALTHY", "diagnosis: INCONCLUSIVE")), run.stdout
     assert "fix:" not in run.stdout and "32 samples" in first
+
+
+def test_the_fix_reproduces_the_measurement_on_small_data(tmp_path):
+    """64 samples at --batch-size 32: diagnose needs small batches for its split-half noise, but the statistics
+    it reports are those of the batch size asked for (in precise mode upstream BNs normalise by batch
+    statistics, so the batch size shapes them), so its fix, run as printed, reports the same shifts."""
+    import shlex
+
+    from ckptkit.recalibrate import recalibrate as run_recalibrate
+
+    d = diagnose(BROKEN, CALIBRATION, preprocess="unit", max_samples=64, batch_size=32)
+    words = shlex.split(d.command)
+    assert "--max-samples" in words
+    options = {"max_samples": int(words[words.index("--max-samples") + 1]), "preprocess": "unit"}
+    if "--batch-size" in words:
+        options["batch_size"] = int(words[words.index("--batch-size") + 1])
+    fixed = run_recalibrate(BROKEN, CALIBRATION, str(tmp_path / "fixed" / "model.ckpt"), **options)
+    got = {r["layer"]: r["mean_shift"] for r in fixed.report}
+    for row in d.layers:
+        assert got[row["layer"]] == pytest.approx(row["mean_shift"], rel=1e-5), row["layer"]

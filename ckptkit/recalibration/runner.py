@@ -190,16 +190,21 @@ def estimate(graph: Graph, batches, *, mode: str = "precise", device: Optional[s
     return full, halves, [n.name for n in bns], seen
 
 
+def check_device_spelling(device) -> None:
+    """What can be told of --device without TensorFlow: that it names something."""
+    if isinstance(device, str) and not device.replace(",", "").strip():
+        raise CkptkitError(f"--device {device!r} names no device: give one such as /CPU:0 or /GPU:0, or leave it out "
+                           "to use every GPU (else the CPU)")
+
+
 def resolve_devices(device: Optional[str] = None, job: Optional[str] = None) -> list[str]:
     """Devices to run on: `device` ("/GPU:0", or a comma-separated list), else every GPU, else the CPU.
     `job` ("/job:worker/replica:0/task:1"): in a cluster, only this task's own devices."""
     if isinstance(device, list):  # already resolved
         return device
+    check_device_spelling(device)
     _tf = tf()
     available = [d for d in _tf.config.list_logical_devices() if job is None or d.name.startswith(job + "/")]
-    if device is not None and not device.replace(",", "").strip():
-        raise CkptkitError(f"--device {device!r} names no device: give one such as /CPU:0 or /GPU:0, or leave it out "
-                           "to use every GPU (else the CPU)")
     if not device:
         gpus = [d.name for d in available if d.device_type == "GPU"]
         return gpus or ["/CPU:0"]

@@ -1,0 +1,94 @@
+"""A newcomer's path (issue 36): errors that need no TensorFlow come without importing it, and their own slim
+code imports in ckptkit's environment."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+BROKEN = os.path.join(ROOT, "fixtures", "digits", "broken")
+CALIBRATION = os.path.join(ROOT, "fixtures", "digits", "calibration")
+
+_PROBE = ("import sys; from ckptkit.cli import main; code = main(sys.argv[1:]); "
+          "print('TF' if 'tensorflow' in sys.modules else 'no TF'); sys.exit(code)")
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-c", _PROBE, *map(str, args)], capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("command", ["recalibrate", "diagnose"])
+@pytest.mark.parametrize("case", ["not_a_folder", "empty", "no_preprocess", "only_tiff"])
+def test_data_errors_come_before_tensorflow(command, case, tmp_path):
+    data = {"not_a_folder": tmp_path / "missing", "empty": tmp_path / "empty", "no_preprocess": CALIBRATION,
+            "only_tiff": tmp_path / "tiffs"}[case]
+    if case == "empty":
+        data.mkdir()
+    if case == "only_tiff":
+        data.mkdir()
+        (data / "scan.tif").write_bytes(b"II*\0")
+    args = [command, BROKEN, "--data", data] + (["-o", tmp_path / "out" / "model.ckpt"] if command == "recalibrate"
+                                                 else [])
+    run = _run(*args)
+    assert run.returncode == 2, run.stderr
+    assert run.stdout.strip().endswith("no TF"), run.stderr
+    line = [ln for ln in run.stderr.splitlines() if ln.startswith("ckptkit: error:")]
+    assert len(line) == 1, run.stderr
+    expected = {"not_a_folder": "is not a folder", "empty": "no usable samples", "no_preprocess": "--preprocess",
+                "only_tiff": "TIFF"}[case]
+    assert expected in line[0]
+    assert ".tif," not in line[0]  # the formats listed are those that are read
+
+
+def test_a_users_own_slim_code_imports_after_ckptkit(tmp_path):
+    """`import tf_slim` nets fail on TF 2.21 without ckptkit's shims (tf_keras.legacy_tf_layers): importing
+    ckptkit installs them for whatever imports tf_slim next."""
+    code = ("import ckptkit, tensorflow.compat.v1 as tf; tf.disable_eager_execution(); "
+            "import tf_slim as slim; from tf_slim.nets import resnet_v2; "
+            "x = tf.placeholder(tf.float32, [None, 32, 32, 3]); "
+            "net, _ = resnet_v2.resnet_v2_50(x, num_classes=3, is_training=False); print(net.shape)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "(None, 1, 1, 3)" in run.stdout
+
+
+@pytest.mark.fast
+def test_library_errors_name_the_keyword_passed(tmp_path):
+    from ckptkit.errors import CkptkitError
+    from ckptkit.recalibrate import recalibrate
+
+    with pytest.raises(CkptkitError, match=r"batch_size=1 is too small") as err:
+        recalibrate(BROKEN, CALIBRATION, str(tmp_path / "out" / "model.ckpt"), preprocess="unit", batch_size=1)
+    assert "--batch-size" not in str(err.value)
+
+
+@pytest.mark.fast
+def test_a_prefix_without_its_step_names_the_checkpoints_beside_it(tmp_path):
+    import shutil
+
+    from ckptkit.checkpoint import Checkpoint
+    from ckptkit.errors import CkptkitError
+
+    for step in (9, 25):
+        for f in os.listdir(BROKEN):
+            if f.startswith("model.ckpt."):
+                shutil.copy(os.path.join(BROKEN, f), tmp_path / f.replace("model.ckpt", f"model.ckpt-{step}"))
+    with pytest.raises(CkptkitError, match=r"model\.ckpt-9, model\.ckpt-25: pass the prefix with its step"):
+        Checkpoint(str(tmp_path / "model.ckpt"))
+
+
+def test_an_onnx_output_must_be_named_onnx(tmp_path):
+    run = _run("to-onnx", os.path.join(ROOT, "fixtures", "mobilenet_v2_tiny"), "-o", tmp_path / "model.pb")
+    assert run.returncode == 2 and "must end in .onnx" in run.stderr, run.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_export_into_a_shared_folder_names_what_else_is_there(tmp_path):
+    (tmp_path / "other.onnx").write_bytes(b"not ours")
+    run = _run("export", os.path.join(ROOT, "fixtures", "mobilenet_v2_tiny"), "--to", "keras", "-o", tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "also holds models this export did not write (other.onnx)" in run.stderr
+    assert (tmp_path / "other.onnx").read_bytes() == b"not ours"
