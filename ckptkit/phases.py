@@ -21,6 +21,7 @@ ENABLED = bool(os.environ.get("CKPTKIT_PHASES"))
 ANNOUNCE = False
 _depth = [0]
 _announced: set = set()
+SLOW = {"import TensorFlow"}  # announced whenever they start: seconds each
 _start = [time.perf_counter()]
 _totals: dict[str, float] = {}
 _peaks: dict[str, float] = {}  # peak RSS (MB) of the process when the phase last ended
@@ -35,11 +36,13 @@ def start_clock() -> None:
 
 def announce(name: str) -> None:
     """`ckptkit: [3.1 s] NAME` on stderr, once per name (the reference runs again for each format: not news)."""
-    if ANNOUNCE and name not in _announced:
+    elapsed = time.perf_counter() - _start[0]
+    # a quick command stays quiet: phases are said once it has run half a second, or when what starts is slow
+    if ANNOUNCE and name not in _announced and (elapsed >= 0.5 or name in SLOW):
         import logging
 
         _announced.add(name)
-        logging.getLogger("ckptkit").info("[%.1f s] %s", time.perf_counter() - _start[0], name)
+        logging.getLogger("ckptkit").info("[%.1f s] %s", elapsed, name)
 
 
 @contextmanager

@@ -1,4 +1,6 @@
-"""Every ```python block and every ```sh command of the README runs as it is, from the repository layout."""
+"""Every ```python block and every ```sh command of the README and of the reference pages in docs/ runs as it is,
+from the repository layout."""
+import glob
 import os
 import re
 import shlex
@@ -11,8 +13,17 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 FINDINGS = ("inspect", "diagnose")  # documented: exit 1 when they find a problem
 
 
+PAGES = [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
+
+
 def _blocks(kind):
-    return re.findall(rf"```{kind}\n(.*?)```", open(os.path.join(ROOT, "README.md")).read(), re.S)
+    return [b for page in PAGES for b in re.findall(rf"```{kind}\n(.*?)```", open(page).read(), re.S)]
+
+
+def test_the_readme_links_every_reference_page():
+    readme = open(PAGES[0]).read()
+    for page in PAGES[1:]:
+        assert f"docs/{os.path.basename(page)}" in readme, page
 
 
 def _workspace(tmp_path):
