@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 from . import __version__
 from .errors import CkptkitError
 from .ir import shorten
-from .ops import TARGETS
+from .ops import TARGETS, TF_TARGETS
 from .safe_io import shell_word
 
 log = logging.getLogger("ckptkit")
@@ -268,7 +268,7 @@ def cmd_export(args) -> int:
     results = export_many(model, formats, args.output_path, fold=args.bn == "fold", check=not args.no_verify,
                           verify_data=args.verify_data, tolerance=args.tolerance,
                           allow_bad_statistics=args.allow_bad_statistics, opset=args.opset, nchw=args.nchw,
-                          relu6=args.relu6, caffe_runtime=args.caffe_runtime)
+                          relu6=args.relu6, caffe_runtime=args.caffe_runtime, **_tflite_options(args))
     if args.json:
         return _emit({"format_version": 1, "exports": [r.to_json() for r in results]})
     for fmt, result in zip(formats, results):
@@ -307,6 +307,37 @@ def _add_caffe_options(p, prefix: str = "") -> None:
     p.add_argument("--caffe-runtime", default="", metavar="NAMES",
                    help=f"{prefix}Caffe consumers to verify in, comma-separated ({', '.join(CONSUMERS)}), each "
                         "required to be installed; default: every installed one, each within its own tolerance")
+
+
+def _add_tflite_options(p, prefix: str = "") -> None:
+    """The LiteRT writer's flags (to-tflite, export): declared once."""
+    p.add_argument("--batch", type=int, default=1, metavar="N",
+                   help=f"{prefix}the model's fixed batch size (default 1, as phones run it)")
+    p.add_argument("--allow-select-ops", action="store_true",
+                   help=f"{prefix}use TF-select ops where LiteRT's builtins cannot express an op (the app then "
+                        "needs the Flex delegate); default: such a model is refused, naming the ops")
+    from ckptkit.converters.quantize import DEFAULT_MIN_AGREEMENT
+
+    p.add_argument("--quantize", choices=["int8"], help=f"{prefix}full-integer post-training quantization: int8 "
+                   "weights (per channel) and activations, calibrated on --data; judged on held-out samples of it")
+    p.add_argument("--io", choices=["float", "int8"], default="float",
+                   help=f"{prefix}an int8 model's input and output type (default float: quantized inside)")
+    p.add_argument("--min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT, metavar="FRACTION",
+                   help=f"{prefix}top-1 agreement with the float model on held-out samples below which an int8 "
+                        f"model is refused (default {DEFAULT_MIN_AGREEMENT})")
+    _add_data_options(p, required=False, measuring=False, purpose=f"{prefix}--quantize int8: representative "
+                                                                 "samples, ")
+
+
+def _tflite_options(args) -> dict:
+    return dict(batch=args.batch, allow_select_ops=args.allow_select_ops, quantize=args.quantize, io=args.io,
+                min_agreement=args.min_agreement, data=args.data, preprocess=args.preprocess, resize=args.resize,
+                mean=args.mean, std=args.std, max_samples=args.max_samples, image_key=args.image_key,
+                seed=args.seed)
+
+
+def cmd_to_tflite(args) -> int:
+    return _run_export(args, "tflite", args.bn == "fold", **_tflite_options(args))
 
 
 def cmd_to_caffe(args) -> int:
@@ -420,11 +451,16 @@ def _floats(text: Optional[str]):
                                          "(e.g. 123.68,116.78,103.94)") from None
 
 
-def _add_data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, metavar="DIR", help="folder of images (jpg/png/bmp), .npy/.npz NHWC "
-                                                                "arrays and/or TFRecords, searched recursively")
-    p.add_argument("--batch-size", type=int, default=32, help="samples per batch (default 32)")
-    p.add_argument("--max-samples", type=int, help="use at most this many samples (default: all)")
+def _add_data_options(p: argparse.ArgumentParser, required: bool = True, measuring: bool = True,
+                      purpose: str = "") -> None:
+    """The data flags: recalibrate's and diagnose's (`measuring`: with batch size, mode and device), and the
+    representative samples of an int8 export (the same reading, declared here once)."""
+    p.add_argument("--data", required=required, metavar="DIR", help=f"{purpose}folder of images (jpg/png/bmp), "
+                   ".npy/.npz NHWC arrays and/or TFRecords, searched recursively")
+    if measuring:
+        p.add_argument("--batch-size", type=int, default=32, help="samples per batch (default 32)")
+    p.add_argument("--max-samples", type=int, help="use at most this many samples (default: all)" if measuring
+                   else "use at most this many samples (default 512)")
     p.add_argument("--preprocess", choices=["none", "unit", "inception", "vgg"],
                    help="how images were preprocessed in training (required for images, unless recorded beside CKPT "
                         "by an earlier recalibration): inception = slim's inception eval (central 87.5%% crop, "
@@ -436,11 +472,12 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
                                                 "overrides the preset)")
     p.add_argument("--std", type=_floats, help="per-channel divisor after --mean (1 or C non-zero values; overrides "
                                                "the preset)")
-    p.add_argument("--mode", default="precise", choices=["precise", "sequential"],
-                   help="precise: one pass on batch statistics; sequential: layer by layer, upstream BNs in "
-                        "inference mode with their new statistics")
-    p.add_argument("--device", help="TensorFlow device(s): /GPU:0, /CPU:0, or a list such as /GPU:0,/GPU:1 to split "
-                        "each batch across them (default: every GPU, else the CPU)")
+    if measuring:
+        p.add_argument("--mode", default="precise", choices=["precise", "sequential"],
+                       help="precise: one pass on batch statistics; sequential: layer by layer, upstream BNs in "
+                            "inference mode with their new statistics")
+        p.add_argument("--device", help="TensorFlow device(s): /GPU:0, /CPU:0, or a list such as /GPU:0,/GPU:1 to "
+                            "split each batch across them (default: every GPU, else the CPU)")
     p.add_argument("--image-key", default="image/encoded", help="TFRecord feature holding the encoded image")
     p.add_argument("--seed", type=int, default=0, help="shuffling seed (default 0)")
 
@@ -545,15 +582,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(p, keep_help="keep Caffe BatchNorm+Scale layers")
     p.set_defaults(func=cmd_to_caffe)
 
+    p = add_parser("to-tflite", help="export to LiteRT (.tflite), verified in LiteRT's interpreter",
+                   description="Run the BN-folded network as a TensorFlow function of fixed input shape, convert "
+                               "it with TensorFlow's LiteRT converter (builtin ops only unless --allow-select-ops) "
+                               "and check it against TensorFlow's inference output in LiteRT's interpreter.")
+    _add_source(p, ckpt_optional=True)
+    p.add_argument("-o", dest="output_path", required=True, metavar="MODEL.tflite", help="output .tflite file")
+    _add_tflite_options(p)
+    _add_export(p)
+    p.set_defaults(func=cmd_to_tflite)
     p = add_parser("export", help="export to several formats in one call (one import, one TF reference run)",
                    description="Export to several formats at once into one folder (NAME.onnx, NAME.keras, "
                                "NAME.prototxt + NAME.caffemodel), each verified against the same TensorFlow run.")
     _add_source(p, ckpt_optional=True)
     p.add_argument("--to", default=",".join(TARGETS), metavar="FORMATS",
-                   help=f"comma-separated formats from {', '.join(TARGETS)}")
+                   help=f"comma-separated formats from {', '.join(TARGETS + TF_TARGETS)} (default: "
+                        f"{','.join(TARGETS)})")
     p.add_argument("-o", dest="output_path", required=True, metavar="DIR", help="output folder (created if missing)")
     _add_onnx_options(p, prefix="ONNX: ")
     _add_caffe_options(p, prefix="Caffe: ")
+    _add_tflite_options(p, prefix="LiteRT: ")
     _add_export(p)
     p.set_defaults(func=cmd_export)
 

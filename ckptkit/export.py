@@ -27,7 +27,7 @@ from .verify import Comparison, verification_inputs, verify
 
 log = logging.getLogger("ckptkit")
 
-FORMATS = ops.TARGETS  # one list: the targets op modules write for (converters.base loads their writers)
+FORMATS = ops.TARGETS + ops.TF_TARGETS  # one list: the targets (converters.base loads their writers)
 
 
 def writer_for(fmt: str):
@@ -245,7 +245,9 @@ def _planned(model: Model, fmt: str, path: str, fold: bool, check: bool, verify_
         _free_memory(graph, writer)  # what the writer built (a Keras model sits in reference cycles)
         comparisons = []
         if check:
-            inputs = verification_inputs(graph.input_shape, verify_data, value_range=_recorded_range(model))
+            inputs = writer.check_inputs(graph, opts)
+            if inputs is None:
+                inputs = verification_inputs(graph.input_shape, verify_data, value_range=_recorded_range(model))
             reference, exact = _once(model.reference), _once(_float64(model))
             with phase("verify: TensorFlow reference"):
                 reference(inputs)  # first, then TF's session goes: it and a runtime's copy of the weights
@@ -260,7 +262,8 @@ def _planned(model: Model, fmt: str, path: str, fold: bool, check: bool, verify_
                 try:
                     with phase(f"verify {fmt} in {runtime.label}"):
                         run = runtime.load()
-                        comparison = replace(verify(reference, run, inputs, tol, float64=exact),
+                        comparison = replace(verify(reference, run, inputs, tol, float64=exact,
+                                                    judge=writer.judge(opts)),
                                              runtime=runtime.label,
                                              independent=getattr(model.reference, "independent", True))
                 except VerificationError:
@@ -273,7 +276,7 @@ def _planned(model: Model, fmt: str, path: str, fold: bool, check: bool, verify_
                 comparisons.append(comparison)
                 if not comparison.ok:
                     failures.append((runtime.label, f"does not match TensorFlow in {runtime.label}: {comparison}"))
-                    if divergence is None:
+                    if divergence is None and writer.judge(opts) is None:  # int8: not a node-by-node matter
                         divergence = _locate(graph, model.reference, run, writer, checked_path, opts, inputs, tol)
                 run = None  # this runtime's copy of the model goes before the next one loads its own
                 _free_memory(graph, writer)

@@ -125,7 +125,8 @@ def verification_inputs(shape: tuple, data: Optional[str] = None, batch: int = 4
 @eager
 def verify(reference: Callable[[np.ndarray], np.ndarray], candidate: Callable[[np.ndarray], np.ndarray],
            inputs: np.ndarray, tolerance: float = TOLERANCE,
-           float64: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> Comparison:
+           float64: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+           judge: Optional[Callable[[np.ndarray, np.ndarray], Comparison]] = None) -> Comparison:
     """Run both on the same inputs and compare; one output per input sample is part of being right.
 
     Args:
@@ -135,6 +136,8 @@ def verify(reference: Callable[[np.ndarray], np.ndarray], candidate: Callable[[n
         float64: NHWC batch -> the model evaluated in float64 (e.g. `tf_exec.float64_fn(graph)`): when the
             error is beyond `tolerance` but within float32 rounding of a deep net, both sides are measured
             against it and an export at least as close to float64 as TensorFlow is accepted, saying so.
+        judge: (reference output, candidate output) -> Comparison, for what is not meant to match to a
+            tolerance (an int8 model: converters/quantize.py).
     Returns:
         Comparison: max_abs, max_rel, tolerance, samples; `.ok`.
     Example:
@@ -151,6 +154,8 @@ def verify(reference: Callable[[np.ndarray], np.ndarray], candidate: Callable[[n
                            "input size?); export at the size it was built for")
     with phase("verify: target runtime"):
         got = candidate(inputs)
+    if judge is not None:
+        return judge(ref, np.asarray(got))
     comparison = compare(ref, got, tolerance)
     if not comparison.ok and float64 is not None and np.isfinite(comparison.max_rel) \
             and comparison.max_rel <= 2.0 * PRECISION_LIMIT:

@@ -15,7 +15,7 @@ from ckptkit.errors import CkptkitError
 from ckptkit.ir import Graph
 
 # target name -> module defining WRITER: one per target op modules write for (ckptkit.ops.TARGETS)
-MODULES = {target: f"ckptkit.converters.{target}" for target in ops.TARGETS}
+MODULES = {target: f"ckptkit.converters.{target}" for target in ops.TARGETS + ops.TF_TARGETS}
 
 
 class Runtime(NamedTuple):
@@ -94,6 +94,16 @@ class Writer:
     def runner(self, path: str, graph: Graph, options: object) -> Callable:
         """A function NHWC batch -> output running the written files in the target's runtime."""
         raise NotImplementedError
+
+    def check_inputs(self, graph: Graph, options: object) -> Optional["np.ndarray"]:
+        """The samples the written files are verified on when the target chooses them (an int8 model: held-out
+        data), else None: the export's verification inputs."""
+        return None
+
+    def judge(self, options: object) -> Optional[Callable]:
+        """(reference output, target output) -> Comparison when the target is not meant to match to a tolerance
+        (an int8 model), else None."""
+        return None
 
     def intermediates(self, path: str, graph: Graph, options: object) -> Optional[Callable]:
         """(NHWC batch, IR node names) -> {node: its value in the runtime, NHWC} for the nodes the runtime can

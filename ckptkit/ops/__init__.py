@@ -20,7 +20,9 @@ from typing import Any, Callable, Optional
 
 from ..errors import CkptkitError
 
-TARGETS = ("onnx", "keras", "caffe")
+TARGETS = ("onnx", "keras", "caffe")  # targets whose ops each have a writer of their own
+# targets written through TensorFlow (converters/tflite.py): an op's `run` is its writer there
+TF_TARGETS = ("tflite",)
 # where an op cannot be written, the target to suggest instead
 FALLBACK = {"caffe": "onnx", "keras": "onnx", "onnx": "keras"}
 
