@@ -336,6 +336,10 @@ def _tflite_options(args) -> dict:
                 seed=args.seed)
 
 
+def cmd_to_savedmodel(args) -> int:
+    return _run_export(args, "savedmodel", args.bn == "fold")
+
+
 def cmd_to_tflite(args) -> int:
     return _run_export(args, "tflite", args.bn == "fold", **_tflite_options(args))
 
@@ -591,6 +595,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tflite_options(p)
     _add_export(p)
     p.set_defaults(func=cmd_to_tflite)
+    p = add_parser("to-savedmodel", help="export to a TF2 SavedModel folder, verified by loading it back",
+                   description="Write the BN-free inference network as a TF2 SavedModel (variables holding the "
+                               "folded weights, a serving_default signature named after the graph's input and "
+                               "output) and check it, loaded by tf.saved_model.load in a fresh process, against "
+                               "TensorFlow's inference output.")
+    _add_source(p, ckpt_optional=True)
+    p.add_argument("-o", dest="output_path", required=True, metavar="DIR",
+                   help="output SavedModel folder (replaced only if it is a SavedModel or empty)")
+    _add_export(p)
+    p.set_defaults(func=cmd_to_savedmodel)
     p = add_parser("export", help="export to several formats in one call (one import, one TF reference run)",
                    description="Export to several formats at once into one folder (NAME.onnx, NAME.keras, "
                                "NAME.prototxt + NAME.caffemodel), each verified against the same TensorFlow run.")

@@ -157,6 +157,10 @@ def check_destination(fmt: str, path: str, protect=()) -> str:
     """Validate `-o` before any work; returns it absolute (a Caffe folder keeps its trailing separator)."""
     if fmt not in FORMATS:
         raise CkptkitError(f"unknown format {fmt}: choose one of {', '.join(FORMATS)}")
+    if writer_for(fmt).publishes_folder:  # the output is the folder itself (a SavedModel)
+        path = os.path.abspath(str(path).rstrip("/" + os.sep) or str(path))
+        check_outputs(writer_for(fmt).destinations(path, None), protect, folders=True)
+        return path
     as_folder = str(path).endswith(("/", os.sep)) or (fmt == "caffe" and os.path.isdir(path))
     path = os.path.abspath(path)
     if as_folder:
@@ -235,7 +239,7 @@ def _planned(model: Model, fmt: str, path: str, fold: bool, check: bool, verify_
         graph.metadata["ckptkit.preprocessing"] = json.dumps(recorded, sort_keys=True)
     writer.require(graph)  # every node the target cannot express, named at once, before anything is written
     writer.check(graph, opts)  # and what a runtime it is verified in would misread
-    final_paths = check_outputs(writer.destinations(path, graph), protected)
+    final_paths = check_outputs(writer.destinations(path, graph), protected, folders=writer.publishes_folder)
 
     def write(st: Stage):
         staged = [st.path(p) for p in final_paths]

@@ -173,16 +173,28 @@ def refuse_input_files(outputs: Iterable[str], protected: Iterable[str]) -> None
                                    "ckptkit never modifies its input")
 
 
-def check_outputs(paths: Iterable[str], protect: Iterable[str] = ()) -> list[str]:
-    """Validate output paths before any work: not a folder, not a file of the input, folder writable
-    (created when missing). Returns them absolute."""
+def check_outputs(paths: Iterable[str], protect: Iterable[str] = (), folders: bool = False) -> list[str]:
+    """Validate output paths before any work: not a folder (unless the output is one: `folders`, a SavedModel,
+    whose writer judged what may be replaced), not a file of the input, folder writable (created when missing).
+    Returns them absolute."""
     paths = [os.path.abspath(os.fspath(p)) for p in paths]
     refuse_input_files(paths, list(protect))
     for p in paths:
-        if os.path.isdir(p):
+        if os.path.isdir(p) and not folders:
             raise CkptkitError(f"output {p} is a folder: give a file name")
+        if folders and os.path.isdir(p):
+            _refuse_protected_inside(p, protect)
         ensure_parent(p)
     return paths
+
+
+def _refuse_protected_inside(folder: str, protect: Iterable[str]) -> None:
+    """An output folder that would be replaced must hold no file of the input."""
+    for p in protect:
+        if os.path.exists(p) and os.path.commonpath([os.path.realpath(p), os.path.realpath(folder)]) == \
+                os.path.realpath(folder):
+            raise CkptkitError(f"output {folder} holds {p}, a file of the input checkpoint: choose another -o; "
+                               "ckptkit never modifies its input")
 
 
 PUBLISHED: list[str] = []  # every file this process published, in order (what an interruption reports)
@@ -374,12 +386,19 @@ class Stage:
         if any(os.path.dirname(f) != self.target for f in finals):
             raise ValueError("every file of one publication lives in its staging folder's parent")
         refuse_input_files(finals + list(replaces), self.protect)  # checked again: the folder may have changed
+        folders = {os.path.abspath(f) for s in sets for src, f in s if os.path.isdir(src)}  # staged whole
         for f in finals:
-            if os.path.isdir(f) and not os.path.islink(f):
+            if os.path.isdir(f) and not os.path.islink(f) and f not in folders:
                 raise CkptkitError(f"output {f} is a folder: give a file name")
+            if f in folders:
+                _refuse_protected_inside(f, self.protect)
         with _signals_deferred():
             for old in keys + [f for f in list(replaces) + finals if f not in keys]:
-                if os.path.lexists(old):
+                if old in folders and os.path.isdir(old) and not os.path.islink(old):
+                    # an older folder output (its writer checked it is one): out of the way into the stage,
+                    # removed with it
+                    os.replace(old, os.path.join(self.folder, ".replaced-" + os.path.basename(old)))
+                elif os.path.lexists(old):
                     os.remove(old)
             for files in sets:
                 for src, dst in list(files[1:]) + [files[0]]:

@@ -40,6 +40,7 @@ class Writer:
     leaves_cycles = False  # its model (built or loaded) sits in reference cycles: freed by a full collection
     tolerance: float = 1e-4  # relative, for verification against TensorFlow
     runtime_package: str = ""  # the distribution that runs the files (its version names the runtime)
+    publishes_folder = False  # the output is one folder (a SavedModel), staged whole and renamed into place
 
     def destinations(self, path: str, graph: Optional[Graph]) -> list[str]:
         """The files `path` names (the first one is the one a reader opens)."""

@@ -22,7 +22,7 @@ from ..errors import CkptkitError
 
 TARGETS = ("onnx", "keras", "caffe")  # targets whose ops each have a writer of their own
 # targets written through TensorFlow (converters/tflite.py): an op's `run` is its writer there
-TF_TARGETS = ("tflite",)
+TF_TARGETS = ("tflite", "savedmodel")
 # where an op cannot be written, the target to suggest instead
 FALLBACK = {"caffe": "onnx", "keras": "onnx", "onnx": "keras"}
 

@@ -1,0 +1,55 @@
+"""SavedModel (issue 35): the BN-free inference network as a TF2 SavedModel, loaded back with
+tf.saved_model.load and compared with TensorFlow's own inference graph of the checkpoint (built independently);
+the folder is published whole, replaces only a SavedModel, and is named in its signature after the graph."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ckptkit import cli
+from ckptkit import testing as T
+
+SHAPE = (32, 32, 3)
+SERVE = ("import sys, numpy as np, tensorflow as tf; m = tf.saved_model.load(sys.argv[1]); "
+         "f = m.signatures['serving_default']; x = np.load(sys.argv[2]); "
+         "print(list(f.structured_input_signature[1]), list(f.structured_outputs)); "
+         "np.save(sys.argv[3], next(iter(f(**{list(f.structured_input_signature[1])[0]: tf.constant(x)}).values()))"
+         ".numpy())")
+
+
+def test_a_slim_net_as_a_saved_model_serves_tensorflows_inference_output(tmp_path, capsys):
+    builder = T.mobilenet_v2_net
+    prefix = T.save_model(builder, SHAPE, str(tmp_path / "ck" / "model.ckpt"))
+    out = tmp_path / "served" / "1"
+    assert cli.main(["to-savedmodel", prefix, "-o", str(out)]) == 0, capsys.readouterr().err
+    assert "tf.saved_model.load, a fresh process" in capsys.readouterr().out
+    x = T.random_input(SHAPE, batch=3)
+    np.save(tmp_path / "x.npy", x)
+    run = subprocess.run([sys.executable, "-c", SERVE, str(out), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "['input']" in run.stdout and "logits" in run.stdout  # named after the graph's input and output
+    expected = T.inference_output(builder, SHAPE, prefix, x)
+    got = np.load(tmp_path / "y.npy").reshape(expected.shape)
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+    # a second export replaces the SavedModel whole; a folder that is not one is refused, untouched
+    assert cli.main(["to-savedmodel", prefix, "-o", str(out)]) == 0
+    assert (out / "saved_model.pb").is_file() and (out / "variables").is_dir()
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    assert cli.main(["to-savedmodel", prefix, "-o", str(other)]) == 2
+    assert "is not a SavedModel folder" in capsys.readouterr().err
+    assert (other / "notes.txt").read_text() == "keep me" and os.listdir(other) == ["notes.txt"]
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".ckptkit")]
+
+
+@pytest.mark.parametrize("formats", ["onnx,savedmodel,tflite"])
+def test_export_writes_the_tensorflow_targets_beside_the_others(formats, tmp_path, capsys):
+    prefix = T.save_model(T.mobilenet_v2_net, SHAPE, str(tmp_path / "ck" / "model.ckpt"))
+    assert cli.main(["export", prefix, "--to", formats, "-o", str(tmp_path / "out")]) == 0, capsys.readouterr().err
+    names = sorted(os.listdir(tmp_path / "out"))
+    assert len(names) == 3 and {os.path.splitext(n)[1] for n in names} == {".onnx", ".savedmodel", ".tflite"}, names
+    assert os.path.isfile(tmp_path / "out" / [n for n in names if n.endswith(".savedmodel")][0] / "saved_model.pb")
