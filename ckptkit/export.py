@@ -96,8 +96,7 @@ def _mismatch(fmt: str, failure: tuple[str, str], passed: list[Comparison]) -> s
         text += (f"; {others} reproduce{'s' if len(passed) == 1 else ''} TensorFlow from the same files, so "
                  f"{name} reads them differently")
         if fmt == "caffe":
-            advice = f"export to ONNX for {name}, or " if what.startswith("does not match") else ""
-            text += f": {advice}leave it out with --caffe-runtime {keep} if the files are not for {name}"
+            text += f": leave it out with --caffe-runtime {keep} if the files are not for {name}"
         else:
             text += f": if the files are not for {name}, pass --no-verify to write them unverified"
     elif not what.startswith("does not match"):
@@ -251,7 +250,12 @@ def _planned(model: Model, fmt: str, path: str, fold: bool, check: bool, verify_
         if check:
             inputs = writer.check_inputs(graph, opts)
             if inputs is None:
-                inputs = verification_inputs(graph.input_shape, verify_data, value_range=_recorded_range(model))
+                value_range = _recorded_range(model)
+                if verify_data is None and value_range is None:
+                    _say_once("verification inputs: uniform samples in [-1, 1] assumed (slim's inception range; "
+                              "no preprocessing is recorded beside the checkpoint): pass --verify-data FILE.npy with "
+                              "real preprocessed samples to check on what the model will see")
+                inputs = verification_inputs(graph.input_shape, verify_data, value_range=value_range)
             reference, exact = _once(model.reference), _once(_float64(model))
             with phase("verify: TensorFlow reference"):
                 reference(inputs)  # first, then TF's session goes: it and a runtime's copy of the weights
@@ -294,6 +298,15 @@ def _planned(model: Model, fmt: str, path: str, fold: bool, check: bool, verify_
         return staged, comparisons
 
     return final_paths, graph, write
+
+
+_SAID: set = set()
+
+
+def _say_once(text: str) -> None:
+    if text not in _SAID:
+        _SAID.add(text)
+        log.info("%s", text)
 
 
 def _locate(graph: Graph, reference, run, writer, path: str, opts, inputs, tolerance: float):

@@ -274,8 +274,7 @@ class CaffeWriter(Writer):
         if not wrong:
             return
         shown = ", ".join(wrong[:3]) + (f" and {len(wrong) - 3} more" if len(wrong) > 3 else "")
-        advice = ("use --bn fold (each becomes a per-channel 1x1 convolution, read alike by every consumer), "
-                  "or export to ONNX for MNN")
+        advice = "use --bn fold (each becomes a per-channel 1x1 convolution, read alike by every consumer)"
         if "mnn" in caffe_consumers.names(options.caffe_runtime) or (
                 not options.caffe_runtime and caffe_consumers.CONSUMERS["mnn"].version() is not None):
             raise CkptkitError(f"MNN misreads a Caffe BatchNorm layer that does not directly follow a convolution "

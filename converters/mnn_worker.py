@@ -16,6 +16,11 @@ import sys
 
 import numpy as np
 
+# MNN's Interpreter::HintMode::WINOGRAD_MEMORY_LEVEL (include/MNN/Interpreter.hpp): 0 selects dense convolution
+# on the CPU instead of Winograd transforms, whose rounding grows with depth (1e-4 relative on a 13-conv VGG at
+# 96 px against 2e-6 dense, measured: bench/mnn_winograd.py)
+WINOGRAD_MEMORY_LEVEL = 3
+
 
 @contextlib.contextmanager
 def _quiet_stdout():
@@ -47,7 +52,10 @@ def main(argv: list[str]) -> int:
         return 3
     with _quiet_stdout():
         # precision High: no fp16/bf16 shortcuts where the CPU has them; the error left is MNN's float32 kernels
-        net = MNN.nn.load_module_from_file(mnn_model, [], [], precision_mode=F.PrecisionMode.High)
+        runtime = MNN.nn.create_runtime_manager(({"backend": "CPU", "precision": "high"},))
+        runtime.set_hint(WINOGRAD_MEMORY_LEVEL, 0)  # dense convolution: Winograd's transforms are MNN's error
+        net = MNN.nn.load_module_from_file(mnn_model, [], [], precision_mode=F.PrecisionMode.High,
+                                           runtime_manager=runtime)
         x = np.load(x_path)
         nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2), np.float32)
         y = F.convert(net.forward(F.const(nchw, list(nchw.shape), F.NCHW)), F.NCHW)
