@@ -167,7 +167,7 @@ def bombs(tmp_path_factory):
 def test_constant_bombs_are_refused_before_anything_is_made(bombs, kind, rows, command, tmp_path):
     prefix = bombs(kind, rows)
     args = {"fold": ["fold", prefix, "-o", tmp_path / "f" / "model.ckpt", "--allow-bad-statistics"],
-            "diagnose": ["diagnose", prefix, "--data", os.path.join(DIGITS, "calibration")],
+            "diagnose": ["diagnose", prefix, "--data", os.path.join(DIGITS, "calibration"), "--preprocess", "unit"],
             "inspect": ["inspect", prefix, "--graph"],
             "to-onnx": ["to-onnx", prefix, "-o", tmp_path / "m.onnx", "--allow-bad-statistics"]}[command]
     code, out, err, peak = _child(args)
