@@ -336,6 +336,18 @@ def _tflite_options(args) -> dict:
                 seed=args.seed)
 
 
+def cmd_verify(args) -> int:
+    from .export import verify_existing
+
+    result = verify_existing(_load(args), args.model_file, fold=args.bn == "fold", tolerance=args.tolerance,
+                             verify_data=args.verify_data, allow_bad_statistics=args.allow_bad_statistics)
+    if args.json:
+        return _emit(result.to_json())
+    for comparison in result.comparisons:
+        print(f"{result.files[0]}: {comparison.verb} in {comparison.runtime}: {comparison}")
+    return 0
+
+
 def cmd_to_savedmodel(args) -> int:
     return _run_export(args, "savedmodel", args.bn == "fold")
 
@@ -605,6 +617,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output SavedModel folder (replaced only if it is a SavedModel or empty)")
     _add_export(p)
     p.set_defaults(func=cmd_to_savedmodel)
+    p = add_parser("verify", help="check an existing model file against TensorFlow (and say where it departs)",
+                   description="Run an existing .onnx, .keras/.h5, Caffe .prototxt, .tflite file or SavedModel "
+                               "folder in its runtime(s) against TensorFlow's inference output for CKPT; a mismatch "
+                               "names the first diverging node with its error statistics (exit 3).")
+    _add_source(p, ckpt_optional=True)
+    p.add_argument("model_file", metavar="FILE", help="the model file (Caffe: the .prototxt) or SavedModel folder")
+    p.add_argument("--bn", choices=["fold", "keep"], default="fold",
+                   help="whether FILE has its BatchNorms folded (default) or kept as layers")
+    p.add_argument("--verify-data", metavar="FILE.npy", help="NHWC samples (.npy/.npz) to verify on (default: random)")
+    p.add_argument("--tolerance", type=float, metavar="REL", help="largest relative error accepted (default: the "
+                                                                  "runtime's own)")
+    p.add_argument("--allow-bad-statistics", action="store_true",
+                   help="check even when BatchNorm statistics were never updated or are invalid")
+    p.add_argument("--json", action="store_true", help="print the result (verification, or the divergence) as one "
+                                                       "JSON document on stdout")
+    p.set_defaults(func=cmd_verify)
     p = add_parser("export", help="export to several formats in one call (one import, one TF reference run)",
                    description="Export to several formats at once into one folder (NAME.onnx, NAME.keras, "
                                "NAME.prototxt + NAME.caffemodel), each verified against the same TensorFlow run.")

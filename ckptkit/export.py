@@ -406,3 +406,67 @@ def _say_what_else_is_there(folder: str, written: set) -> None:
         shown = ", ".join(others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4 else "")
         log.warning("%s also holds models this export did not write (%s): left as they were, and not "
                     "checked against this checkpoint", folder, shown)
+
+
+def format_of(path: str) -> str:
+    """The format of an existing model file (or SavedModel folder), by its name."""
+    from ckptkit.converters import base
+
+    if os.path.isdir(path):
+        for name in base.MODULES:
+            if writer_for(name).publishes_folder:
+                return name
+    low = str(path).lower()
+    if low.endswith((".prototxt", ".caffemodel")):
+        return "caffe"
+    for name in base.MODULES:
+        if low.endswith(writer_for(name).suffixes):
+            return name
+    raise CkptkitError(f"{path}: cannot tell its format from its name: give a .onnx, .keras, .h5, .tflite, "
+                       ".prototxt file or a SavedModel folder")
+
+
+@eager
+def verify_existing(model: Model, path: str, *, fold: bool = True, tolerance: Optional[float] = None,
+                    verify_data: Optional[str] = None, allow_bad_statistics: bool = False,
+                    **options) -> ExportResult:
+    """Check a model file written earlier (by ckptkit or anything else) against TensorFlow's output for `model`,
+    in every runtime its format is verified in; a mismatch names the first diverging node, as an export does.
+
+    Args:
+        model: from `ckptkit.load` (the checkpoint and topology the file was made from).
+        path: the file (Caffe: the .prototxt, its .caffemodel beside it; SavedModel: the folder).
+        fold: whether the file has its BatchNorms folded (node names for the localisation).
+    Returns:
+        ExportResult with `.comparisons`; raises VerificationError (with `.divergence`) on a mismatch.
+    """
+    fmt = format_of(path)
+    if fmt == "caffe" and str(path).endswith(".caffemodel"):
+        path = str(path)[: -len(".caffemodel")] + ".prototxt"
+    if not os.path.exists(path):
+        raise CkptkitError(f"{path} does not exist: give the model file to check")
+    check_options(tolerance, verify_data)
+    writer = writer_for(fmt)
+    opts = writer.make_options(dict(options, fold=fold))
+    graph = writer.prepare(prepare(model, fold, allow_bad_statistics))
+    inputs = verification_inputs(graph.input_shape, verify_data, value_range=_recorded_range(model))
+    reference = _once(model.reference)
+    comparisons, failures, divergence = [], [], None
+    for runtime in writer.runtimes(path, graph, opts):
+        tol = tolerance if tolerance is not None else runtime.tolerance
+        with phase(f"verify {fmt} in {runtime.label}"):
+            run = runtime.load()
+            comparison = replace(verify(reference, run, inputs, tol), runtime=runtime.label,
+                                 independent=getattr(model.reference, "independent", True))
+        comparisons.append(comparison)
+        if not comparison.ok:
+            failures.append((runtime.label, f"does not match TensorFlow in {runtime.label}: {comparison}"))
+            if divergence is None:
+                divergence = _locate(graph, model.reference, run, writer, path, opts, inputs, tol)
+    if failures:
+        passed = [c for c in comparisons if c.ok]
+        text = f"{path} {failures[0][1]}"
+        if passed:
+            text += "; " + ", ".join(f"{c.runtime} ({c.max_rel:.2g})" for c in passed) + " reproduce TensorFlow from it"
+        raise VerificationError(text + (f"; {divergence}" if divergence is not None else ""), divergence=divergence)
+    return ExportResult([path], graph, comparisons, format=fmt)

@@ -92,3 +92,38 @@ def test_an_export_into_a_shared_folder_names_what_else_is_there(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "also holds models this export did not write (other.onnx)" in run.stderr
     assert (tmp_path / "other.onnx").read_bytes() == b"not ours"
+
+
+def test_verify_of_an_existing_file_names_where_it_departs(tmp_path, capsys):
+    """A file made from one checkpoint, checked against another that differs in one layer: `ckptkit verify` exits
+    3 and names that layer's node as the first to diverge, with its statistics (issue 38.3)."""
+    import json
+    import shutil
+
+    from ckptkit import cli
+    from ckptkit.checkpoint import Checkpoint, write_checkpoint
+
+    fixture = os.path.join(ROOT, "fixtures", "mobilenet_v2_tiny")
+    onnx_path = str(tmp_path / "m.onnx")
+    assert cli.main(["to-onnx", fixture, "-o", onnx_path, "-q"]) == 0
+    assert cli.main(["verify", fixture, onnx_path, "-q"]) == 0  # the file and its own checkpoint agree
+    ckpt = Checkpoint(fixture)
+    changed = sorted(n for n in ckpt.names if n.endswith("project/weights"))[-1]
+
+    def tensors():
+        for name in ckpt.names:
+            value = ckpt.get(name)
+            yield name, (value * 1.5 if name == changed else value)
+
+    other = tmp_path / "other"
+    other.mkdir()
+    write_checkpoint(str(other / "model.ckpt"), tensors())
+    shutil.copy(ckpt.prefix + ".meta", other / "model.ckpt.meta")
+    capsys.readouterr()
+    rc = cli.main(["verify", str(other), onnx_path, "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 3, err
+    divergence = json.loads(out)["divergence"]
+    scope = changed[: -len("/weights")]
+    assert divergence["node"].startswith(scope) and divergence["op"] == "Conv", (divergence, scope)
+    assert f"first diverging node: Conv {divergence['node']}" in err
