@@ -17,6 +17,7 @@ from . import __version__
 from .errors import CkptkitError
 from .ir import shorten
 from .ops import TARGETS, TF_TARGETS
+from .options import DEFAULT_BATCH_SIZE, MODES
 from .safe_io import shell_word
 
 log = logging.getLogger("ckptkit")
@@ -474,7 +475,7 @@ def _add_data_options(p: argparse.ArgumentParser, required: bool = True, measuri
     p.add_argument("--data", required=required, metavar="DIR", help=f"{purpose}folder of images (jpg/png/bmp), "
                    ".npy/.npz NHWC arrays and/or TFRecords, searched recursively")
     if measuring:
-        p.add_argument("--batch-size", type=int, default=32, help="samples per batch (default 32)")
+        p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="samples per batch")
     p.add_argument("--max-samples", type=int, help="use at most this many samples (default: all)" if measuring
                    else "use at most this many samples (default 512)")
     p.add_argument("--preprocess", choices=["none", "unit", "inception", "vgg"],
@@ -489,7 +490,7 @@ def _add_data_options(p: argparse.ArgumentParser, required: bool = True, measuri
     p.add_argument("--std", type=_floats, help="per-channel divisor after --mean (1 or C non-zero values; overrides "
                                                "the preset)")
     if measuring:
-        p.add_argument("--mode", default="precise", choices=["precise", "sequential"],
+        p.add_argument("--mode", default=MODES[0], choices=MODES,
                        help="precise: one pass on batch statistics; sequential: layer by layer, upstream BNs in "
                             "inference mode with their new statistics")
         p.add_argument("--device", help="TensorFlow device(s): /GPU:0, /CPU:0, or a list such as /GPU:0,/GPU:1 to "

@@ -428,7 +428,7 @@ def _mine(start: int, n: int, batch_size: int, shard: tuple[int, int]) -> np.nda
     return (np.arange(start, start + n) // batch_size) % workers == rank
 
 
-def dataset(root: str, shape: tuple, *, batch_size: int = 32, max_samples: Optional[int] = None,
+def dataset(root: str, shape: tuple, *, batch_size: int, max_samples: Optional[int] = None,
             preprocess: Optional[Preprocessing] = None, image_key: str = "image/encoded", seed: int = 0,
             shard: tuple[int, int] = (0, 1)) -> Samples:
     """The samples of `root` as float32 NHWC batches (see Samples), in a seeded random order.

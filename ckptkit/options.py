@@ -41,18 +41,22 @@ class Topology:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+MODES = ("precise", "sequential")  # recalibration modes: the first is the default
+DEFAULT_BATCH_SIZE = 32
+
+
 @dataclass(frozen=True)
 class Sampling:
     """How statistics are measured on data: which samples, how they are preprocessed, how they are run
     (`recalibrate`'s and `diagnose`'s options)."""
 
-    batch_size: int = field(default=32, metadata=_flag("--batch-size"))
+    batch_size: int = field(default=DEFAULT_BATCH_SIZE, metadata=_flag("--batch-size"))
     max_samples: Optional[int] = field(default=None, metadata=_flag("--max-samples"))
     preprocess: Optional[str] = field(default=None, metadata=_flag("--preprocess"))
     resize: Optional[str] = field(default=None, metadata=_flag("--resize"))
     mean: Any = field(default=None, metadata=_flag("--mean"))
     std: Any = field(default=None, metadata=_flag("--std"))
-    mode: str = field(default="precise", metadata=_flag("--mode"))
+    mode: str = field(default=MODES[0], metadata=_flag("--mode"))
     device: Optional[str] = field(default=None, metadata=_flag("--device"))
     seed: int = field(default=0, metadata=_flag("--seed"))
     image_key: str = field(default="image/encoded", metadata=_flag("--image-key"))

@@ -22,7 +22,7 @@ from .checkpoint import SIDECAR, Checkpoint, input_files
 from .errors import CkptkitError
 from .publish import publish_file
 from . import validate
-from .options import Sampling, Topology, split
+from .options import MODES, Sampling, Topology, split
 from .recalibration.moments import Moments
 from .recalibration.output import check_new_statistics, check_output_paths, write_statistics
 from .recalibration.report import Recalibration, figure, layer_report, plot, record, recorded_preprocessing
@@ -52,7 +52,7 @@ def measure(checkpoint: str, data: str, *, topology: Optional[Topology] = None, 
     validate.count("--batch-size", batch_size, 2, "batch statistics need at least 2 samples")
     validate.count("--max-samples", max_samples, 1, optional=True)
     validate.count("--seed", seed, 0)
-    validate.choice("--mode", mode, ("precise", "sequential"))
+    validate.choice("--mode", mode, MODES)
     if preprocess is None and (mean is not None or std is not None or resize is not None):
         raise CkptkitError("--mean/--std/--resize refine a --preprocess preset: give --preprocess too")
     check_device_spelling(sampling.device)

@@ -13,6 +13,7 @@ from ..ir import Graph, Node
 from ..phases import phase
 from ..tf_exec import inference_bn, run_graph, weight_tensors
 from .. import validate
+from ..options import MODES
 from ..batchnorm.formula import gamma_beta, normalize
 from .moments import Moments, bn_levels, merge_workers
 
@@ -156,7 +157,7 @@ def _accumulate(fn, batches, graph: Graph, names: set[str], progress: Optional[P
     return full, halves, seen
 
 
-def estimate(graph: Graph, batches, *, mode: str = "precise", device: Optional[str] = None,
+def estimate(graph: Graph, batches, *, mode: str = MODES[0], device: Optional[str] = None,
              progress: Optional[Progress] = None, samples: Optional[int] = None,
              progress_total: Optional[Callable[[int], None]] = None, cluster=None) -> tuple[dict, dict, list, int]:
     """New (mean, variance) per BN node from an iterable of NHWC batches (re-iterable for sequential).
@@ -166,7 +167,7 @@ def estimate(graph: Graph, batches, *, mode: str = "precise", device: Optional[s
     bns = [n for n in graph.nodes if n.op == "BatchNorm"]
     if not bns:
         raise CkptkitError("the graph has no BatchNorm: nothing to recalibrate")
-    validate.choice("--mode", mode, ("precise", "sequential"))
+    validate.choice("--mode", mode, MODES)
     channels = {n.name: n.shape[-1] for n in bns}
     devices = resolve_devices(device)
     weights = weight_tensors(graph)  # once, shared by every pass
