@@ -547,8 +547,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint prefix, one of its files, or its folder")
     p.add_argument("--json", action="store_true", help="machine-readable output (format in README)")
     p.add_argument("--tensors", action="store_true", help="also list every tensor")
-    p.add_argument("--graph", action="store_true", help="also list the graph's candidate inputs and outputs "
-                                                        "(logits and last computed tensors) with shapes")
+    p.add_argument("--io", dest="graph", action="store_true", help="also list the graph's candidate inputs and "
+                   "outputs (logits and last computed tensors) with shapes, the names --inputs/--outputs take")
+    # the old spelling: --graph names a frozen GraphDef everywhere else
+    p.add_argument("--graph", dest="graph", action="store_true", help=argparse.SUPPRESS)
     _add_graph_choice(p, "to find BatchNorms in", "find BatchNorms by variable names only")
     p.set_defaults(func=cmd_inspect)
 

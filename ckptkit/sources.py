@@ -137,7 +137,7 @@ def _tensor(graph, name: str, what: str, candidates: Sequence[str] = ()):
         ops = [op.name for op in graph.get_operations()]
         near = difflib.get_close_matches(name.split(":")[0], ops, n=3, cutoff=0.6)
         hint = f"did you mean {' or '.join(near)}? " if near else ""
-        listed = f"candidates: {', '.join(candidates)}" if candidates else "`ckptkit inspect CKPT --graph` lists " \
+        listed = f"candidates: {', '.join(candidates)}" if candidates else "`ckptkit inspect CKPT --io` lists " \
             "the candidates"
         raise CkptkitError(f"{what} {name} is not in the graph: {hint}({listed}; any op name works, as Netron "
                            "shows it)") from None
@@ -360,7 +360,7 @@ def _pick_output(graph, x, output_name: Optional[str], what: str):
         names = "; ".join(f"{kind}: {', '.join(t.op.name for t in ts)}" for kind, ts in
                           (("read by the loss (logits)", logits), ("last computed", sinks)) if ts) or "none found"
         raise CkptkitError(f"cannot tell the output of {what} ({names}): pass --outputs NAME "
-                           "(`ckptkit inspect --graph` lists them with shapes)")
+                           "(`ckptkit inspect CKPT --io` lists them with shapes)")
     return cands[0]
 
 
@@ -579,7 +579,7 @@ def from_frozen(path: str, ckpt: Optional[Checkpoint], input_name=None, output_n
 
 
 @dataclass
-class Topology:
+class GraphTopology:
     """Everything a graph computes from its input, for finding each BatchNorm (no weights read)."""
 
     graph: Graph
@@ -589,7 +589,7 @@ class Topology:
 
 def topology(checkpoint: str, *, meta: Optional[str] = None, arch: Optional[str] = None,
              arch_args: Optional[dict] = None, builder: Optional[Builder] = None, input_shape=None,
-             input_name: Optional[str] = None) -> Topology:
+             input_name: Optional[str] = None) -> GraphTopology:
     """The IR of every output of the graph (`builder`, `arch`, `meta`, else the .meta beside the checkpoint),
     read without loading weights: what fold and inspect use to find each BN, its epsilon and its layer.
     Needs no output node: every candidate output is followed."""
@@ -625,11 +625,11 @@ def topology(checkpoint: str, *, meta: Optional[str] = None, arch: Optional[str]
         out, source = None, f"graph {meta}"
     outputs = ([out] if out is not None else []) + [t for t in _all_outputs(g, x) if t is not out]
     graph, skipped = import_topology(g, x, outputs, values, os.path.basename(ckpt.prefix))
-    return Topology(graph, source, skipped)
+    return GraphTopology(graph, source, skipped)
 
 
-def _union(parts: list[Topology]) -> Topology:
-    """One Topology of the graphs reached from several inputs (BatchNorms found from any of them)."""
+def _union(parts: list[GraphTopology]) -> GraphTopology:
+    """One GraphTopology of the graphs reached from several inputs (BatchNorms found from any of them)."""
     nodes, seen = [], set()
     for part in parts:
         for n in part.graph.nodes:
@@ -639,7 +639,7 @@ def _union(parts: list[Topology]) -> Topology:
     outputs = [o for part in parts for o in part.graph.outputs]
     inputs = [i for part in parts for i in part.graph.inputs]
     skipped = {k: v for part in parts for k, v in part.skipped.items()}
-    return Topology(Graph(nodes, inputs, outputs, parts[0].graph.name), parts[0].source, skipped)
+    return GraphTopology(Graph(nodes, inputs, outputs, parts[0].graph.name), parts[0].source, skipped)
 
 
 @eager

@@ -89,6 +89,6 @@ def test_tensorflows_own_decoder_errors_stay_off_stderr(tmp_path):
 def test_inspect_lists_the_output_of_a_net_fed_by_tf_data(tmp_path):
     """images and labels come from one IteratorGetNext: only the labels' consumers are training-only."""
     prefix = T.save_tf_data_net(str(tmp_path / "model.ckpt"), convs=1)
-    run = _ckptkit("inspect", prefix, "--graph")
+    run = _ckptkit("inspect", prefix, "--io")
     outputs = [line.split()[1] for line in run.stdout.splitlines() if line.strip().startswith("output ")]
     assert outputs == ["logits/BiasAdd:0"], run.stdout

@@ -59,7 +59,7 @@ def test_missing_statistics_show_as_absent_with_a_graph(store):
 
 
 def test_graph_lists_inputs_and_outputs_and_the_ambiguity_names_the_logits(tmp_path):
-    """A training graph with two heads read by the loss: `inspect --graph` lists both with shapes, and an
+    """A training graph with two heads read by the loss: `inspect --io` lists both with shapes, and an
     export without --outputs names them in its one-line error."""
     from ckptkit._tf import tf, tf1
     from ckptkit.compat import slim
@@ -79,7 +79,7 @@ def test_graph_lists_inputs_and_outputs_and_the_ambiguity_names_the_logits(tmp_p
         with tf1.Session() as sess:
             sess.run(tf1.global_variables_initializer())
             prefix = tf1.train.Saver().save(sess, str(tmp_path / "two" / "model.ckpt"))
-    run = subprocess.run([sys.executable, "-m", "ckptkit.cli", "inspect", "--graph", "--json", prefix],
+    run = subprocess.run([sys.executable, "-m", "ckptkit.cli", "inspect", "--io", "--json", prefix],
                          capture_output=True, text=True)
     io = json.loads(run.stdout)["graph"]
     assert [(t["name"], t["shape"]) for t in io["inputs"]] == [("images:0", [None, 8, 8, 3])]
