@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -19,6 +20,15 @@ from .ir import shorten
 from .ops import TARGETS, TF_TARGETS
 from .options import DEFAULT_BATCH_SIZE, MODES
 from .safe_io import shell_word
+
+FORMATS = TARGETS + TF_TARGETS  # every registered writer (ckptkit.converters.base.MODULES)
+
+
+def writer_for(name: str):
+    """A registered writer (its module imported on first use)."""
+    from ckptkit.converters.base import get
+
+    return get(name)
 
 log = logging.getLogger("ckptkit")
 
@@ -131,6 +141,7 @@ def _run_export(args, fmt: str, fold: bool, **options) -> int:
 
     prefer_low_memory()  # TF runs only the reference on a few samples
     check_options(args.tolerance, args.verify_data)
+    writer_for(fmt).make_options(dict(options, fold=fold))  # its option values (an --opset 99) before any work
     if args.checkpoint:  # every output path is checked before the model is read
         check_destination(fmt, args.output_path, input_files(resolve_prefix(args.checkpoint)))
     model = _load(args)
@@ -243,17 +254,6 @@ def _emit(doc: dict, code: int = 0) -> int:
     return code
 
 
-def cmd_to_onnx(args) -> int:
-    from ckptkit.converters.onnx import check_opset
-
-    check_opset(args.opset)  # before any work
-    return _run_export(args, "onnx", args.bn == "fold", opset=args.opset, nchw=args.nchw)
-
-
-def cmd_to_keras(args) -> int:
-    return _run_export(args, "keras", args.bn == "fold")
-
-
 def cmd_export(args) -> int:
     from ._tf import prefer_low_memory
     from .checkpoint import input_files, resolve_prefix
@@ -268,8 +268,7 @@ def cmd_export(args) -> int:
     model = _load(args)
     results = export_many(model, formats, args.output_path, fold=args.bn == "fold", check=not args.no_verify,
                           verify_data=args.verify_data, tolerance=args.tolerance,
-                          allow_bad_statistics=args.allow_bad_statistics, opset=args.opset, nchw=args.nchw,
-                          relu6=args.relu6, caffe_runtime=args.caffe_runtime, **_tflite_options(args))
+                          allow_bad_statistics=args.allow_bad_statistics, **_writer_options(args, FORMATS))
     if args.json:
         return _emit({"format_version": 1, "exports": [r.to_json() for r in results]})
     for fmt, result in zip(formats, results):
@@ -280,61 +279,22 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _consumers_help() -> str:
-    from ckptkit.converters.caffe_consumers import CONSUMERS
-
-    return "; ".join(f"{c.name}: {c.label} (tolerance {c.tolerance:g}; {c.install})" for c in CONSUMERS.values()) + "."
-
-
-def _add_onnx_options(p, prefix: str = "") -> None:
-    """The ONNX writer's flags (to-onnx, export): declared once."""
-    from ckptkit.converters.onnx import DEFAULT_OPSET
-
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
-                   help=f"{prefix or 'ONNX '}opset (default {DEFAULT_OPSET}, at least 13)")
-    p.add_argument("--nchw", action="store_true", help=f"{prefix}NCHW input and 4-D outputs instead of TF's NHWC")
+def _add_writer_flags(p, writer, prefix: str = "") -> None:
+    """A writer's own flags, and ckptkit.data's (declared once, in _add_data_options) when it reads data."""
+    writer.add_flags(p, prefix)
+    if writer.takes_data:
+        _add_data_options(p, required=False, measuring=False, purpose=f"{prefix}representative samples: ")
 
 
-def _add_caffe_options(p, prefix: str = "") -> None:
-    """The Caffe writer's flags (to-caffe, export): declared once."""
-    from ckptkit.converters.caffe import RELU6_MODES
-    from ckptkit.converters.caffe_consumers import CONSUMERS
-
-    p.add_argument("--relu6", choices=RELU6_MODES, default=RELU6_MODES[0],
-                   help=f"{prefix}portable: relu(x) - relu(relu(x) - 6), loads in every Caffe consumer (default); "
-                        "relu6: OpenCV's ReLU6 layer (not in BVLC Caffe); clip: the Clip layer of recent BVLC "
-                        "Caffe, which neither OpenCV 4.x nor MNN can load (so it cannot be verified here: "
-                        "needs --no-verify)")
-    p.add_argument("--caffe-runtime", default="", metavar="NAMES",
-                   help=f"{prefix}Caffe consumers to verify in, comma-separated ({', '.join(CONSUMERS)}), each "
-                        "required to be installed; default: every installed one, each within its own tolerance")
+def _writer_options(args, formats) -> dict:
+    options = {}
+    for name in formats:
+        options.update(writer_for(name).options_from_args(args))
+    return options
 
 
-def _add_tflite_options(p, prefix: str = "") -> None:
-    """The LiteRT writer's flags (to-tflite, export): declared once."""
-    p.add_argument("--batch", type=int, default=1, metavar="N",
-                   help=f"{prefix}the model's fixed batch size (default 1, as phones run it)")
-    p.add_argument("--allow-select-ops", action="store_true",
-                   help=f"{prefix}use TF-select ops where LiteRT's builtins cannot express an op (the app then "
-                        "needs the Flex delegate); default: such a model is refused, naming the ops")
-    from ckptkit.converters.quantize import DEFAULT_MIN_AGREEMENT
-
-    p.add_argument("--quantize", choices=["int8"], help=f"{prefix}full-integer post-training quantization: int8 "
-                   "weights (per channel) and activations, calibrated on --data; judged on held-out samples of it")
-    p.add_argument("--io", choices=["float", "int8"], default="float",
-                   help=f"{prefix}an int8 model's input and output type (default float: quantized inside)")
-    p.add_argument("--min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT, metavar="FRACTION",
-                   help=f"{prefix}top-1 agreement with the float model on held-out samples below which an int8 "
-                        f"model is refused (default {DEFAULT_MIN_AGREEMENT})")
-    _add_data_options(p, required=False, measuring=False, purpose=f"{prefix}--quantize int8: representative "
-                                                                 "samples, ")
-
-
-def _tflite_options(args) -> dict:
-    return dict(batch=args.batch, allow_select_ops=args.allow_select_ops, quantize=args.quantize, io=args.io,
-                min_agreement=args.min_agreement, data=args.data, preprocess=args.preprocess, resize=args.resize,
-                mean=args.mean, std=args.std, max_samples=args.max_samples, image_key=args.image_key,
-                seed=args.seed)
+def cmd_to(args, fmt: str) -> int:
+    return _run_export(args, fmt, args.bn == "fold", **_writer_options(args, [fmt]))
 
 
 def cmd_verify(args) -> int:
@@ -347,18 +307,6 @@ def cmd_verify(args) -> int:
     for comparison in result.comparisons:
         print(f"{result.files[0]}: {comparison.verb} in {comparison.runtime}: {comparison}")
     return 0
-
-
-def cmd_to_savedmodel(args) -> int:
-    return _run_export(args, "savedmodel", args.bn == "fold")
-
-
-def cmd_to_tflite(args) -> int:
-    return _run_export(args, "tflite", args.bn == "fold", **_tflite_options(args))
-
-
-def cmd_to_caffe(args) -> int:
-    return _run_export(args, "caffe", args.bn == "fold", relu6=args.relu6, caffe_runtime=args.caffe_runtime)
 
 
 def _layer_table(rows: list[dict], top: int, more: str, verdict: bool = False) -> None:
@@ -533,8 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="ckptkit",
         description="Checkpoint conversion and surgery for TensorFlow-slim CNNs: inspect and diagnose BatchNorm, "
-                    "recalibrate its statistics, fold it, and export exactly to ONNX, Keras and Caffe (each export "
-                    "verified against TensorFlow).")
+                    "recalibrate its statistics, fold it, and export exactly to "
+                    f"{', '.join(writer_for(name).label for name in FORMATS)} (each export verified against "
+                    "TensorFlow).")
     parser.add_argument("--version", action="version", version=f"ckptkit {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors and results")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
@@ -572,54 +521,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the fold report as one JSON document on stdout")
     p.set_defaults(func=cmd_fold)
 
-    p = add_parser("to-onnx", help="export to ONNX, verified with onnxruntime",
-                       description="Export to ONNX (NHWC input, dynamic batch, explicit pads) and check it "
-                                   "against TensorFlow's inference output with onnxruntime.")
-    _add_source(p, ckpt_optional=True)
-    p.add_argument("-o", dest="output_path", required=True, metavar="MODEL.onnx", help="output file")
-    _add_onnx_options(p)
-    _add_export(p)
-    p.set_defaults(func=cmd_to_onnx)
+    for name in FORMATS:  # every registered writer: its own subcommand, from what the writer declares
+        w = writer_for(name)
+        p = add_parser(f"to-{name}", help=w.command_help, description=w.description)
+        _add_source(p, ckpt_optional=True)
+        p.add_argument("-o", dest="output_path", required=True, metavar=w.output_metavar, help=w.output_help)
+        _add_writer_flags(p, w)
+        _add_export(p, keep_help=w.keep_help)
+        p.set_defaults(func=functools.partial(cmd_to, fmt=name))
 
-    p = add_parser("to-keras", help="export to a Keras model (.keras or .h5), verified with Keras",
-                       description="Build a plain Keras functional model (standard layers only) and save it as "
-                                   ".keras or legacy .h5; check it against TensorFlow's inference output.")
-    _add_source(p, ckpt_optional=True)
-    p.add_argument("-o", dest="output_path", required=True, metavar="MODEL.keras", help="output .keras or .h5 file")
-    _add_export(p)
-    p.set_defaults(func=cmd_to_keras)
-
-    p = add_parser("to-caffe", help="export to Caffe (.prototxt + .caffemodel), verified in each installed "
-                                    "Caffe consumer",
-                       description="Export to Caffe: BatchNorm folded (default) or as BatchNorm+Scale; TF's SAME "
-                                   "padding, average pooling and flatten order mapped exactly, in layers every "
-                                   "consumer reads alike; checked in every installed consumer: " + _consumers_help())
-    _add_source(p, ckpt_optional=True)
-    p.add_argument("-o", dest="output_path", required=True, metavar="OUT",
-                   help="writes OUT.prototxt and OUT.caffemodel (or OUT/NAME.* when OUT is a folder)")
-    _add_caffe_options(p)
-    _add_export(p, keep_help="keep Caffe BatchNorm+Scale layers")
-    p.set_defaults(func=cmd_to_caffe)
-
-    p = add_parser("to-tflite", help="export to LiteRT (.tflite), verified in LiteRT's interpreter",
-                   description="Run the BN-folded network as a TensorFlow function of fixed input shape, convert "
-                               "it with TensorFlow's LiteRT converter (builtin ops only unless --allow-select-ops) "
-                               "and check it against TensorFlow's inference output in LiteRT's interpreter.")
-    _add_source(p, ckpt_optional=True)
-    p.add_argument("-o", dest="output_path", required=True, metavar="MODEL.tflite", help="output .tflite file")
-    _add_tflite_options(p)
-    _add_export(p)
-    p.set_defaults(func=cmd_to_tflite)
-    p = add_parser("to-savedmodel", help="export to a TF2 SavedModel folder, verified by loading it back",
-                   description="Write the BN-free inference network as a TF2 SavedModel (variables holding the "
-                               "folded weights, a serving_default signature named after the graph's input and "
-                               "output) and check it, loaded by tf.saved_model.load in a fresh process, against "
-                               "TensorFlow's inference output.")
-    _add_source(p, ckpt_optional=True)
-    p.add_argument("-o", dest="output_path", required=True, metavar="DIR",
-                   help="output SavedModel folder (replaced only if it is a SavedModel or empty)")
-    _add_export(p)
-    p.set_defaults(func=cmd_to_savedmodel)
     p = add_parser("verify", help="check an existing model file against TensorFlow (and say where it departs)",
                    description="Run an existing .onnx, .keras/.h5, Caffe .prototxt, .tflite file or SavedModel "
                                "folder in its runtime(s) against TensorFlow's inference output for CKPT; a mismatch "
@@ -644,9 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated formats from {', '.join(TARGETS + TF_TARGETS)} (default: "
                         f"{','.join(TARGETS)})")
     p.add_argument("-o", dest="output_path", required=True, metavar="DIR", help="output folder (created if missing)")
-    _add_onnx_options(p, prefix="ONNX: ")
-    _add_caffe_options(p, prefix="Caffe: ")
-    _add_tflite_options(p, prefix="LiteRT: ")
+    for name in FORMATS:
+        _add_writer_flags(p, writer_for(name), prefix=f"{writer_for(name).label}: ")
     _add_export(p)
     p.set_defaults(func=cmd_export)
 

@@ -41,6 +41,21 @@ class Writer:
     tolerance: float = 1e-4  # relative, for verification against TensorFlow
     runtime_package: str = ""  # the distribution that runs the files (its version names the runtime)
     publishes_folder = False  # the output is one folder (a SavedModel), staged whole and renamed into place
+    # its command line, which ckptkit.cli generates for every registered writer (`to-NAME`, and the flags in
+    # `export`): help, the -o argument, what --bn keep means here, whether it reads --data (ckptkit.data's flags)
+    command_help: str = ""
+    description: str = ""
+    output_metavar: str = "OUT"
+    output_help: str = "output file"
+    keep_help: str = "keep BatchNorm as its own layer"
+    takes_data: bool = False
+
+    def add_flags(self, parser, prefix: str = "") -> None:
+        """This writer's own flags, each flag's dest the name of its option field (see `options_from_args`)."""
+
+    def options_from_args(self, args) -> dict:
+        """This writer's options from parsed flags: every option field a flag of that name set."""
+        return {f.name: getattr(args, f.name) for f in fields(self.options) if hasattr(args, f.name)}
 
     def destinations(self, path: str, graph: Optional[Graph]) -> list[str]:
         """The files `path` names (the first one is the one a reader opens)."""

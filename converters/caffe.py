@@ -258,6 +258,28 @@ class Options:
 
 class CaffeWriter(Writer):
     name, label, suffixes, options, tolerance = "caffe", "Caffe", (".prototxt", ".caffemodel"), Options, TOLERANCE
+    command_help = "export to Caffe (.prototxt + .caffemodel), verified in each installed Caffe consumer"
+    output_help = "writes OUT.prototxt and OUT.caffemodel (or OUT/NAME.* when OUT is a folder)"
+    keep_help = "keep Caffe BatchNorm+Scale layers"
+
+    @property
+    def description(self) -> str:
+        consumers = "; ".join(f"{c.name}: {c.label} (tolerance {c.tolerance:g}; {c.install})"
+                              for c in caffe_consumers.CONSUMERS.values())
+        return ("Export to Caffe: BatchNorm folded (default) or as BatchNorm+Scale; TF's SAME padding, average "
+                "pooling and flatten order mapped exactly, in layers every consumer reads alike; checked in every "
+                f"installed consumer: {consumers}.")
+
+    def add_flags(self, p, prefix: str = "") -> None:
+        p.add_argument("--relu6", choices=RELU6_MODES, default=RELU6_MODES[0],
+                       help=f"{prefix}portable: relu(x) - relu(relu(x) - 6), loads in every Caffe consumer "
+                            "(default); relu6: OpenCV's ReLU6 layer (not in BVLC Caffe); clip: the Clip layer of "
+                            "recent BVLC Caffe, which neither OpenCV 4.x nor MNN can load (so it cannot be verified "
+                            "here: needs --no-verify)")
+        p.add_argument("--caffe-runtime", default="", metavar="NAMES",
+                       help=f"{prefix}Caffe consumers to verify in, comma-separated "
+                            f"({', '.join(caffe_consumers.CONSUMERS)}), each required to be installed; default: every "
+                            "installed one, each within its own tolerance")
 
     def destinations(self, path: str, graph: Optional[Graph]) -> list[str]:
         return destinations(path, graph)

@@ -184,6 +184,10 @@ def intermediates(path: str, **_):
 
 class KerasWriter(Writer):
     name, label, suffixes, runtime_package = "keras", "Keras", EXTENSIONS, "keras"
+    command_help = "export to a Keras model (.keras or .h5), verified with Keras"
+    description = ("Build a plain Keras functional model (standard layers only) and save it as .keras or legacy "
+                   ".h5; check it against TensorFlow's inference output.")
+    output_metavar, output_help = "MODEL.keras", "output .keras or .h5 file"
     leaves_cycles = True
 
     def destinations(self, path: str, graph: Optional[Graph]) -> list[str]:

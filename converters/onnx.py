@@ -286,6 +286,15 @@ class Options:
 
 class OnnxWriter(Writer):
     name, label, suffixes, options, runtime_package = "onnx", "ONNX", (".onnx",), Options, "onnxruntime"
+    command_help = "export to ONNX, verified with onnxruntime (and OpenVINO when installed)"
+    description = ("Export to ONNX (NHWC input, dynamic batch, explicit pads) and check it against TensorFlow's "
+                   "inference output with onnxruntime, and OpenVINO when it is installed.")
+    output_metavar, output_help = "MODEL.onnx", "output .onnx file"
+
+    def add_flags(self, p, prefix: str = "") -> None:
+        p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                       help=f"{prefix or 'ONNX '}opset (default {DEFAULT_OPSET}, at least 13)")
+        p.add_argument("--nchw", action="store_true", help=f"{prefix}NCHW input and 4-D outputs instead of TF's NHWC")
 
     def destinations(self, path: str, graph: Optional[Graph]) -> list[str]:
         # `.onnx`, as Netron, onnxruntime's tools and every reader expect (a `-o model.pb` is a slip, refused up

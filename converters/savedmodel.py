@@ -92,6 +92,11 @@ def runner(path: str, **_):
 
 class SavedModelWriter(Writer):
     name, label, suffixes, runtime_package = "savedmodel", "SavedModel", (".savedmodel",), "tensorflow"
+    command_help = "export to a TF2 SavedModel folder, verified by loading it back"
+    description = ("Write the BN-free inference network as a TF2 SavedModel (variables holding the folded weights, "
+                   "a serving_default signature named after the graph's input and output) and check it, loaded by "
+                   "tf.saved_model.load in a fresh process, against TensorFlow's inference output.")
+    output_metavar, output_help = "DIR", "output SavedModel folder (replaced only if it is a SavedModel or empty)"
     publishes_folder = True  # the output is one folder, staged whole and renamed into place
 
     def destinations(self, path: str, graph: Optional[Graph]) -> list[str]:

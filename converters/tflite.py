@@ -142,6 +142,27 @@ class TfliteWriter(Writer):
     name, label, suffixes, runtime_package = "tflite", "LiteRT", (".tflite",), "ai-edge-litert"
     options = Options
     leaves_cycles = True  # the traced function holds the graph's weights in reference cycles
+    command_help = "export to LiteRT (.tflite), float or int8, verified in LiteRT's interpreter"
+    description = ("Run the BN-folded network as a TensorFlow function of fixed input shape, convert it with "
+                   "TensorFlow's LiteRT converter (builtin ops only unless --allow-select-ops; int8 calibrated on "
+                   "--data with --quantize int8) and check it in LiteRT's interpreter against TensorFlow's "
+                   "inference output.")
+    output_metavar, output_help = "MODEL.tflite", "output .tflite file"
+    takes_data = True  # --quantize int8 reads its representative samples as recalibrate reads data
+
+    def add_flags(self, p, prefix: str = "") -> None:
+        p.add_argument("--batch", type=int, default=1, metavar="N",
+                       help=f"{prefix}the model's fixed batch size (default 1, as phones run it)")
+        p.add_argument("--allow-select-ops", action="store_true",
+                       help=f"{prefix}use TF-select ops where LiteRT's builtins cannot express an op (the app then "
+                            "needs the Flex delegate); default: such a model is refused, naming the ops")
+        p.add_argument("--quantize", choices=["int8"], help=f"{prefix}full-integer post-training quantization: "
+                       "int8 weights (per channel) and activations, calibrated on --data; judged on held-out samples")
+        p.add_argument("--io", choices=["float", "int8"], default="float",
+                       help=f"{prefix}an int8 model's input and output type (default float: quantized inside)")
+        p.add_argument("--min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT, metavar="FRACTION",
+                       help=f"{prefix}top-1 agreement with the float model on held-out samples below which an int8 "
+                            f"model is refused (default {DEFAULT_MIN_AGREEMENT})")
 
     def __init__(self):
         self._held: dict[str, np.ndarray] = {}  # int8: written path -> its held-out samples, until checked
