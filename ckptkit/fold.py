@@ -18,7 +18,8 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from .batchnorm.units import BNUnit, check_health, find_units, unit_scope, units_from_graph
+from .batchnorm.finder import find_fold_units
+from .batchnorm.units import BNUnit, check_health, unit_scope
 from .batchnorm.formula import affine
 from ._tf import eager, prefer_low_memory
 from .checkpoint import SIDECAR, Checkpoint, check_output_prefix, write_checkpoint
@@ -55,42 +56,6 @@ def check_epsilon(eps: Optional[float]) -> Optional[float]:
         return None
     return validate.positive_number("--eps", eps, "the BatchNorm epsilon the network was built with (slim 0.001, "
                                     "resnet arg scopes 1e-5)")
-
-
-def find_fold_units(ckpt: Checkpoint, *, meta: Optional[str] = None, arch: Optional[str] = None,
-                    arch_args: Optional[dict] = None, builder=None, input_shape=None, input_name: Optional[str] = None,
-                    use_meta: bool = True, strict: bool = False) -> tuple[list[BNUnit], str]:
-    """Every BN unit with its layer and epsilon: from the graph when there is one, else by slim naming.
-
-    Returns (units, where they came from). A graph that was asked for explicitly must work; the
-    `.meta` found beside the checkpoint falls back to names with a warning saying why, or, with
-    `strict`, is an error (fold would otherwise guess the epsilon of a network that has a graph)."""
-    from .sources import topology
-
-    meta_path = meta or (ckpt.meta_path if use_meta and not arch and builder is None else None)
-    if arch or meta_path or builder is not None:
-        try:
-            topo = topology(ckpt.prefix, meta=meta_path, arch=arch, arch_args=arch_args, builder=builder,
-                            input_shape=input_shape, input_name=input_name)
-        except CkptkitError as err:
-            if meta or arch or builder is not None:
-                raise
-            if strict:
-                raise CkptkitError(f"the graph {meta_path} beside the checkpoint cannot be used ({err}): pass --arch "
-                                   "NAME or --meta PATH, or --no-meta --eps E to fold by variable names") from None
-            log.warning("the graph %s cannot be used (%s): BatchNorm units are found by slim's variable names "
-                        "instead", meta_path, err)
-        else:
-            units = units_from_graph(ckpt, topo.graph)
-            for out, why in topo.skipped.items():
-                log.info("output %s of the graph is not importable and was not searched for BatchNorms (%s)", out, why)
-            seen = {v for u in units for v in u.variables}
-            for u in find_units(ckpt):  # by name but on no path of the graph: left as they are
-                if not (set(u.variables) & seen):
-                    u.layer, u.kept_because = None, "it is on no output path of the graph"
-                    units.append(u)
-            return units, topo.source
-    return find_units(ckpt), "variable names"
 
 
 def _fold_params(ckpt: Checkpoint, unit: BNUnit, eps: float) -> tuple[np.ndarray, np.ndarray]:

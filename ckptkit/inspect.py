@@ -8,7 +8,7 @@ import numpy as np
 from ._tf import eager
 from .batchnorm.units import check_health
 from .checkpoint import Checkpoint
-from .fold import find_fold_units
+from .batchnorm.finder import find_fold_units
 from .batchnorm.scan import scan_units
 
 JSON_VERSION = 1

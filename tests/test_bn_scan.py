@@ -12,7 +12,7 @@ import pytest
 
 from ckptkit import testing as T
 from ckptkit.checkpoint import Checkpoint
-from ckptkit.fold import find_fold_units
+from ckptkit.batchnorm.finder import find_fold_units
 from ckptkit.batchnorm.scan import scan_units
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

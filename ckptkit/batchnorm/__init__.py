@@ -6,29 +6,13 @@
   units    the unit model (`BNUnit`: its variables, channels, epsilon, the layer it follows, its issues), made
            from an imported graph's BatchNorm nodes (`units_from_graph`: the importer in ops/batch_norm.py is
            what finds BNs) or, with no graph, from variable names (`find_units`).
-  scan     the TF-free fast path over a `.meta` (protobuf only), held equal to the importer's units by
-           tests/test_bn_scan.py; anything it does not recognise declines to the importer.
+  scan     the TF-free fast path over a `.meta` (protobuf only), held equal to the finder by tests/test_bn_scan.py;
+           anything it does not recognise declines to the importer.
+  finder   the policy: which units a checkpoint has, from its graph when it has one, else by names
+           (`find_fold_units`), what `fold` and `inspect` both use.
 
-The weight scaling both folds use is `ckptkit.layout.scale_outputs` (one rounding). The names below are
-importable from the package; each loads its module on first use, so `formula` and `health` stay importable from
-the layers under the IR without a cycle.
+Import the module you need (`from ckptkit.batchnorm.formula import affine`): the package itself exports nothing,
+so `formula` and `health` stay importable from the layers under the IR.
+
+The weight scaling both folds use is `ckptkit.layout.scale_outputs` (one rounding).
 """
-from __future__ import annotations
-
-import importlib
-
-_HOME = {
-    "affine": "formula", "normalize": "formula", "gamma_beta": "formula", "node_affine": "formula",
-    "Issue": "health", "BadStatisticsError": "health", "statistics_issues": "health", "gate": "health",
-    "check_finite": "health",
-    "BNUnit": "units", "Layer": "units", "find_units": "units", "units_from_graph": "units",
-    "check_health": "units",
-    "scan_units": "scan",
-}
-__all__ = sorted(_HOME)
-
-
-def __getattr__(name: str):
-    if name not in _HOME:
-        raise AttributeError(f"module 'ckptkit.batchnorm' has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
