@@ -41,6 +41,7 @@ class Writer:
     tolerance: float = 1e-4  # relative, for verification against TensorFlow
     runtime_package: str = ""  # the distribution that runs the files (its version names the runtime)
     publishes_folder = False  # the output is one folder (a SavedModel), staged whole and renamed into place
+    through_tf = False  # written through TensorFlow (ckptkit.ops.TF_TARGETS): an op's `run` is its writer
     # its command line, which ckptkit.cli generates for every registered writer (`to-NAME`, and the flags in
     # `export`): help, the -o argument, what --bn keep means here, whether it reads --data (ckptkit.data's flags)
     command_help: str = ""
@@ -78,10 +79,17 @@ class Writer:
         return graph
 
     def unsupported(self, graph: Graph) -> list[str]:
+        if self.through_tf:  # every op that runs in TensorFlow traces; what the target lacks, its converter names
+            return [f"{n.name} ({n.op})" for n in graph.nodes if n.op != "Input" and ops.get(n.op).run is None]
         return ops.unsupported(self.prepare(graph), self.name)
 
     def require(self, graph: Graph) -> None:
         """Refuse, naming every node at once, a graph this target cannot express."""
+        if self.through_tf:
+            missing = self.unsupported(graph)
+            if missing:
+                raise CkptkitError(f"{self.label} cannot express {', '.join(missing)}: export to onnx instead")
+            return
         ops.require(self.prepare(graph), self.name, self.label or self.name)
 
     def check(self, graph: Graph, options: object) -> None:

@@ -98,6 +98,7 @@ class SavedModelWriter(Writer):
                    "tf.saved_model.load in a fresh process, against TensorFlow's inference output.")
     output_metavar, output_help = "DIR", "output SavedModel folder (replaced only if it is a SavedModel or empty)"
     publishes_folder = True  # the output is one folder, staged whole and renamed into place
+    through_tf = True
 
     def destinations(self, path: str, graph: Optional[Graph]) -> list[str]:
         # any folder name (TF Serving wants MODEL/1/); an existing one must be a SavedModel, which it replaces
@@ -107,18 +108,6 @@ class SavedModelWriter(Writer):
             raise CkptkitError(f"output {path} exists and is not a SavedModel folder: choose another -o (ckptkit "
                                "replaces only a SavedModel, or an empty folder)")
         return [path]
-
-    def unsupported(self, graph: Graph) -> list[str]:
-        return [f"{n.name} ({n.op})" for n in graph.nodes if ops.get(n.op).run is None and n.op != "Input"]
-
-    def require(self, graph: Graph) -> None:
-        missing = self.unsupported(graph)
-        if missing:
-            raise CkptkitError(f"a SavedModel cannot express {', '.join(missing)}: export to onnx instead")
-
-    def disk_bytes(self, graph: Graph) -> tuple[int, int]:
-        size = graph.written_bytes()
-        return size, size
 
     def write(self, graph: Graph, path: str, options) -> list[str]:
         save(graph, path)

@@ -16,7 +16,6 @@ from typing import Optional
 
 import numpy as np
 
-from ckptkit import ops
 from ckptkit.errors import CkptkitError
 from ckptkit.ir import Graph
 
@@ -142,6 +141,7 @@ class TfliteWriter(Writer):
     name, label, suffixes, runtime_package = "tflite", "LiteRT", (".tflite",), "ai-edge-litert"
     options = Options
     leaves_cycles = True  # the traced function holds the graph's weights in reference cycles
+    through_tf = True
     command_help = "export to LiteRT (.tflite), float or int8, verified in LiteRT's interpreter"
     description = ("Run the BN-folded network as a TensorFlow function of fixed input shape, convert it with "
                    "TensorFlow's LiteRT converter (builtin ops only unless --allow-select-ops; int8 calibrated on "
@@ -166,16 +166,6 @@ class TfliteWriter(Writer):
 
     def __init__(self):
         self._held: dict[str, np.ndarray] = {}  # int8: written path -> its held-out samples, until checked
-
-    def unsupported(self, graph: Graph) -> list[str]:
-        """Every IR op runs in TensorFlow, so every op can be traced: what LiteRT cannot express the converter
-        names (see `convert`)."""
-        return [f"{n.name} ({n.op})" for n in graph.nodes if ops.get(n.op).run is None and n.op != "Input"]
-
-    def require(self, graph: Graph) -> None:
-        missing = self.unsupported(graph)
-        if missing:
-            raise CkptkitError(f"LiteRT cannot express {', '.join(missing)}: export to onnx instead")
 
     def check_options(self, options: Options) -> None:
         from ckptkit import validate
@@ -231,8 +221,3 @@ class TfliteWriter(Writer):
 
 
 WRITER = TfliteWriter()
-
-
-def interpreter_label() -> Optional[str]:
-    """How the verifying interpreter is named in reports."""
-    return _interpreter_class()[1]
