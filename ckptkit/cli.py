@@ -162,6 +162,8 @@ def _run_export(args, fmt: str, fold: bool, **options) -> int:
         print(f"wrote {f}")
     for comparison in result.comparisons:
         print(f"{comparison.verb} in {comparison.runtime}: {comparison}")
+    for note in result.notes:
+        print(f"note: {note}")
     return 0
 
 
@@ -276,6 +278,8 @@ def cmd_export(args) -> int:
             print(f"wrote {f}")
         for comparison in result.comparisons:
             print(f"  {fmt} {comparison.verb} in {comparison.runtime}: {comparison}")
+        for note in result.notes:
+            print(f"  note: {note}")
     return 0
 
 

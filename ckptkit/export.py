@@ -64,15 +64,27 @@ class ExportResult:
                 "inputs": self.graph.input_names, "outputs": self.graph.output_names}
 
 
-def check_model_statistics(model: Model, allow_bad: bool = False) -> None:
-    """The health gate (ckptkit.batchnorm.health) over every BatchNorm of the model, before anything is written."""
+def _statistics_issues(model: Model) -> list:
     issues = []
     for node in model.graph:
         if node.op == "BatchNorm":
             issues += [(node.name, i) for i in statistics_issues(node.name, node.params.get("mean"),
                                                                  node.params.get("variance"))]
+    return issues
+
+
+def check_model_statistics(model: Model, allow_bad: bool = False) -> None:
+    """The health gate (ckptkit.batchnorm.health) over every BatchNorm of the model, before anything is written."""
     prefix = model.checkpoint.prefix if model.checkpoint is not None else "CKPT"
-    gate(issues, allow_bad=allow_bad, checkpoint=prefix, action="exporting")
+    gate(_statistics_issues(model), allow_bad=allow_bad, checkpoint=prefix, action="exporting")
+
+
+def _statistics_note(model: Model, allow_bad: bool) -> list[str]:
+    """What a verification of a model with bad statistics means, said beside its result."""
+    if not allow_bad or not _statistics_issues(model):
+        return []
+    return ["its BatchNorm statistics are never updated or invalid (--allow-bad-statistics): the file reproduces "
+            "TensorFlow's output for these statistics, which is not a healthy model's; recalibrate to fix them"]
 
 
 def prepare(model: Model, fold: bool = True, allow_bad_statistics: bool = False) -> Graph:
@@ -213,7 +225,8 @@ def export(model: Model, fmt: str, path: str, *, fold: bool = True, check: bool 
     with Stage(os.path.dirname(final_paths[0]), protect=protected, what=f"the {fmt} export") as st:
         staged, comparisons = write(st)
         st.publish(list(zip(staged, final_paths)))
-    return ExportResult(final_paths, graph, comparisons, format=fmt)
+    return ExportResult(final_paths, graph, comparisons, notes=_statistics_note(model, allow_bad_statistics),
+                        format=fmt)
 
 
 def _planned(model: Model, fmt: str, path: str, fold: bool, check: bool, verify_data: Optional[str],
@@ -384,7 +397,8 @@ def export_many(model: Model, formats: list[str], folder: str, **options) -> lis
         for fmt, final_paths, graph, write in plans:  # all written and verified, then published as one
             staged, comparisons = write(st)
             sets.append(list(zip(staged, final_paths)))
-            results.append(ExportResult(final_paths, graph, comparisons, format=fmt))
+            results.append(ExportResult(final_paths, graph, comparisons, format=fmt,
+                                        notes=_statistics_note(model, common["allow_bad_statistics"])))
         st.publish_sets(sets)
     _say_what_else_is_there(folder, {p for r in results for p in r.files})
     return results

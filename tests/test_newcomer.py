@@ -127,3 +127,10 @@ def test_verify_of_an_existing_file_names_where_it_departs(tmp_path, capsys):
     scope = changed[: -len("/weights")]
     assert divergence["node"].startswith(scope) and divergence["op"] == "Conv", (divergence, scope)
     assert f"first diverging node: Conv {divergence['node']}" in err
+
+
+def test_an_export_of_bad_statistics_says_what_its_check_means(tmp_path):
+    run = _run("to-onnx", BROKEN, "-o", tmp_path / "m.onnx", "--allow-bad-statistics")
+    assert run.returncode == 0, run.stderr
+    assert "of outputs up to" in run.stdout  # the error is relative to a scale that is printed
+    assert "note: its BatchNorm statistics are never updated or invalid" in run.stdout
