@@ -44,6 +44,9 @@ demo: setup
 	@echo "\n== 4. fold BatchNorm and export, each verified against TensorFlow"
 	$(CK) fold $(OUT)/recalibrated -o $(OUT)/folded/model.ckpt
 	$(CK) export $(OUT)/recalibrated --to onnx,keras,caffe -o $(OUT)/exported
+	@echo "\n== 5. int8 LiteRT for a phone, calibrated on the same images (their preprocessing was recorded)"
+	$(CK) to-tflite $(OUT)/recalibrated --quantize int8 --data $(DIGITS)/calibration -o $(OUT)/digits_int8.tflite
+	$(PY) fixtures/demo_accuracy.py --tflite $(OUT)/digits_int8.tflite $(DIGITS)/test
 
 # --durations: the slowest tests, for whoever next shortens the suite; --maxschedchunk 1: the workers take tests one
 # at a time, the `slow` ones first (tests/conftest.py), so that they finish together

@@ -136,3 +136,20 @@ def test_a_channel_that_dwarfs_its_layer_is_named(healthy_digits, tmp_path):
     finally:
         logging.getLogger("ckptkit").removeHandler(handler)
     assert any(m.startswith("int8: conv1") and "channel 0" in m for m in seen), seen
+
+
+def test_int8_from_the_broken_digits_reaches_float_accuracy(healthy_digits, tmp_path):
+    """The issue's chain: broken checkpoint -> recalibrate (fixture) -> int8 with the same images; accuracy on the
+    held-out labelled digits within 1.5 points of the float model's, in LiteRT's interpreter."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo_accuracy", os.path.join(DIGITS, "..", "demo_accuracy.py"))
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    out = str(tmp_path / "int8.tflite")
+    ckptkit.export(ckptkit.load(healthy_digits), "tflite", out, quantize="int8",
+                   data=os.path.join(DIGITS, "calibration"))
+    float_accuracy = demo.checkpoint_accuracy(healthy_digits, os.path.join(DIGITS, "test"))
+    int8_accuracy = demo.tflite_accuracy(out, os.path.join(DIGITS, "test"))
+    assert float_accuracy > 0.9
+    assert int8_accuracy >= float_accuracy - 0.015, (int8_accuracy, float_accuracy)
