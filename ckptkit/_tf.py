@@ -1,6 +1,7 @@
 """Lazy, quiet TensorFlow import: `ckptkit --help` never pays for it."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.abc
 import os
@@ -117,3 +118,27 @@ def eager(fn):
             return fn(*args, **kwargs)
 
     return wrapper
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """TensorFlow's and LiteRT's C++ notes on fd 2 (`fully_quantize: 0, ...`, `Created TensorFlow Lite XNNPACK
+    delegate`) kept off the terminal while a block runs; CKPTKIT_TF_LOGS=1 lets them through. Python's own
+    warnings from the block are dropped too: ckptkit says what matters in its own words."""
+    import warnings
+
+    if os.environ.get("CKPTKIT_TF_LOGS") == "1":
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

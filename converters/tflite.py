@@ -81,8 +81,11 @@ def convert(graph: Graph, options: Options, calibration: Optional[np.ndarray] = 
         converter.representative_dataset = representative
         if options.io == "int8":
             converter.inference_input_type = converter.inference_output_type = _tf.int8
+    from ckptkit._tf import quiet_native_stderr
+
     try:
-        return converter.convert()
+        with quiet_native_stderr():
+            return converter.convert()
     except Exception as err:  # the converter's ConverterError and friends
         text = str(err)
         needed = sorted(set(re.findall(r"'?tf\.([A-Za-z0-9]+)'?", text)))
@@ -107,10 +110,13 @@ def _interpreter_class():
 def runner(path: str, *, batch: int = 1, **_):
     """A function NHWC batch -> output running the file in LiteRT's interpreter, `batch` samples a call (the
     model's fixed batch; a last partial batch is padded and cut)."""
+    from ckptkit._tf import quiet_native_stderr
+
     Interpreter, _ = _interpreter_class()
     try:
-        interp = Interpreter(model_path=path)
-        interp.allocate_tensors()
+        with quiet_native_stderr():  # "Created TensorFlow Lite XNNPACK delegate for CPU."
+            interp = Interpreter(model_path=path)
+            interp.allocate_tensors()
     except Exception as err:  # the interpreter's own error types
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise CkptkitError(f"LiteRT cannot load the written model ({first}): pass --no-verify to write it "
@@ -129,7 +135,8 @@ def runner(path: str, *, batch: int = 1, **_):
             if inp["dtype"] == np.int8:  # an int8-io model: quantized as its input records
                 chunk = np.clip(np.round(chunk / in_scale + in_zero), -128, 127).astype(np.int8)
             interp.set_tensor(inp["index"], chunk)
-            interp.invoke()
+            with quiet_native_stderr():
+                interp.invoke()
             y = np.array(interp.get_tensor(out["index"]))[:n]
             outputs.append((y.astype(np.float32) - out_zero) * out_scale if out["dtype"] == np.int8 else y)
         return np.concatenate(outputs)
