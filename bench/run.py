@@ -104,6 +104,29 @@ def bench_to_onnx(rows: list) -> None:
     rows.append(("to-onnx resnet_v1_50 (verify on) vs freeze + tf2onnx", ours, base))
 
 
+def bench_to_tflite(rows: list) -> None:
+    """to-tflite (trace the folded IR, TensorFlow's converter, LiteRT verification) against TensorFlow's own
+    converter run on a frozen graph of the same network (no verification, no BN folding of its own)."""
+    arch = "inception_v1"
+    prefix = arch_ckpt(arch)
+    out = os.path.join(WORK, "i1.tflite")
+    ours = measure(CKPTKIT + ["to-tflite", prefix, "--arch", arch, "-o", out])
+    frozen = os.path.join(WORK, "i1_frozen.pb")
+    convert = (
+        "import tensorflow as tf; from ckptkit import archs; from ckptkit.compat import slim; slim()\n"
+        "tf1 = tf.compat.v1; g = tf.Graph()\n"
+        "with g.as_default():\n"
+        " x = tf1.placeholder(tf.float32, [1, 224, 224, 3], name='input')\n"
+        " y = tf.identity(archs.builder(%r, 1000)(x), name='logits')\n"
+        " s = tf1.Session(); tf1.train.Saver().restore(s, %r)\n"
+        " gd = tf1.graph_util.convert_variables_to_constants(s, g.as_graph_def(), ['logits'])\n"
+        " open(%r, 'wb').write(gd.SerializeToString())\n"
+        "c = tf1.lite.TFLiteConverter.from_frozen_graph(%r, ['input'], ['logits'])\n"
+        "open(%r, 'wb').write(c.convert())\n") % (arch, prefix, frozen, frozen, out + ".tf.tflite")
+    base = measure([PY, "-c", convert])
+    rows.append((f"to-tflite {arch} (verify on) vs freeze + TF's LiteRT converter", ours, base))
+
+
 def arch_ckpt(arch: str) -> str:
     """A random-weight checkpoint of a tf_slim.nets network at 224 px, with its training .meta beside it."""
     prefix = os.path.join(WORK, arch, "model.ckpt")
@@ -303,7 +326,7 @@ def device() -> str:
 
 
 BENCHES = {"startup": bench_startup, "fold": bench_fold, "to-onnx": bench_to_onnx, "recalibrate": bench_recalibrate,
-           "sizes": bench_sizes}
+           "to-tflite": bench_to_tflite, "sizes": bench_sizes}
 
 
 def main(names: list[str]) -> None:
