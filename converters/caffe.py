@@ -313,6 +313,12 @@ class CaffeWriter(Writer):
     def runner(self, path: str, graph: Graph, options: Options):
         return runner(path, graph)
 
+    def intermediates(self, path: str, graph: Graph, options: Options):
+        """OpenCV's blobs of the layers named after IR nodes (when OpenCV is installed)."""
+        if caffe_consumers.CONSUMERS["opencv"].version() is None:
+            return None
+        return caffe_consumers.opencv_intermediates(path, self.prepare(graph))
+
     def runtimes(self, path: str, graph: Graph, options: Options) -> list[Runtime]:
         return [Runtime(f"{consumer.label} {version}", functools.partial(consumer.runner, path, graph),
                         consumer.tolerance) for consumer, version in caffe_consumers.select(

@@ -97,6 +97,33 @@ def _opencv_runner(prototxt: str, graph: Optional[Graph] = None):
     return run
 
 
+def opencv_intermediates(prototxt: str, graph: Graph):
+    """(NHWC batch, IR node names) -> {node: value, NHWC} from OpenCV's blobs of the layers named after IR nodes
+    (each writer names a node's last layer after it; a kept BatchNorm's first, its Scale follows: not offered).
+    Only 4-D blobs and fully connected outputs are offered: a flattened blob is in Caffe's NCHW order (the next
+    layer's weights are permuted instead), so it is not comparable value for value."""
+    import cv2
+
+    net = cv2.dnn.readNetFromCaffe(prototxt, _caffemodel(prototxt))
+    if hasattr(net, "enableWinograd"):
+        net.enableWinograd(False)
+    layers = {name for name in net.getLayerNames() if net.getLayer(name).type != "BatchNorm"}
+
+    def run(x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+        wanted = [n for n in names if n in layers and (len(graph[n].shape) == 4 or graph[n].op == "Dense")]
+        if not wanted:
+            return {}
+        net.setInput(np.ascontiguousarray(x.transpose(0, 3, 1, 2), np.float32))
+        blobs = net.forward(wanted)
+        out = {}
+        for n, blob in zip(wanted, blobs):
+            blob = np.asarray(blob)
+            out[n] = blob.transpose(0, 2, 3, 1) if blob.ndim == 4 else blob.reshape(blob.shape[0], -1)
+        return out
+
+    return run
+
+
 # ---- MNN -------------------------------------------------------------------------------------
 def _mnn_version() -> Optional[str]:
     if importlib.util.find_spec("MNN") is None or importlib.util.find_spec("_tools") is None:

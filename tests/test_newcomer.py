@@ -134,3 +134,29 @@ def test_an_export_of_bad_statistics_says_what_its_check_means(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "of outputs up to" in run.stdout  # the error is relative to a scale that is printed
     assert "note: its BatchNorm statistics are never updated or invalid" in run.stdout
+
+
+def test_a_refused_caffe_export_names_where_it_departs(monkeypatch, tmp_path, capsys):
+    """Caffe's localisation reads OpenCV's blobs: a Relu6 written as plain ReLU is named as the first to diverge."""
+    import json
+
+    from ckptkit import cli, ops
+
+    relu6 = ops.get("Relu6")
+    monkeypatch.setitem(relu6.writers, "caffe", lambda c, node, xs: c.layer(node.name, "ReLU", xs))
+    rc = cli.main(["to-caffe", os.path.join(ROOT, "fixtures", "mobilenet_v2_tiny"), "-o", str(tmp_path / "m"),
+                   "--caffe-runtime", "opencv", "--json", "--verify-data", _saturating(tmp_path)])
+    out, err = capsys.readouterr()
+    assert rc == 3, err
+    divergence = json.loads(out)["divergence"]
+    assert divergence["op"] == "Relu6" and divergence["where"] == "target", divergence
+    assert not list(tmp_path.glob("m.*"))
+
+
+def _saturating(tmp_path) -> str:
+    """Inputs large enough that some ReLU6 saturates (its input passes 6)."""
+    import numpy as np
+
+    path = tmp_path / "x.npy"
+    np.save(path, np.random.default_rng(0).uniform(-20, 20, (4, 32, 32, 3)).astype(np.float32))
+    return str(path)
