@@ -275,32 +275,8 @@ def _planned(model: Model, fmt: str, path: str, fold: bool, check: bool, verify_
             release = getattr(model.reference, "release", None)  # are never held at the same time
             if release is not None:
                 release()
-            runtimes = writer.runtimes(checked_path, graph, opts)  # Caffe: every installed consumer
-            failures = []  # (runtime, what went wrong): a comparison beyond tolerance, or files it cannot run
-            divergence = None  # where the first runtime that does not match departs (ckptkit.localise)
-            for runtime in runtimes:
-                tol = tolerance if tolerance is not None else runtime.tolerance
-                try:
-                    with phase(f"verify {fmt} in {runtime.label}"):
-                        run = runtime.load()
-                        comparison = replace(verify(reference, run, inputs, tol, float64=exact,
-                                                    judge=writer.judge(opts)),
-                                             runtime=runtime.label,
-                                             independent=getattr(model.reference, "independent", True))
-                except VerificationError:
-                    raise
-                except CkptkitError as err:
-                    if len(runtimes) == 1:
-                        raise
-                    failures.append((runtime.label, str(err)))
-                    continue
-                comparisons.append(comparison)
-                if not comparison.ok:
-                    failures.append((runtime.label, f"does not match TensorFlow in {runtime.label}: {comparison}"))
-                    if divergence is None and writer.judge(opts) is None:  # int8: not a node-by-node matter
-                        divergence = _locate(graph, model.reference, run, writer, checked_path, opts, inputs, tol)
-                run = None  # this runtime's copy of the model goes before the next one loads its own
-                _free_memory(graph, writer)
+            comparisons, failures, divergence = _check_in_runtimes(fmt, writer, graph, opts, checked_path, model,
+                                                                   reference, inputs, tolerance, exact)
             if failures:
                 text = _mismatch(fmt, failures[0], [c for c in comparisons if c.ok])
                 if divergence is not None:
@@ -320,6 +296,38 @@ def _say_once(text: str) -> None:
     if text not in _SAID:
         _SAID.add(text)
         log.info("%s", text)
+
+
+def _check_in_runtimes(fmt: str, writer, graph: Graph, opts, path: str, model: Model, reference, inputs,
+                       tolerance: Optional[float], float64=None):
+    """The files at `path` run in every runtime the writer verifies in, each against `reference` on `inputs`:
+    (comparisons, failures [(runtime, what went wrong)], where the first mismatch departs or None). A runtime that
+    cannot load the files is a failure beside the others (the only one: its error is raised)."""
+    runtimes = writer.runtimes(path, graph, opts)  # Caffe: every installed consumer
+    judge = writer.judge(opts)  # int8: agreement, not a tolerance, and not a node-by-node matter
+    comparisons, failures, divergence = [], [], None
+    for runtime in runtimes:
+        tol = tolerance if tolerance is not None else runtime.tolerance
+        try:
+            with phase(f"verify {fmt} in {runtime.label}"):
+                run = runtime.load()
+                comparison = replace(verify(reference, run, inputs, tol, float64=float64, judge=judge),
+                                     runtime=runtime.label, independent=getattr(model.reference, "independent", True))
+        except VerificationError:
+            raise
+        except CkptkitError as err:
+            if len(runtimes) == 1:
+                raise
+            failures.append((runtime.label, str(err)))
+            continue
+        comparisons.append(comparison)
+        if not comparison.ok:
+            failures.append((runtime.label, f"does not match TensorFlow in {runtime.label}: {comparison}"))
+            if divergence is None and judge is None:
+                divergence = _locate(graph, model.reference, run, writer, path, opts, inputs, tol)
+        run = None  # this runtime's copy of the model goes before the next one loads its own
+        _free_memory(graph, writer)
+    return comparisons, failures, divergence
 
 
 def _locate(graph: Graph, reference, run, writer, path: str, opts, inputs, tolerance: float):
@@ -409,11 +417,11 @@ def _say_what_else_is_there(folder: str, written: set) -> None:
     Keras file is never taken for the companion of an older ONNX file of another checkpoint beside it."""
     from ckptkit.converters import base
 
-    suffixes = tuple(s for name in base.MODULES for s in writer_for(name).suffixes) + (".prototxt", ".caffemodel")
+    suffixes = tuple(s for name in base.MODULES for s in writer_for(name).suffixes)
+    written = {os.path.abspath(p) for p in written}
     try:
-        others = sorted(f for f in os.listdir(folder) if f.endswith(suffixes) and
-                        os.path.join(folder, f) not in written and os.path.abspath(os.path.join(folder, f))
-                        not in {os.path.abspath(p) for p in written})
+        others = sorted(f for f in os.listdir(folder)
+                        if f.endswith(suffixes) and os.path.abspath(os.path.join(folder, f)) not in written)
     except OSError:
         return
     if others:
@@ -431,8 +439,6 @@ def format_of(path: str) -> str:
             if writer_for(name).publishes_folder:
                 return name
     low = str(path).lower()
-    if low.endswith((".prototxt", ".caffemodel")):
-        return "caffe"
     for name in base.MODULES:
         if low.endswith(writer_for(name).suffixes):
             return name
@@ -464,19 +470,8 @@ def verify_existing(model: Model, path: str, *, fold: bool = True, tolerance: Op
     opts = writer.make_options(dict(options, fold=fold))
     graph = writer.prepare(prepare(model, fold, allow_bad_statistics))
     inputs = verification_inputs(graph.input_shape, verify_data, value_range=_recorded_range(model))
-    reference = _once(model.reference)
-    comparisons, failures, divergence = [], [], None
-    for runtime in writer.runtimes(path, graph, opts):
-        tol = tolerance if tolerance is not None else runtime.tolerance
-        with phase(f"verify {fmt} in {runtime.label}"):
-            run = runtime.load()
-            comparison = replace(verify(reference, run, inputs, tol), runtime=runtime.label,
-                                 independent=getattr(model.reference, "independent", True))
-        comparisons.append(comparison)
-        if not comparison.ok:
-            failures.append((runtime.label, f"does not match TensorFlow in {runtime.label}: {comparison}"))
-            if divergence is None:
-                divergence = _locate(graph, model.reference, run, writer, path, opts, inputs, tol)
+    comparisons, failures, divergence = _check_in_runtimes(fmt, writer, graph, opts, path, model,
+                                                           _once(model.reference), inputs, tolerance)
     if failures:
         passed = [c for c in comparisons if c.ok]
         text = f"{path} {failures[0][1]}"

@@ -165,6 +165,23 @@ def inference_output(builder: Callable, input_shape, prefix: str, x: np.ndarray)
             return sess.run(out, {inp: x})
 
 
+def onnx_output(path: str, x: np.ndarray) -> np.ndarray:
+    """onnxruntime's output of the ONNX file at `path` on the NHWC batch `x`."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def onnx_error_against_tf(builder: Callable, input_shape, prefix: str, path: str, batch: int = 4) -> float:
+    """The ONNX file's largest difference from TF's own inference output of `builder` restored from `prefix`,
+    relative to max(1, the largest |output|)."""
+    x = random_input(input_shape, batch=batch)
+    expected = inference_output(builder, input_shape, prefix, x)
+    got = onnx_output(path, x).reshape(expected.shape)
+    return float(np.max(np.abs(got - expected)) / max(1.0, float(np.max(np.abs(expected)))))
+
+
 def random_input(shape, batch: int = 2, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).normal(0.0, 1.0, (batch,) + tuple(shape)).astype(np.float32)
 

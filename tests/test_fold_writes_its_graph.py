@@ -31,11 +31,6 @@ def tiny_resnet_v2(inputs, is_training=False):
 
 
 
-def _onnx_output(path: str, x: np.ndarray) -> np.ndarray:
-    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
-
-
 def test_a_resnet_v2_fold_writes_its_graph_and_chains_into_onnx(tmp_path, capsys):
     prefix = T.save_model(tiny_resnet_v2, SHAPE, str(tmp_path / "ck" / "model.ckpt"))
     folded = str(tmp_path / "folded" / "model.ckpt")
@@ -45,7 +40,7 @@ def test_a_resnet_v2_fold_writes_its_graph_and_chains_into_onnx(tmp_path, capsys
     assert cli.main(["to-onnx", folded, "-o", out]) == 0, capsys.readouterr().err  # the graph beside it: no flags
     x = T.random_input(SHAPE, batch=3)
     expected = T.inference_output(tiny_resnet_v2, SHAPE, prefix, x)
-    got = _onnx_output(out, x).reshape(expected.shape)
+    got = T.onnx_output(out, x).reshape(expected.shape)
     assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
 
 
@@ -87,7 +82,7 @@ def test_a_two_headed_graph_is_folded_with_both_heads_and_each_exports(tmp_path,
     for head, want in (("output", expected), ("predictions", _softmax(expected))):
         out = str(tmp_path / f"{head}.onnx")
         assert cli.main(["to-onnx", folded, "--outputs", head, "-o", out]) == 0, capsys.readouterr().err
-        got = _onnx_output(out, x)
+        got = T.onnx_output(out, x)
         assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), head
     # and `fold --outputs` writes the one head asked for
     one = str(tmp_path / "one" / "model.ckpt")
