@@ -17,11 +17,9 @@ from typing import Optional, Sequence
 from . import __version__
 from .errors import CkptkitError
 from .ir import shorten
-from .ops import TARGETS, TF_TARGETS
+from .ops import FORMATS, TARGETS
 from .options import DEFAULT_BATCH_SIZE, MODES
 from .safe_io import shell_word
-
-FORMATS = TARGETS + TF_TARGETS  # every registered writer (ckptkit.converters.base.MODULES)
 
 
 def writer_for(name: str):
@@ -428,8 +426,12 @@ def _add_data_options(p: argparse.ArgumentParser, required: bool = True, measuri
                    ".npy/.npz NHWC arrays and/or TFRecords, searched recursively")
     if measuring:
         p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="samples per batch")
-    p.add_argument("--max-samples", type=int, help="use at most this many samples (default: all)" if measuring
-                   else "use at most this many samples (default 512)")
+    if measuring:
+        p.add_argument("--max-samples", type=int, help="use at most this many samples (default: all)")
+    else:
+        from ckptkit.converters.quantize import MAX_SAMPLES
+
+        p.add_argument("--max-samples", type=int, help=f"use at most this many samples (default {MAX_SAMPLES})")
     p.add_argument("--preprocess", choices=["none", "unit", "inception", "vgg"],
                    help="how images were preprocessed in training (required for images, unless recorded beside CKPT "
                         "by an earlier recalibration): inception = slim's inception eval (central 87.5%% crop, "
@@ -555,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "NAME.prototxt + NAME.caffemodel), each verified against the same TensorFlow run.")
     _add_source(p, ckpt_optional=True)
     p.add_argument("--to", default=",".join(TARGETS), metavar="FORMATS",
-                   help=f"comma-separated formats from {', '.join(TARGETS + TF_TARGETS)} (default: "
+                   help=f"comma-separated formats from {', '.join(FORMATS)} (default: "
                         f"{','.join(TARGETS)})")
     p.add_argument("-o", dest="output_path", required=True, metavar="DIR", help="output folder (created if missing)")
     for name in FORMATS:

@@ -27,7 +27,7 @@ from .verify import Comparison, verification_inputs, verify
 
 log = logging.getLogger("ckptkit")
 
-FORMATS = ops.TARGETS + ops.TF_TARGETS  # one list: the targets (converters.base loads their writers)
+FORMATS = ops.FORMATS  # one list: the targets (converters.base loads their writers)
 
 
 def writer_for(fmt: str):

@@ -15,7 +15,7 @@ from ckptkit.errors import CkptkitError
 from ckptkit.ir import Graph
 
 # target name -> module defining WRITER: one per target op modules write for (ckptkit.ops.TARGETS)
-MODULES = {target: f"ckptkit.converters.{target}" for target in ops.TARGETS + ops.TF_TARGETS}
+MODULES = {target: f"ckptkit.converters.{target}" for target in ops.FORMATS}
 
 
 class Runtime(NamedTuple):

@@ -23,6 +23,7 @@ from ..errors import CkptkitError
 TARGETS = ("onnx", "keras", "caffe")  # targets whose ops each have a writer of their own
 # targets written through TensorFlow (converters/tflite.py): an op's `run` is its writer there
 TF_TARGETS = ("tflite", "savedmodel")
+FORMATS = TARGETS + TF_TARGETS  # every target (converters.base.MODULES: one writer module each)
 # where an op cannot be written, the target to suggest instead
 FALLBACK = {"caffe": "onnx", "keras": "onnx", "onnx": "keras"}
 
