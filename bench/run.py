@@ -90,7 +90,7 @@ def bench_to_onnx(rows: list) -> None:
     ours = measure(CKPTKIT + ["to-onnx", prefix, "--arch", "resnet_v1_50", "-o", out])
     frozen = os.path.join(WORK, "r50_frozen.pb")
     freeze = (
-        "import tensorflow as tf; from ckptkit import archs; from ckptkit.compat import slim; slim()\n"
+        "import tensorflow as tf; from ckptkit.topology import archs; from ckptkit.core.compat import slim; slim()\n"
         "tf1 = tf.compat.v1; g = tf.Graph()\n"
         "with g.as_default():\n"
         " x = tf1.placeholder(tf.float32, [None, 224, 224, 3], name='input')\n"
@@ -113,7 +113,7 @@ def bench_to_tflite(rows: list) -> None:
     ours = measure(CKPTKIT + ["to-tflite", prefix, "--arch", arch, "-o", out])
     frozen = os.path.join(WORK, "i1_frozen.pb")
     convert = (
-        "import tensorflow as tf; from ckptkit import archs; from ckptkit.compat import slim; slim()\n"
+        "import tensorflow as tf; from ckptkit.topology import archs; from ckptkit.core.compat import slim; slim()\n"
         "tf1 = tf.compat.v1; g = tf.Graph()\n"
         "with g.as_default():\n"
         " x = tf1.placeholder(tf.float32, [1, 224, 224, 3], name='input')\n"
@@ -144,7 +144,7 @@ def freeze_and_tf2onnx(arch: str, prefix: str, out: str) -> list[str]:
     """The peer: freeze the slim graph with TF (tf2onnx needs a frozen graph), then tf2onnx.convert."""
     frozen = out + ".frozen.pb"
     freeze = (
-        "import tensorflow as tf; from ckptkit import archs; from ckptkit.compat import slim; slim()\n"
+        "import tensorflow as tf; from ckptkit.topology import archs; from ckptkit.core.compat import slim; slim()\n"
         "tf1 = tf.compat.v1; g = tf.Graph()\n"
         "with g.as_default():\n"
         " x = tf1.placeholder(tf.float32, [None, 224, 224, 3], name='input')\n"
@@ -173,7 +173,7 @@ def bench_sizes(rows: list) -> None:
             continue
         prefix = arch_ckpt(arch)
         ckpt = checkpoint_mb(prefix)
-        # the --arch graph cache (ckptkit.graph_cache) warmed first: the rows are what a second command on a
+        # the --arch graph cache (ckptkit.topology.graph_cache) warmed first: the rows are what a second command on a
         # network costs; to-onnx is also measured with the cache off (what the first command costs)
         subprocess.run(script(f"from ckptkit import load; load({prefix!r}, arch={arch!r}, weights=False)"),
                        capture_output=True, cwd=ROOT, check=True)
@@ -271,7 +271,7 @@ def bench_recalibrate(rows: list) -> None:
     ours = measure(CKPTKIT + ["recalibrate", prefix, "--arch", "resnet_v1_50", "--data", data, "-o", out,
                               "--batch-size", "32"])
     forward = (
-        "import numpy as np, tensorflow as tf; from ckptkit import archs; from ckptkit.compat import slim; slim()\n"
+        "import numpy as np, tensorflow as tf; from ckptkit.topology import archs; from ckptkit.core.compat import slim; slim()\n"
         "tf1 = tf.compat.v1; g = tf.Graph()\n"
         "with g.as_default():\n"
         " x = tf1.placeholder(tf.float32, [None, 224, 224, 3]); y = archs.builder('resnet_v1_50', 1000)(x)\n"
@@ -320,7 +320,7 @@ def verdict(label: str, ours, base) -> str:
 
 def device() -> str:
     """The devices TensorFlow (and so ckptkit's recalibration) runs on here."""
-    code = "from ckptkit.recalibrate import resolve_devices; print(','.join(resolve_devices()))"
+    code = "from ckptkit.commands.recalibrate import resolve_devices; print(','.join(resolve_devices()))"
     out = subprocess.run([PY, "-c", code], capture_output=True, text=True, cwd=ROOT)
     return out.stdout.strip() or "unknown"
 

@@ -14,12 +14,12 @@ import sys
 import threading
 from typing import Optional, Sequence
 
-from . import __version__
-from .errors import CkptkitError
-from .ir import shorten
-from .ops import FORMATS, TARGETS
-from .options import DEFAULT_BATCH_SIZE, MODES
-from .safe_io import shell_word
+from ckptkit import __version__
+from ckptkit.core.errors import CkptkitError
+from ckptkit.ir import shorten
+from ckptkit.ir.registry import FORMATS, TARGETS
+from ckptkit.converters.base import Writer
+from ckptkit.core.safe_io import shell_word
 
 
 def writer_for(name: str):
@@ -49,42 +49,24 @@ def _key_values(items: Optional[list[str]], option: str = "--arch-arg") -> dict:
 
 
 def _add_source(p: argparse.ArgumentParser, ckpt_optional: bool = False) -> None:
+    """The checkpoint and every topology flag (declared in ckptkit.core.options)."""
+    from ckptkit.core import options
+
     p.add_argument("checkpoint", metavar="CKPT", nargs="?" if ckpt_optional else None,
                    help="checkpoint prefix (model.ckpt-1234), one of its files, or its folder")
     g = p.add_argument_group("topology (default: the .meta beside the checkpoint)")
-    g.add_argument("--meta", metavar="PATH", help="MetaGraphDef to take the graph from (a training graph is fine)")
-    g.add_argument("--arch", metavar="NAME", help="a tf_slim.nets network, e.g. resnet_v1_50, inception_v3, vgg_16_bn")
-    g.add_argument("--arch-arg", metavar="KEY=VALUE", action="append",
-                   help="extra argument of the --arch network function, e.g. output_stride=16 (repeatable)")
-    _add_builder(g)
-    g.add_argument("--graph", metavar="FROZEN.pb", help="a frozen GraphDef (CKPT then optional)")
-    g.add_argument("--inputs", "--input", dest="input", metavar="NAME",
-                   help="input op or tensor, as tf2onnx spells it (default: detected when unambiguous)")
-    g.add_argument("--outputs", "--output", dest="output", metavar="NAME",
-                   help="output op or tensor, as tf2onnx spells it (default: detected when unambiguous; "
-                        "--arch: the logits)")
-    g.add_argument("--input-shape", metavar="H,W,C", help="input size; the batch stays dynamic "
-                                                         "(--arch: the network's standard size)")
+    options.add_flags(g, options.ALL_TOPOLOGY + (options.BUILDER_ARG,))
 
 
-def _add_graph_choice(p: argparse.ArgumentParser, purpose: str, without: str) -> None:
-    """inspect's and fold's topology flags: a graph is optional there (BatchNorms can be found by names)."""
-    p.add_argument("--meta", metavar="PATH", help=f"graph {purpose} (default: the .meta beside CKPT)")
-    p.add_argument("--arch", metavar="NAME", help=f"tf_slim.nets network {purpose}")
-    p.add_argument("--arch-arg", metavar="KEY=VALUE", action="append", help="extra --arch argument (repeatable)")
-    _add_builder(p)
-    p.add_argument("--input-shape", metavar="H,W,C", help="input size of --builder/--arch networks")
-    p.add_argument("--no-meta", action="store_true", help=f"ignore the .meta beside CKPT: {without}")
+def _add_graph_choice(p: argparse.ArgumentParser, without: str, io: bool = False) -> None:
+    """inspect's and fold's topology flags (the same declarations): a graph is optional there (BatchNorms can be
+    found by names), and a frozen graph has no variables to find them in. `io`: the input/output names too."""
+    from ckptkit.core import options
 
-
-def _add_builder(g) -> None:
-    g.add_argument("--builder", metavar="MODULE:FUNCTION",
-                   help="your network code as the topology (this RUNS your Python: use only code you trust): "
-                        "FUNCTION(inputs, **builder args) returns the output "
-                        "(or (logits, end_points)); MODULE importable from here, or path/to/file.py; needs "
-                        "--input-shape")
-    g.add_argument("--builder-arg", metavar="KEY=VALUE", action="append",
-                   help="argument of the --builder function, e.g. num_classes=1001 (repeatable)")
+    g = p.add_argument_group("topology (default: the .meta beside the checkpoint)")
+    options.add_flags(g, options.ALL_TOPOLOGY + (options.BUILDER_ARG,),
+                      skip=("frozen",) + (() if io else ("input_name", "output_name")))
+    g.add_argument("--no-meta", action="store_true", help=f"ignore the .meta beside CKPT: {without}")
 
 
 def _builder(args):
@@ -92,50 +74,42 @@ def _builder(args):
     spec = getattr(args, "builder", None)
     if not spec:
         return None
-    from .user_builder import resolve
+    from ckptkit.topology.user_builder import resolve
 
     if not getattr(args, "input_shape", None):
         raise CkptkitError("--builder needs --input-shape H,W,C (the size the network is built at)")
     return resolve(spec, _key_values(args.builder_arg, "--builder-arg"))
 
 
-def _topology(args) -> dict:
-    """The topology options fold and inspect pass on."""
-    return dict(meta=args.meta, arch=args.arch, arch_args=_key_values(args.arch_arg), builder=_builder(args))
-
-
 def _typed_topology(args):
-    """Every topology flag as ckptkit.options.Topology (through its one flag table)."""
-    from . import options
+    """Every topology flag as ckptkit.core.options.Topology (through its one flag table; --arch-arg and
+    --builder are converted here)."""
+    from ckptkit.core import options
 
-    return options.Topology(**{**options.from_args(args, options.TOPOLOGY), **_topology(args)})
+    return options.Topology(**options.from_args(args, options.TOPOLOGY), arch_args=_key_values(args.arch_arg),
+                            builder=_builder(args))
 
 
 def _load(args):
-    from .sources import load
+    from ckptkit.topology.sources import load
 
     return load(args.checkpoint, **_typed_topology(args).load_args())
 
 
-def _add_export(p: argparse.ArgumentParser, keep_help: str = "keep BatchNorm as its own layer") -> None:
-    p.add_argument("--bn", choices=["fold", "keep"], default="fold",
-                   help=f"fold BatchNorm into the preceding conv/fc layer, or {keep_help} (default: fold)")
+def _add_export(p: argparse.ArgumentParser, keep_help: str = Writer.keep_help) -> None:
+    from ckptkit.core import options
+
+    options.add_shared(p, "fold", keep=keep_help)
     p.add_argument("--no-fold", dest="bn", action="store_const", const="keep", help=argparse.SUPPRESS)  # old spelling
-    p.add_argument("--allow-bad-statistics", action="store_true",
-                   help="export even when BatchNorm statistics were never updated or are invalid (a warning is "
-                        "printed; the model will not match a healthy one). Missing statistics are always refused")
+    options.add_shared(p, "allow_bad_statistics")
     p.add_argument("--no-verify", action="store_true", help="skip the comparison with TensorFlow's output")
-    p.add_argument("--verify-data", metavar="FILE.npy", help="NHWC samples (.npy/.npz) to verify on (default: random)")
-    p.add_argument("--tolerance", type=float, metavar="REL", help="largest relative error accepted "
-                                                                  "(default 1e-4; Caffe 1e-3)")
-    p.add_argument("--json", action="store_true", help="print the result (files, verification) as one JSON "
-                                                       "document on stdout")
+    options.add_shared(p, "verify_data", "tolerance", "json")
 
 
 def _run_export(args, fmt: str, fold: bool, **options) -> int:
-    from ._tf import prefer_low_memory
-    from .checkpoint import input_files, resolve_prefix
-    from .export import check_destination, check_options, export
+    from ckptkit.core.lazy_tf import prefer_low_memory
+    from ckptkit.read.checkpoint import input_files, resolve_prefix
+    from ckptkit.commands.export import check_destination, check_options, export
 
     prefer_low_memory()  # TF runs only the reference on a few samples
     check_options(args.tolerance, args.verify_data)
@@ -166,10 +140,10 @@ def _run_export(args, fmt: str, fold: bool, **options) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .inspect import inspect_checkpoint
+    from ckptkit.commands.inspect import inspect_checkpoint
 
-    info = inspect_checkpoint(args.checkpoint, use_meta=not args.no_meta, graph=args.graph,
-                              input_shape=args.input_shape, **_topology(args))
+    info = inspect_checkpoint(args.checkpoint, use_meta=not args.no_meta, graph=args.io,
+                              topology=_typed_topology(args))
     found = EXIT_FINDINGS if info["issues"] else 0
     if args.json:
         return _emit(info, found)
@@ -187,7 +161,7 @@ def cmd_inspect(args) -> int:
         for t in io["outputs"]:
             print(f"  output  {t['name']:<50} {t['shape']}  ({t['role']})")
         print("  (pass --inputs/--outputs NAME to the exports to choose)")
-    elif args.graph:
+    elif args.io:
         print("\ngraph: none beside the checkpoint (--arch networks take `input` and give their logits)")
     units = info["batchnorm"]
     how = "by slim naming" if info["units_from"] == "variable names" else f"(from the {info['units_from']})"
@@ -231,12 +205,10 @@ def _grouped_issues(issues: list[dict]) -> list[str]:
 
 
 def cmd_fold(args) -> int:
-    from .fold import fold_checkpoint
+    from ckptkit.commands.fold import fold_checkpoint
 
     report = fold_checkpoint(args.checkpoint, args.output_path, eps=args.eps, use_meta=not args.no_meta,
-                             input_shape=args.input_shape, input_name=args.input, output_name=args.output,
-                             **_topology(args),
-                             allow_bad_statistics=args.allow_bad_statistics)
+                             topology=_typed_topology(args), allow_bad_statistics=args.allow_bad_statistics)
     if args.json:
         return _emit({"format_version": 1, **report.to_json()})
     print(f"folded {len(report.folded)} BatchNorm unit(s) (epsilon from {report.epsilon_source})")
@@ -255,9 +227,9 @@ def _emit(doc: dict, code: int = 0) -> int:
 
 
 def cmd_export(args) -> int:
-    from ._tf import prefer_low_memory
-    from .checkpoint import input_files, resolve_prefix
-    from .export import check_destination, check_formats, check_options, export_many
+    from ckptkit.core.lazy_tf import prefer_low_memory
+    from ckptkit.read.checkpoint import input_files, resolve_prefix
+    from ckptkit.commands.export import check_destination, check_formats, check_options, export_many
 
     prefer_low_memory()  # TF runs only the reference on a few samples
     formats = [f.strip() for f in args.to.split(",") if f.strip()]
@@ -282,10 +254,13 @@ def cmd_export(args) -> int:
 
 
 def _add_writer_flags(p, writer, prefix: str = "") -> None:
-    """A writer's own flags, and ckptkit.data's (declared once, in _add_data_options) when it reads data."""
+    """A writer's own flags, and ckptkit.read.data's (declared once, in _add_data_options) when it reads data."""
     writer.add_flags(p, prefix)
     if writer.takes_data:
-        _add_data_options(p, required=False, measuring=False, purpose=f"{prefix}representative samples: ")
+        from ckptkit.converters.quantize import MAX_SAMPLES
+
+        _add_data_options(p, required=False, measuring=False, purpose=f"{prefix}representative samples: ",
+                          max_samples=MAX_SAMPLES)
 
 
 def _writer_options(args, formats) -> dict:
@@ -300,7 +275,7 @@ def cmd_to(args, fmt: str) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .export import verify_existing
+    from ckptkit.commands.export import verify_existing
 
     result = verify_existing(_load(args), args.model_file, fold=args.bn == "fold", tolerance=args.tolerance,
                              verify_data=args.verify_data, allow_bad_statistics=args.allow_bad_statistics)
@@ -332,8 +307,8 @@ def _pass_label(what: str, args) -> str:
 def cmd_diagnose(args) -> int:
     from tqdm import tqdm
 
-    from . import validate
-    from .diagnose import diagnose
+    from ckptkit.core import validate
+    from ckptkit.commands.diagnose import diagnose
 
     validate.count("--top", args.top, 0)
     bars = []
@@ -373,8 +348,8 @@ def cmd_diagnose(args) -> int:
 def cmd_recalibrate(args) -> int:
     from tqdm import tqdm
 
-    from . import validate
-    from .recalibrate import recalibrate
+    from ckptkit.core import validate
+    from ckptkit.commands.recalibrate import recalibrate
 
     validate.count("--top", args.top, 0)
     bars = []  # made once the data is found, so that errors come without a half-drawn bar
@@ -408,54 +383,22 @@ def cmd_recalibrate(args) -> int:
     return 0
 
 
-def _floats(text: Optional[str]):
-    if text is None:
-        return None
-    try:
-        return [float(v) for v in text.split(",")]
-    except ValueError:  # argparse turns this into a one-line usage error
-        raise argparse.ArgumentTypeError(f"{text} is not a comma-separated list of numbers "
-                                         "(e.g. 123.68,116.78,103.94)") from None
-
-
 def _add_data_options(p: argparse.ArgumentParser, required: bool = True, measuring: bool = True,
-                      purpose: str = "") -> None:
-    """The data flags: recalibrate's and diagnose's (`measuring`: with batch size, mode and device), and the
-    representative samples of an int8 export (the same reading, declared here once)."""
+                      purpose: str = "", max_samples: Optional[int] = None) -> None:
+    """The data flags (declared in ckptkit.core.options.Sampling): recalibrate's and diagnose's
+    (`measuring`: with batch size, mode and device), and the representative samples of an int8 export, whose
+    writer gives its own `max_samples` default."""
+    from ckptkit.core import options
+
     p.add_argument("--data", required=required, metavar="DIR", help=f"{purpose}folder of images (jpg/png/bmp), "
                    ".npy/.npz NHWC arrays and/or TFRecords, searched recursively")
-    if measuring:
-        p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="samples per batch")
-    if measuring:
-        p.add_argument("--max-samples", type=int, help="use at most this many samples (default: all)")
-    else:
-        from ckptkit.converters.quantize import MAX_SAMPLES
-
-        p.add_argument("--max-samples", type=int, help=f"use at most this many samples (default {MAX_SAMPLES})")
-    p.add_argument("--preprocess", choices=["none", "unit", "inception", "vgg"],
-                   help="how images were preprocessed in training (required for images, unless recorded beside CKPT "
-                        "by an earlier recalibration): inception = slim's inception eval (central 87.5%% crop, "
-                        "resize, [-1,1]); vgg = slim's vgg eval (smaller side to 256, central crop, RGB mean "
-                        "subtraction); unit = resize, [0,1]; none = resize, raw 0-255. Arrays are used as they are")
-    p.add_argument("--resize", choices=["stretch", "inception", "vgg"],
-                   help="override the preset's geometry: stretch to the input size, or slim's inception/vgg crop")
-    p.add_argument("--mean", type=_floats, help="per-channel mean to subtract from 0-255 images (1 or C values; "
-                                                "overrides the preset)")
-    p.add_argument("--std", type=_floats, help="per-channel divisor after --mean (1 or C non-zero values; overrides "
-                                               "the preset)")
-    if measuring:
-        p.add_argument("--mode", default=MODES[0], choices=MODES,
-                       help="precise: one pass on batch statistics; sequential: layer by layer, upstream BNs in "
-                            "inference mode with their new statistics")
-        p.add_argument("--device", help="TensorFlow device(s): /GPU:0, /CPU:0, or a list such as /GPU:0,/GPU:1 to "
-                            "split each batch across them (default: every GPU, else the CPU)")
-    p.add_argument("--image-key", default="image/encoded", help="TFRecord feature holding the encoded image")
-    p.add_argument("--seed", type=int, default=0, help="shuffling seed (default 0)")
+    options.add_flags(p, options.DATA, skip=() if measuring else options.MEASURING_ONLY,
+                      defaults=None if max_samples is None else {"max_samples": max_samples})
 
 
 def _data_options(args) -> dict:
     """recalibrate's and diagnose's typed options from the flags."""
-    from . import options
+    from ckptkit.core import options
 
     return dict(topology=_typed_topology(args), sampling=options.Sampling(**options.from_args(args, options.DATA)))
 
@@ -479,6 +422,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ckptkit.core import options
+
     # -q/--debug work before or after the command (SUPPRESS: the subcommand leaves the global value alone)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only errors and results")
@@ -500,13 +445,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="List the BatchNorm units of a checkpoint and their issues: "
                                    "missing_statistics, never_updated, invalid_variance.")
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint prefix, one of its files, or its folder")
-    p.add_argument("--json", action="store_true", help="machine-readable output (format in README)")
+    options.add_shared(p, "json")
     p.add_argument("--tensors", action="store_true", help="also list every tensor")
-    p.add_argument("--io", dest="graph", action="store_true", help="also list the graph's candidate inputs and "
+    p.add_argument("--io", dest="io", action="store_true", help="also list the graph's candidate inputs and "
                    "outputs (logits and last computed tensors) with shapes, the names --inputs/--outputs take")
     # the old spelling: --graph names a frozen GraphDef everywhere else
-    p.add_argument("--graph", dest="graph", action="store_true", help=argparse.SUPPRESS)
-    _add_graph_choice(p, "to find BatchNorms in", "find BatchNorms by variable names only")
+    p.add_argument("--graph", dest="io", action="store_true", help=argparse.SUPPRESS)
+    _add_graph_choice(p, "find BatchNorms by variable names only")
     p.set_defaults(func=cmd_inspect)
 
     p = add_parser("fold", help="fold BatchNorm into conv/fc weights, writing a checkpoint",
@@ -514,17 +459,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "same network built with normalizer_fn=None restores.")
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint prefix, one of its files, or its folder")
     p.add_argument("-o", dest="output_path", required=True, metavar="OUT", help="output checkpoint prefix")
-    _add_graph_choice(p, "to read epsilon from", "pair BatchNorms with layers by slim's variable names")
-    p.add_argument("--inputs", "--input", dest="input", metavar="NAME", help="the graph's input op or tensor "
-                                                                             "(default: detected when unambiguous)")
-    p.add_argument("--outputs", "--output", dest="output", metavar="NAME",
-                   help="the output the BN-free graph written beside the checkpoint ends at (default: every "
-                        "output the graph has)")
+    _add_graph_choice(p, "pair BatchNorms with layers by slim's variable names", io=True)
     p.add_argument("--eps", type=float, help="epsilon when there is no graph (default: slim's 0.001, with a "
                                              "warning); refused together with a graph, which gives each BN's own")
-    p.add_argument("--allow-bad-statistics", action="store_true",
-                   help="fold even when statistics were never updated or are invalid (with a warning)")
-    p.add_argument("--json", action="store_true", help="print the fold report as one JSON document on stdout")
+    options.add_shared(p, "allow_bad_statistics", "json")
     p.set_defaults(func=cmd_fold)
 
     for name in FORMATS:  # every registered writer: its own subcommand, from what the writer declares
@@ -542,15 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "names the first diverging node with its error statistics (exit 3).")
     _add_source(p, ckpt_optional=True)
     p.add_argument("model_file", metavar="FILE", help="the model file (Caffe: the .prototxt) or SavedModel folder")
-    p.add_argument("--bn", choices=["fold", "keep"], default="fold",
-                   help="whether FILE has its BatchNorms folded (default) or kept as layers")
-    p.add_argument("--verify-data", metavar="FILE.npy", help="NHWC samples (.npy/.npz) to verify on (default: random)")
-    p.add_argument("--tolerance", type=float, metavar="REL", help="largest relative error accepted (default: the "
-                                                                  "runtime's own)")
-    p.add_argument("--allow-bad-statistics", action="store_true",
-                   help="check even when BatchNorm statistics were never updated or are invalid")
-    p.add_argument("--json", action="store_true", help="print the result (verification, or the divergence) as one "
-                                                       "JSON document on stdout")
+    options.add_shared(p, "fold", keep="keep it as layers (as FILE was written)")
+    options.add_shared(p, "verify_data", "tolerance", "allow_bad_statistics", "json")
     p.set_defaults(func=cmd_verify)
     p = add_parser("export", help="export to several formats in one call (one import, one TF reference run)",
                    description="Export to several formats at once into one folder (NAME.onnx, NAME.keras, "
@@ -572,9 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", dest="output_path", required=True, metavar="OUT", help="output checkpoint prefix")
     _add_data_options(p)
     p.add_argument("--report", metavar="FILE.json", help="write the per-layer report as JSON")
-    p.add_argument("--json", action="store_true", help="print the report as one JSON document on stdout")
+    options.add_shared(p, "json")
     p.add_argument("--plot", metavar="FILE.png", help="plot the per-layer drift")
-    p.add_argument("--top", type=int, default=15, help="layers shown in the terminal report (default 15)")
+    options.add_shared(p, "top")
     p.set_defaults(func=cmd_recalibrate)
 
     p = add_parser("diagnose", help="judge stored BatchNorm statistics against data, writing nothing",
@@ -584,8 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "run. Writes nothing. Exit 0 when healthy, 1 when a problem is found, 2 on errors.")
     _add_source(p)
     _add_data_options(p)
-    p.add_argument("--json", action="store_true", help="print the diagnosis as one JSON document on stdout")
-    p.add_argument("--top", type=int, default=15, help="layers shown (default 15, worst first)")
+    options.add_shared(p, "json", "top")
     p.set_defaults(func=cmd_diagnose)
     return parser
 
@@ -605,10 +535,10 @@ class _PrintableStream:
 
     def __init__(self, raw, advice: Optional[list] = None):
         self.raw = raw
-        self.advice = advice  # stderr: every text written, to check the flags it advises (see ckptkit.advice)
+        self.advice = advice  # stderr: every text written, to check the flags it advises (see ckptkit.core.advice)
 
     def write(self, text: str) -> int:
-        from .safe_io import printable
+        from ckptkit.core.safe_io import printable
 
         if self.advice is not None:
             self.advice.append(text)
@@ -629,7 +559,7 @@ class _LineHandler(logging.StreamHandler):
         if not getattr(tqdm, "_instances", None):
             return super().emit(record)
         try:
-            from .safe_io import printable
+            from ckptkit.core.safe_io import printable
 
             text = self.format(record)
             advice = getattr(sys.stderr, "advice", None)
@@ -654,7 +584,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _parse_and_run(argv)
     finally:
         sys.stdout, sys.stderr = streams
-        from . import phases, validate
+        from ckptkit.core import phases
+        from ckptkit.core import validate
 
         validate.CLI = False  # library calls after it in this process name their keywords
         phases.ANNOUNCE = False
@@ -664,7 +595,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _check_advice(text: str, argv: Optional[Sequence[str]]) -> None:
     """Fail loudly (tests) when stderr advised a flag the command it names would reject."""
-    from .advice import unaccepted_flags
+    from ckptkit.core.advice import unaccepted_flags
 
     parser = build_parser()
     args = list(sys.argv[1:] if argv is None else argv)
@@ -677,19 +608,19 @@ def _check_advice(text: str, argv: Optional[Sequence[str]]) -> None:
 
 
 def _subcommand_names(parser) -> set[str]:
-    from .advice import _subcommands
+    from ckptkit.core.advice import _subcommands
 
     return set(_subcommands(parser))
 
 
 def _parse_and_run(argv: Optional[Sequence[str]]) -> int:
-    from . import validate
+    from ckptkit.core import validate
 
     parser = build_parser()
     args = parser.parse_args(argv)
     validate.CLI = True  # option values are named by their flags in messages
     level = logging.DEBUG if args.debug else (logging.WARNING if args.quiet else logging.INFO)
-    from . import phases
+    from ckptkit.core import phases
 
     phases.ANNOUNCE = level <= logging.INFO  # long work says which phase it is in as it goes (not with -q)
     phases.start_clock()
@@ -698,7 +629,7 @@ def _parse_and_run(argv: Optional[Sequence[str]]) -> int:
     log.handlers = [handler]  # not added again when main() runs again in one process
     log.setLevel(level)
     log.propagate = False
-    from .publish import guard_interrupts
+    from ckptkit.core.publish import guard_interrupts
 
     main_thread = threading.current_thread() is threading.main_thread()
     with guard_interrupts() if main_thread else contextlib.nullcontext():
@@ -706,12 +637,12 @@ def _parse_and_run(argv: Optional[Sequence[str]]) -> int:
 
 
 def _main(args) -> int:
-    from .publish import PUBLISHED, interrupted
+    from ckptkit.core.publish import PUBLISHED, interrupted
 
     del PUBLISHED[:]  # what this run publishes (main() may run several times in one process)
 
     try:
-        from .publish import hold
+        from ckptkit.core.publish import hold
 
         # a writing command holds its output folder from start to end; TF_CONFIG workers share one -o and only
         # the chief writes (its publication still takes the lock)
@@ -724,7 +655,7 @@ def _main(args) -> int:
     except CkptkitError as err:
         if args.debug:
             raise
-        from .errors import VerificationError
+        from ckptkit.core.errors import VerificationError
 
         print(f"ckptkit: error: {err}", file=sys.stderr)
         if isinstance(err, VerificationError) and getattr(args, "json", False):

@@ -12,8 +12,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ._tf import tf, tf1
-from .compat import slim
+from ckptkit.core.lazy_tf import tf, tf1
+from ckptkit.core.compat import slim
 
 
 def bn_variants_net(inputs, is_training=False, batch_norm=True):
@@ -187,8 +187,8 @@ def random_input(shape, batch: int = 2, seed: int = 1) -> np.ndarray:
 
 
 def arch_net(name: str, num_classes: Optional[int] = 10, batch_norm: bool = True, **kwargs) -> Callable:
-    """A `builder(inputs, is_training=...)` for a tf_slim.nets network (see ckptkit.archs)."""
-    from . import archs
+    """A `builder(inputs, is_training=...)` for a tf_slim.nets network (see ckptkit.topology.archs)."""
+    from ckptkit.topology import archs
 
     def build(inputs, is_training=False):
         return archs.builder(name, num_classes, batch_norm=batch_norm, is_training=is_training, **kwargs)(inputs)

@@ -10,12 +10,12 @@ import importlib
 from dataclasses import dataclass, fields
 from typing import Callable, NamedTuple, Optional
 
-from ckptkit import ops
-from ckptkit.errors import CkptkitError
+from ckptkit.ir import registry
+from ckptkit.core.errors import CkptkitError
 from ckptkit.ir import Graph
 
-# target name -> module defining WRITER: one per target op modules write for (ckptkit.ops.TARGETS)
-MODULES = {target: f"ckptkit.converters.{target}" for target in ops.FORMATS}
+# target name -> module defining WRITER: one per target op modules write for (ckptkit.ir.registry.TARGETS)
+MODULES = {target: f"ckptkit.converters.{target}" for target in registry.FORMATS}
 
 
 class Runtime(NamedTuple):
@@ -41,9 +41,9 @@ class Writer:
     tolerance: float = 1e-4  # relative, for verification against TensorFlow
     runtime_package: str = ""  # the distribution that runs the files (its version names the runtime)
     publishes_folder = False  # the output is one folder (a SavedModel), staged whole and renamed into place
-    through_tf = False  # written through TensorFlow (ckptkit.ops.TF_TARGETS): an op's `run` is its writer
+    through_tf = False  # written through TensorFlow (ckptkit.ir.registry.TF_TARGETS): an op's `run` is its writer
     # its command line, which ckptkit.cli generates for every registered writer (`to-NAME`, and the flags in
-    # `export`): help, the -o argument, what --bn keep means here, whether it reads --data (ckptkit.data's flags)
+    # `export`): help, the -o argument, what --bn keep means here, whether it reads --data (ckptkit.read.data's flags)
     command_help: str = ""
     description: str = ""
     output_metavar: str = "OUT"
@@ -80,8 +80,8 @@ class Writer:
 
     def unsupported(self, graph: Graph) -> list[str]:
         if self.through_tf:  # every op that runs in TensorFlow traces; what the target lacks, its converter names
-            return [f"{n.name} ({n.op})" for n in graph.nodes if n.op != "Input" and ops.get(n.op).run is None]
-        return ops.unsupported(self.prepare(graph), self.name)
+            return [f"{n.name} ({n.op})" for n in graph.nodes if n.op != "Input" and registry.get(n.op).run is None]
+        return registry.unsupported(self.prepare(graph), self.name)
 
     def require(self, graph: Graph) -> None:
         """Refuse, naming every node at once, a graph this target cannot express."""
@@ -90,7 +90,7 @@ class Writer:
             if missing:
                 raise CkptkitError(f"{self.label} cannot express {', '.join(missing)}: export to onnx instead")
             return
-        ops.require(self.prepare(graph), self.name, self.label or self.name)
+        registry.require(self.prepare(graph), self.name, self.label or self.name)
 
     def check(self, graph: Graph, options: object) -> None:
         """Refuse, before anything is written, what a runtime the files are verified in would misread."""
@@ -131,7 +131,7 @@ class Writer:
 
     def intermediates(self, path: str, graph: Graph, options: object) -> Optional[Callable]:
         """(NHWC batch, IR node names) -> {node: its value in the runtime, NHWC} for the nodes the runtime can
-        expose (see ckptkit.localise), or None when it exposes none."""
+        expose (see ckptkit.run.localise), or None when it exposes none."""
         return None
 
 
@@ -158,8 +158,8 @@ def get(name: str) -> Writer:
 
 def write_node(ctx, target: str, node, xs: list):
     """Look up and call the op's writer for `target` (the up-front check names unsupported ops first)."""
-    fn = ops.get(node.op).writers.get(target)
+    fn = registry.get(node.op).writers.get(target)
     if fn is None:
-        raise CkptkitError(f"{target} cannot express {node.name} ({node.op}): export to {ops.FALLBACK[target]} "
+        raise CkptkitError(f"{target} cannot express {node.name} ({node.op}): export to {registry.FALLBACK[target]} "
                            "instead")
     return fn(ctx, node, xs)

@@ -31,14 +31,14 @@ from typing import Optional
 
 import numpy as np
 
-from ckptkit import ops
-from ckptkit.errors import CkptkitError
+from ckptkit.ir import registry
+from ckptkit.core.errors import CkptkitError
 from ckptkit.ir import Graph, UniqueNames
-from ckptkit.pages import write_array
+from ckptkit.core.pages import write_array
 
-from . import caffe_consumers
-from .base import Runtime, Writer, write_node
-from .protobuf_wire import check_protobuf_size, field
+from ckptkit.converters import caffe_consumers
+from ckptkit.converters.base import Runtime, Writer, write_node
+from ckptkit.converters.protobuf_wire import check_protobuf_size, field
 
 log = logging.getLogger("ckptkit")
 
@@ -188,7 +188,7 @@ def fuse_pads(graph: Graph) -> Graph:
     keep, rename = [], {}
     by_name = {n.name: n for n in graph.nodes}
     for node in graph.nodes:
-        if ops.get(node.op).layout in ("HWIO", "HWCM"):  # a padded convolution (ckptkit/ops/conv.py)
+        if registry.get(node.op).layout in ("HWIO", "HWCM"):  # a padded convolution (ckptkit/ops/conv.py)
             src = by_name[node.inputs[0]]
             if src.op == "Pad" and len(users[src.name]) == 1 and src.attrs.pads[3] == [0, 0]:
                 (_, _), (pt, pb_), (pl, pr), _ = src.attrs.pads
@@ -244,7 +244,7 @@ def mnn_misreads(graph: Graph, batchnorm_layers: bool) -> list[str]:
     for node in graph.nodes:
         if node.op == "BatchNorm":
             src = graph[node.inputs[0]]
-            if ops.get(src.op).layout != "HWIO" or len(users[src.name]) != 1:
+            if registry.get(src.op).layout != "HWIO" or len(users[src.name]) != 1:
                 wrong.append(node.name)
     return wrong
 

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ckptkit.errors import CkptkitError
+from ckptkit.core.errors import CkptkitError
 from ckptkit.ir import Graph
 
 

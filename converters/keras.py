@@ -11,10 +11,10 @@ from typing import Optional
 
 import numpy as np
 
-from ckptkit.errors import CkptkitError
+from ckptkit.core.errors import CkptkitError
 from ckptkit.ir import Graph, Node, UniqueNames
 
-from .base import Writer, write_node
+from ckptkit.converters.base import Writer, write_node
 
 EXTENSIONS = (".keras", ".h5")
 
@@ -67,7 +67,7 @@ def build(graph: Graph):
             values[node.name] = write_node(k, "keras", node, [values[i] for i in node.inputs])
     model = keras.Model(x_in, [values[o] for o in graph.outputs] if len(graph.outputs) > 1 else values[graph.outputs[0]],
                         name=re.sub(r"[^A-Za-z0-9_]", "_", graph.name))
-    from ckptkit.pages import release
+    from ckptkit.core.pages import release
 
     for layer, ws in k.weights:
         layer.set_weights([np.asarray(w, np.float32) for w in ws])
@@ -87,7 +87,7 @@ class _Feeder:
         self.weights, self.given, self.ok = list(weights), 0, True
 
     def __call__(self, shape, dtype=None):
-        from ckptkit.pages import aligned_copy, release
+        from ckptkit.core.pages import aligned_copy, release
 
         if self.given < len(self.weights) and tuple(shape) == np.shape(self.weights[self.given]):
             w = self.weights[self.given]

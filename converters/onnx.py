@@ -17,12 +17,12 @@ from typing import Optional
 
 import numpy as np
 
-from ckptkit.errors import CkptkitError
+from ckptkit.core.errors import CkptkitError
 from ckptkit.ir import Graph, Node, UniqueNames
 
-from . import protobuf_wire
-from .base import Runtime, Writer, package_label, write_node
-from .onnx_file import TensorSpool, assemble
+from ckptkit.converters import protobuf_wire
+from ckptkit.converters.base import Runtime, Writer, package_label, write_node
+from ckptkit.converters.onnx_file import TensorSpool, assemble
 
 DEFAULT_OPSET = 17
 IR_VERSION = 8  # loads in every onnxruntime since 1.10

@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .protobuf_wire import field
+from ckptkit.converters.protobuf_wire import field
 
 ALIGN = 4096  # external tensors start on a page, so a runtime may map them
 INLINE_BYTES = 1024  # smaller constants stay inside the model (as onnx's own external-data writer does)
@@ -46,7 +46,7 @@ class TensorSpool:
         to the spool (`pages.write_array`: a transposed or cast view is never copied whole)."""
         from onnx import TensorProto, helper, numpy_helper
 
-        from ckptkit import pages
+        from ckptkit.core import pages
 
         value = np.asarray(value)
         dtype = np.dtype(dtype or value.dtype).newbyteorder("<")  # ONNX raw data is little-endian

@@ -8,7 +8,7 @@ message may arrive in parts, which parsers merge; so a writer may serialise the 
 and write each big payload itself."""
 from __future__ import annotations
 
-from ckptkit.errors import CkptkitError
+from ckptkit.core.errors import CkptkitError
 from ckptkit.ir import Graph
 
 PROTOBUF_LIMIT = 2**31 - 1  # bytes: protobuf cannot serialise or parse a message this large

@@ -1,6 +1,6 @@
 """Full-integer (int8) post-training quantization for LiteRT, and how a quantized model is judged.
 
-The representative samples are read through the same data path as `recalibrate` (ckptkit.data: the same
+The representative samples are read through the same data path as `recalibrate` (ckptkit.read.data: the same
 preprocessing flags, the preprocessing recorded beside the checkpoint when none is given, `--max-samples`).
 They are split once, in their seeded order: the last fifth (8 to 64 samples) is held out, the rest calibrates.
 A quantized model cannot match TensorFlow to 1e-4: it is judged on the held-out samples by what a practitioner
@@ -16,9 +16,9 @@ from typing import Optional
 
 import numpy as np
 
-from ckptkit.errors import CkptkitError
+from ckptkit.core.errors import CkptkitError
 from ckptkit.ir import Graph
-from ckptkit.verify import Comparison
+from ckptkit.run.verify import Comparison
 
 log = logging.getLogger("ckptkit")
 
@@ -72,8 +72,8 @@ def read_samples(graph: Graph, options) -> tuple[np.ndarray, np.ndarray]:
     """(calibration samples, held-out samples) from `options.data`, preprocessed as for recalibrate."""
     import json
 
-    from ckptkit import validate
-    from ckptkit.data import check_data, dataset, preprocessing
+    from ckptkit.core import validate
+    from ckptkit.read.data import check_data, dataset, preprocessing
 
     if not options.data:
         raise CkptkitError("--quantize int8 needs --data DIR: the representative samples it is calibrated on")
@@ -105,7 +105,7 @@ def read_samples(graph: Graph, options) -> tuple[np.ndarray, np.ndarray]:
 def badly_conditioned(graph: Graph, samples: np.ndarray) -> list[str]:
     """Layers (conv, depthwise, dense) whose output channels' ranges on `samples` differ by more than
     RANGE_RATIO: one int8 scale per activation tensor resolves the narrow channels poorly."""
-    from ckptkit.tf_exec import run_graph
+    from ckptkit.run.tf_exec import run_graph
 
     layers = [n.name for n in graph.nodes if n.op in ("Conv", "DepthwiseConv", "Dense")]
     values = run_graph(graph, samples[:16], fetch=layers)

@@ -15,12 +15,12 @@ from typing import Optional
 
 import numpy as np
 
-from ckptkit import ops
-from ckptkit.errors import CkptkitError
+from ckptkit.ir import registry
+from ckptkit.core.errors import CkptkitError
 from ckptkit.ir import Graph
 
-from .base import Runtime, Writer, package_label
-from .caffe_consumers import worker_command
+from ckptkit.converters.base import Runtime, Writer, package_label
+from ckptkit.converters.caffe_consumers import worker_command
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "savedmodel_worker.py")
 WORKER_TIMEOUT = 600
@@ -38,8 +38,8 @@ def is_saved_model(path: str) -> bool:
 
 def save(graph: Graph, path: str) -> None:
     """Write the SavedModel folder `path` (which must not exist)."""
-    from ckptkit._tf import tf
-    from ckptkit.tf_exec import run_graph
+    from ckptkit.core.lazy_tf import tf
+    from ckptkit.run.tf_exec import run_graph
 
     _tf = tf()
     in_key = signature_name(graph.input_names[0] if graph.input_names else "input", "input")
@@ -52,7 +52,7 @@ def save(graph: Graph, path: str) -> None:
             # folded weights, restorable and inspectable; other constants stay in the traced graph
             self.weights = {}
             for node in graph.nodes:
-                if ops.get(node.op).layout is None:
+                if registry.get(node.op).layout is None:
                     continue
                 self.weights[node.name] = {k: _tf.Variable(v, trainable=False, name=signature_name(
                     f"{node.name}/{k}", k)) for k, v in node.params.items() if v is not None}

@@ -16,11 +16,11 @@ from typing import Optional
 
 import numpy as np
 
-from ckptkit.errors import CkptkitError
+from ckptkit.core.errors import CkptkitError
 from ckptkit.ir import Graph
 
-from .base import Writer, package_label
-from .quantize import DEFAULT_MIN_AGREEMENT
+from ckptkit.converters.base import Writer, package_label
+from ckptkit.converters.quantize import DEFAULT_MIN_AGREEMENT
 
 log = logging.getLogger("ckptkit")
 
@@ -32,7 +32,7 @@ class Options:
     quantize: Optional[str] = None  # "int8": full-integer post-training quantization from `data`
     io: str = "float"  # the int8 model's input and output type: float (quantize inside) or int8
     min_agreement: float = DEFAULT_MIN_AGREEMENT  # held-out top-1 agreement an int8 model must reach
-    # the representative samples, read as recalibrate reads them (ckptkit.data)
+    # the representative samples, read as recalibrate reads them (ckptkit.read.data)
     data: Optional[str] = None
     preprocess: Optional[str] = None
     resize: Optional[str] = None
@@ -45,8 +45,8 @@ class Options:
 
 def concrete_function(graph: Graph, batch: int):
     """The IR as a traced tf.function of input [batch, H, W, C], its weights captured as constants."""
-    from ckptkit._tf import tf
-    from ckptkit.tf_exec import run_graph, weight_tensors
+    from ckptkit.core.lazy_tf import tf
+    from ckptkit.run.tf_exec import run_graph, weight_tensors
 
     _tf = tf()
     weights = weight_tensors(graph)
@@ -63,7 +63,7 @@ def _clean(name: str) -> str:
 def convert(graph: Graph, options: Options, calibration: Optional[np.ndarray] = None) -> bytes:
     """The .tflite bytes of `graph` (BatchNorm already folded by the caller's prepare step); full-integer int8
     (weights per channel, activations per tensor) calibrated on `calibration` when it is given."""
-    from ckptkit._tf import tf
+    from ckptkit.core.lazy_tf import tf
 
     _tf = tf()
     converter = _tf.lite.TFLiteConverter.from_concrete_functions([concrete_function(graph, options.batch)])
@@ -81,7 +81,7 @@ def convert(graph: Graph, options: Options, calibration: Optional[np.ndarray] = 
         converter.representative_dataset = representative
         if options.io == "int8":
             converter.inference_input_type = converter.inference_output_type = _tf.int8
-    from ckptkit._tf import quiet_native_stderr
+    from ckptkit.core.lazy_tf import quiet_native_stderr
 
     try:
         with quiet_native_stderr():
@@ -102,7 +102,7 @@ def _interpreter_class():
         from ai_edge_litert.interpreter import Interpreter
 
         return Interpreter, package_label("ai-edge-litert")
-    from ckptkit._tf import tf
+    from ckptkit.core.lazy_tf import tf
 
     return tf().lite.Interpreter, f"TensorFlow {tf().__version__} LiteRT interpreter"
 
@@ -110,7 +110,7 @@ def _interpreter_class():
 def runner(path: str, *, batch: int = 1, **_):
     """A function NHWC batch -> output running the file in LiteRT's interpreter, `batch` samples a call (the
     model's fixed batch; a last partial batch is padded and cut)."""
-    from ckptkit._tf import quiet_native_stderr
+    from ckptkit.core.lazy_tf import quiet_native_stderr
 
     Interpreter, _ = _interpreter_class()
     try:
@@ -175,7 +175,7 @@ class TfliteWriter(Writer):
         self._held: dict[str, np.ndarray] = {}  # int8: written path -> its held-out samples, until checked
 
     def check_options(self, options: Options) -> None:
-        from ckptkit import validate
+        from ckptkit.core import validate
 
         validate.count("--batch", options.batch, 1)
         validate.choice("--quantize", options.quantize or "none", ("none", "int8"))
@@ -190,7 +190,7 @@ class TfliteWriter(Writer):
         calibration = None
         self._held.clear()
         if options.quantize == "int8":
-            from .quantize import badly_conditioned, read_samples
+            from ckptkit.converters.quantize import badly_conditioned, read_samples
 
             calibration, held = read_samples(graph, options)
             self._held[path] = held
@@ -213,12 +213,12 @@ class TfliteWriter(Writer):
     def judge(self, options: Options):
         if options.quantize != "int8":
             return None
-        from .quantize import judge
+        from ckptkit.converters.quantize import judge
 
         return lambda ref, got: judge(ref, got, options.min_agreement)
 
     def runtimes(self, path: str, graph: Graph, options: Options):
-        from .base import Runtime
+        from ckptkit.converters.base import Runtime
 
         _, label = _interpreter_class()
         return [Runtime(label, lambda: runner(path, batch=options.batch), self.tolerance)]

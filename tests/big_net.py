@@ -5,7 +5,7 @@ BIG_UNITS = 8200
 
 
 def big_net(inputs, is_training=False):
-    from ckptkit.compat import slim
+    from ckptkit.core.compat import slim
 
     s = slim()
     net = s.conv2d(inputs, 64, 3, normalizer_fn=s.batch_norm, normalizer_params={"is_training": is_training},

@@ -27,7 +27,7 @@ os.environ["CKPTKIT_CHECK_ADVICE"] = "1"
 
 
 def _own_graph_cache(config) -> None:
-    """--arch graphs are cached on disk (ckptkit.graph_cache): a test run keeps its own cache, made empty at the
+    """--arch graphs are cached on disk (ckptkit.topology.graph_cache): a test run keeps its own cache, made empty at the
     start (so each network's first build in the run is a real build) and shared by the xdist workers, which
     inherit the variable. A CKPTKIT_CACHE_DIR the caller set is kept."""
     import tempfile
@@ -83,21 +83,21 @@ def _exclusive(path):
 
 
 @pytest.fixture(scope="session")
-def store(tmp_path_factory):
-    """Checkpoints by (net, statistics, trainable only), built once per run and shared by the workers (a
-    checkpoint of inception_v3 with its training graph takes ~15 s to build)."""
+def shared_checkpoint(tmp_path_factory):
+    """`make(key, builder, shape, **save_model options)`: a checkpoint with its training .meta, built once per run
+    under `key` and shared by the workers and the test files (a checkpoint of inception_v3 with its training
+    graph takes ~15 s to build). Nothing may change it."""
     root = _shared_folder(tmp_path_factory, "ckpts")
 
     @functools.lru_cache(maxsize=None)
-    def make(name: str, stats: str = "random", trainable_only: bool = False) -> str:
-        builder, shape = NETS[name]
-        folder = root / f"{name}-{stats}-{int(trainable_only)}"
+    def make(key: str, builder, shape, **options) -> str:
+        folder = root / key
         prefix = str(folder / "model.ckpt")
         with _exclusive(folder):
-            done = root / f"{folder.name}.complete"  # beside the folder: nothing extra inside the checkpoint's
+            done = root / f"{key}.complete"  # beside the folder: nothing extra inside the checkpoint's
             if not done.exists():
                 shutil.rmtree(folder, ignore_errors=True)  # a worker that died half-way
-                T.save_model(builder, shape, prefix, stats=stats, trainable_only=trainable_only)
+                T.save_model(builder, shape, prefix, **options)
                 done.write_text("")
         return prefix
 
@@ -105,27 +105,76 @@ def store(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def store(shared_checkpoint):
+    """The checkpoints of NETS by (net, statistics, trainable only)."""
+
+    def make(name: str, stats: str = "random", trainable_only: bool = False) -> str:
+        builder, shape = NETS[name]
+        return shared_checkpoint(f"{name}-{stats}-{int(trainable_only)}", builder, shape, stats=stats,
+                                 trainable_only=trainable_only)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def loaded(store):
+    """`ckptkit.load` of a stored checkpoint (through the training .meta beside it), once per worker: the
+    end-to-end matrix exports each network to every format, and an export leaves its Model as it was (it folds
+    a copy), so the import and the Model's TF reference session are made once, not once per format."""
+    from ckptkit.topology.sources import load
+
+    @functools.lru_cache(maxsize=None)
+    def get(name: str, stats: str = "random"):
+        return load(store(name, stats))
+
+    return get
+
+
+class _Restored:
+    """A net built in inference mode by its own builder and restored from a checkpoint, kept open: TF's own
+    output for any input without building and restoring again (what T.inference_output does once)."""
+
+    def __init__(self, name: str, prefix: str):
+        builder, shape = NETS[name]
+        _tf = T.tf()
+        self.graph = _tf.Graph()
+        with self.graph.as_default():
+            self.input = T.tf1.placeholder(_tf.float32, [None, *shape], name="input")
+            self.output = builder(self.input, is_training=False)
+            self.session = T.tf1.Session(graph=self.graph)
+            T.tf1.train.Saver().restore(self.session, prefix)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(self.output, {self.input: x})
+
+
+@pytest.fixture(scope="session")
 def reference(tmp_path_factory):
     """TF's own inference output of a net restored from a checkpoint (independent of ckptkit's importer),
-    computed once per run for all workers."""
+    computed once per run for all workers; each worker keeps the restored nets it ran (checkpoints of the store
+    do not change during a run)."""
     root = _shared_folder(tmp_path_factory, "references")
+    restored: dict = {}
 
     def run(name: str, prefix: str, x: np.ndarray) -> np.ndarray:
         key = hashlib.sha1(repr((name, prefix, x.shape, str(x.dtype))).encode() + x.tobytes()).hexdigest()
         path = root / f"{key}.npy"
         with _exclusive(path):
             if not path.exists():
-                builder, shape = NETS[name]
-                out = T.inference_output(builder, shape, prefix, x)
-                np.save(root / f"{key}.partial.npy", out)
+                stamp = os.stat(prefix + ".index").st_mtime_ns
+                if (name, prefix, stamp) not in restored:
+                    restored[name, prefix, stamp] = _Restored(name, prefix)
+                np.save(root / f"{key}.partial.npy", restored[name, prefix, stamp](x))
                 os.replace(root / f"{key}.partial.npy", path)
         return np.load(path)
 
-    return run
+    yield run
+    for net in restored.values():
+        net.session.close()
 
 
 def rel_error(ref: np.ndarray, got: np.ndarray) -> float:
-    from ckptkit.verify import compare
+    from ckptkit.run.verify import compare
 
     got = np.asarray(got)
     if got.shape != ref.shape and got.size == ref.size and got.shape[0] == ref.shape[0]:

@@ -3,7 +3,7 @@ suite runs with CKPTKIT_CHECK_ADVICE=1 (conftest), so every error and warning pr
 checked against the parser; these tests check the checker."""
 import pytest
 
-from ckptkit.advice import unaccepted_flags
+from ckptkit.core.advice import unaccepted_flags
 from ckptkit.cli import build_parser
 
 pytestmark = pytest.mark.fast

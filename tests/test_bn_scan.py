@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from ckptkit import testing as T
-from ckptkit.checkpoint import Checkpoint
+from ckptkit.read.checkpoint import Checkpoint
 from ckptkit.batchnorm.finder import find_fold_units
 from ckptkit.batchnorm.scan import scan_units
 
@@ -54,11 +54,11 @@ def test_scan_on_broken_checkpoints(store, stats, trainable_only):
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v3", "nasnet", "deeplab"])
-def test_scan_on_zoo_patterns(tmp_path, name):
+def test_scan_on_zoo_patterns(shared_checkpoint, name):
     from test_zoo_patterns import NETS as ZOO
 
     builder, shape, _ = ZOO[name]
-    _assert_same(T.save_model(builder, shape, str(tmp_path / "model.ckpt")))
+    _assert_same(shared_checkpoint(f"zoo-{name}", builder, shape))
 
 
 @pytest.mark.parametrize("name", DECLINED)

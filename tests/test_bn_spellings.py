@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from ckptkit import testing as T
-from ckptkit._tf import tf, tf1
-from ckptkit.compat import slim
+from ckptkit.core.lazy_tf import tf, tf1
+from ckptkit.core.compat import slim
 
 SHAPE = (12, 12, 3)
 
@@ -125,8 +125,9 @@ def test_every_bn_spelling_exports_verified_and_matches_tfs_inference_graph(kind
 
 def test_a_reference_that_is_not_independent_is_not_called_verified(monkeypatch, tmp_path, capsys):
     """When the training graph cannot be rewritten, the check runs against ckptkit's own import: said plainly."""
-    from ckptkit import cli, inference_graph
-    from ckptkit.errors import CkptkitError
+    from ckptkit import cli
+    from ckptkit.run import inference_graph
+    from ckptkit.core.errors import CkptkitError
 
     def cannot(*_a, **_k):
         raise CkptkitError("cannot rewrite this graph (test)")
@@ -146,7 +147,9 @@ def test_a_failed_verification_names_the_first_diverging_node(monkeypatch, tmp_p
     kernels, with its statistics, in one line and in --json."""
     import json
 
-    from ckptkit import cli, ops
+    from ckptkit import cli
+
+    from ckptkit.ir import registry
 
     def net(inputs, is_training=False):
         s = slim()
@@ -157,7 +160,7 @@ def test_a_failed_verification_names_the_first_diverging_node(monkeypatch, tmp_p
         return s.fully_connected(x, 10, activation_fn=None, scope="logits")
 
     prefix = T.save_model(net, SHAPE, str(tmp_path / "ck" / "model.ckpt"))
-    relu6 = ops.get("Relu6")
+    relu6 = registry.get("Relu6")
     monkeypatch.setitem(relu6.writers, "onnx", lambda b, node, xs: b.op("Relu", xs, node.name))
     rc = cli.main(["to-onnx", prefix, "-o", str(tmp_path / "m.onnx"), "--json"])
     out, err = capsys.readouterr()

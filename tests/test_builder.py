@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from ckptkit import testing as T
-from ckptkit.checkpoint import Checkpoint
-from ckptkit.user_builder import resolve
+from ckptkit.read.checkpoint import Checkpoint
+from ckptkit.topology.user_builder import resolve
 
 NET = textwrap.dedent('''
     import tensorflow as tf

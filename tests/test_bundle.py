@@ -1,4 +1,4 @@
-"""The TF-free V2 checkpoint reader (ckptkit/bundle.py) against TensorFlow's own reader: every tensor bit for
+"""The TF-free V2 checkpoint reader (ckptkit/read/bundle.py) against TensorFlow's own reader: every tensor bit for
 bit, multi-shard bundles, every dtype checkpoints hold, and the same damaged files through both."""
 import os
 import shutil
@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from ckptkit._tf import tf, tf1
-from ckptkit.bundle import Bundle, open_bundle
-from ckptkit.checkpoint import Checkpoint
-from ckptkit.errors import CkptkitError
+from ckptkit.core.lazy_tf import tf, tf1
+from ckptkit.read.bundle import Bundle, open_bundle
+from ckptkit.read.checkpoint import Checkpoint
+from ckptkit.core.errors import CkptkitError
 
 DIGITS = Checkpoint(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "digits",
                                  "broken")).prefix
@@ -133,7 +133,7 @@ def test_damaged_files_through_both_readers(tmp_path, which, mode, pos):
 
 @pytest.mark.fast
 def test_reading_imports_no_tensorflow():
-    code = ("import sys; from ckptkit.checkpoint import Checkpoint; c = Checkpoint(sys.argv[1]); "
+    code = ("import sys; from ckptkit.read.checkpoint import Checkpoint; c = Checkpoint(sys.argv[1]); "
             "[c.get(n) for n in c.names]; assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
     out = subprocess.run([sys.executable, "-c", code, DIGITS], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -143,7 +143,7 @@ def test_reading_imports_no_tensorflow():
 def test_views_are_read_only_and_equal_to_reads(tmp_path):
     """Checkpoint.get gives zero-copy views of the data file: the same bytes as a read, never writeable
     (nothing can write into a user's checkpoint through them), and read() still gives a writeable copy."""
-    from ckptkit import pages
+    from ckptkit.core import pages
 
     values = save_dtypes(str(tmp_path / "d"))
     ckpt = Checkpoint(str(tmp_path / "d"))

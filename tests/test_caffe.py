@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from ckptkit import testing as T
-from ckptkit._tf import tf
-from ckptkit.errors import CkptkitError
-from ckptkit.export import export
-from ckptkit.sources import load
+from ckptkit.core.lazy_tf import tf
+from ckptkit.core.errors import CkptkitError
+from ckptkit.commands.export import export
+from ckptkit.topology.sources import load
 from conftest import E2E, E2E_IDS, NETS, quick, rel_error
 from ckptkit.converters.caffe import runner
 from ckptkit.converters.caffe_consumers import CONSUMERS
@@ -25,16 +25,16 @@ def test_every_consumer_this_suite_verifies_in_is_installed():
 
 
 @pytest.mark.parametrize("name, fold", quick(E2E), ids=E2E_IDS)
-def test_caffe_matches_tf_in_every_consumer(store, reference, tmp_path, name, fold):
+def test_caffe_matches_tf_in_every_consumer(store, loaded, reference, tmp_path, name, fold):
     bn = "fold" if fold else "keep"
     prefix = store(name)
     runtimes = {}
     if bn == "keep" and name in BN_AFTER_OTHER_LAYERS:
         with pytest.raises(CkptkitError, match="MNN misreads a Caffe BatchNorm layer"):
-            export(load(prefix), "caffe", str(tmp_path / "net"), fold=False)
+            export(loaded(name), "caffe", str(tmp_path / "net"), fold=False)
         assert not os.listdir(tmp_path)
         runtimes = {"caffe_runtime": "opencv"}
-    result = export(load(prefix), "caffe", str(tmp_path / "net"), fold=bn == "fold", **runtimes)
+    result = export(loaded(name), "caffe", str(tmp_path / "net"), fold=bn == "fold", **runtimes)
     prototxt, caffemodel = result.files
     assert prototxt.endswith("net.prototxt") and os.path.getsize(caffemodel) > 0
     assert [c.runtime.split()[0] for c in result.comparisons] == (["OpenCV"] if runtimes else ["OpenCV", "MNN"])

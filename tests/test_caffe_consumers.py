@@ -8,12 +8,12 @@ import logging
 import numpy as np
 import pytest
 
-from ckptkit import ops
-from ckptkit._tf import tf
-from ckptkit.errors import CkptkitError, VerificationError
-from ckptkit.export import export
+from ckptkit.ir import registry
+from ckptkit.core.lazy_tf import tf
+from ckptkit.core.errors import CkptkitError, VerificationError
+from ckptkit.commands.export import export
 from ckptkit.ops import pool
-from ckptkit.sources import load
+from ckptkit.topology.sources import load
 from ckptkit.converters import caffe_consumers
 from ckptkit.converters.caffe_consumers import CONSUMERS
 
@@ -52,7 +52,7 @@ def test_same_average_pool_is_exact_in_every_consumer(tmp_path):
 
 @needs_both
 def test_a_consumer_that_reads_the_files_differently_is_named_and_nothing_is_written(tmp_path, monkeypatch):
-    monkeypatch.setitem(ops.get("AvgPool").writers, "caffe", spatial_scale_avg_pool)
+    monkeypatch.setitem(registry.get("AvgPool").writers, "caffe", spatial_scale_avg_pool)
     model = load(builder=same_avg_pool_net, input_shape=(9, 9, 3))
     with pytest.raises(VerificationError) as err:
         export(model, "caffe", str(tmp_path / "m"))

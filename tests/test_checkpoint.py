@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ckptkit import CkptkitError
-from ckptkit.checkpoint import Checkpoint, resolve_prefix, write_checkpoint
+from ckptkit.read.checkpoint import Checkpoint, resolve_prefix, write_checkpoint
 from conftest import FIXTURE
 
 
@@ -24,7 +24,7 @@ def test_reads_tensors_lazily_with_shapes():
 
 
 def test_v1_checkpoint_is_read(tmp_path):
-    from ckptkit._tf import tf, tf1
+    from ckptkit.core.lazy_tf import tf, tf1
 
     g = tf().Graph()
     with g.as_default():

@@ -153,8 +153,8 @@ def test_option_values_are_checked_before_any_work(args, message, tmp_path, ckpt
 
 
 def test_export_to_several_formats_runs_tensorflow_once(tmp_path, ckptkit):
-    from ckptkit.export import export_many
-    from ckptkit.sources import load
+    from ckptkit.commands.export import export_many
+    from ckptkit.topology.sources import load
 
     model = load(FIXTURE)
     runs = []

@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from ckptkit.checkpoint import Checkpoint, write_checkpoint
-from ckptkit.diagnose import diagnose
-from ckptkit.recalibrate import recalibrate
+from ckptkit.read.checkpoint import Checkpoint, write_checkpoint
+from ckptkit.commands.diagnose import diagnose
+from ckptkit.commands.recalibrate import recalibrate
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DIGITS = os.path.join(HERE, "..", "fixtures", "digits")
@@ -130,7 +130,7 @@ def test_the_fix_reproduces_the_measurement_on_small_data(tmp_path):
     statistics, so the batch size shapes them), so its fix, run as printed, reports the same shifts."""
     import shlex
 
-    from ckptkit.recalibrate import recalibrate as run_recalibrate
+    from ckptkit.commands.recalibrate import recalibrate as run_recalibrate
 
     d = diagnose(BROKEN, CALIBRATION, preprocess="unit", max_samples=64, batch_size=32)
     words = shlex.split(d.command)

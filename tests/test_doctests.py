@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODULES = ["ckptkit.sources", "ckptkit.inspect", "ckptkit.passes", "ckptkit.export", "ckptkit.fold",
-           "ckptkit.diagnose", "ckptkit.recalibrate", "ckptkit.verify"]
+MODULES = ["ckptkit.topology.sources", "ckptkit.commands.inspect", "ckptkit.ir.passes", "ckptkit.commands.export", "ckptkit.commands.fold",
+           "ckptkit.commands.diagnose", "ckptkit.commands.recalibrate", "ckptkit.run.verify"]
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def test_docstring_examples_run(name, workdir, monkeypatch):
     monkeypatch.chdir(workdir)
     model = ckptkit.load("fixtures/mobilenet_v2_tiny")
     x = np.random.default_rng(0).normal(size=(2, *model.input_shape[1:])).astype(np.float32)
-    if name == "ckptkit.verify":  # its example runs a written model
+    if name == "ckptkit.run.verify":  # its example runs a written model
         ckptkit.export(model, "onnx", "m.onnx")
     globs = {"ckptkit": ckptkit, "np": np, "model": model, "x": x,
              "verify": ckptkit.verify}

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from ckptkit import VerificationError, testing as T
-from ckptkit._tf import tf, tf1
-from ckptkit.checkpoint import Checkpoint
-from ckptkit.export import export
-from ckptkit.fold import fold_checkpoint
-from ckptkit.inspect import inspect_checkpoint
-from ckptkit.sources import load
+from ckptkit.core.lazy_tf import tf, tf1
+from ckptkit.read.checkpoint import Checkpoint
+from ckptkit.commands.export import export
+from ckptkit.commands.fold import fold_checkpoint
+from ckptkit.commands.inspect import inspect_checkpoint
+from ckptkit.topology.sources import load
 from conftest import rel_error
 from ckptkit.converters.onnx import runner
 
@@ -152,7 +152,7 @@ def test_non_frozen_graphdef_is_verified_with_checkpoint_values(store, reference
 
 # ---- 8. fold's graph is topology only ---------------------------------------------------------------------
 def test_topology_reads_no_tensor(store, monkeypatch):
-    from ckptkit.sources import topology
+    from ckptkit.topology.sources import topology
 
     prefix = store("resnet_v1_50")
 
@@ -205,7 +205,7 @@ def _inference_twin(inputs):
 
 
 def test_default_verification_inputs_have_a_realistic_scale():
-    from ckptkit.verify import verification_inputs
+    from ckptkit.run.verify import verification_inputs
 
     x = verification_inputs((None, 8, 8, 3))
     assert x.min() >= -1 and x.max() <= 1 and x.std() > 0.3

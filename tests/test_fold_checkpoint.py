@@ -2,8 +2,8 @@
 import pytest
 
 from ckptkit import CkptkitError, testing as T
-from ckptkit.checkpoint import Checkpoint
-from ckptkit.fold import fold_checkpoint
+from ckptkit.read.checkpoint import Checkpoint
+from ckptkit.commands.fold import fold_checkpoint
 from conftest import ARCH, NETS, rel_error
 
 
@@ -78,8 +78,8 @@ def test_fold_refuses_to_overwrite_input(store):
 
 def test_topology_only_load_reads_no_tensor(store, monkeypatch):
     """fold reads epsilons from the graph without loading the weights a second time."""
-    from ckptkit.checkpoint import Checkpoint
-    from ckptkit.sources import load
+    from ckptkit.read.checkpoint import Checkpoint
+    from ckptkit.topology.sources import load
 
     prefix = store("resnet_v1_50")
 
@@ -100,7 +100,7 @@ def test_fold_writes_a_bn_free_graph_the_next_command_uses(store, reference, tmp
     import subprocess
     import sys
 
-    from ckptkit.sources import load
+    from ckptkit.topology.sources import load
 
     prefix = store(name)
     shape = NETS[name][1]
@@ -130,8 +130,8 @@ def test_checkpoint_fold_and_ir_fold_give_the_same_weight_bits(store, tmp_path, 
     kernels are the IR fold's kernels, bit for bit (two roundings used to differ in the last bit)."""
     import numpy as np
 
-    from ckptkit.passes import fold_batchnorm
-    from ckptkit.sources import load
+    from ckptkit.ir.passes import fold_batchnorm
+    from ckptkit.topology.sources import load
 
     prefix = store(name)
     fold_checkpoint(prefix, str(tmp_path / "folded.ckpt"), write_graph=False)

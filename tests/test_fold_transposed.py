@@ -1,7 +1,7 @@
 import numpy as np
 from ckptkit import testing as T
-from ckptkit._tf import tf, tf1
-from ckptkit.fold import fold_checkpoint
+from ckptkit.core.lazy_tf import tf, tf1
+from ckptkit.commands.fold import fold_checkpoint
 
 
 def transposed_dense_net(inputs, is_training=False, batch_norm=True):

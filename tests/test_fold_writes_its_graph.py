@@ -13,8 +13,8 @@ import onnxruntime as ort
 
 from ckptkit import cli
 from ckptkit import testing as T
-from ckptkit._tf import tf, tf1
-from ckptkit.compat import slim
+from ckptkit.core.lazy_tf import tf, tf1
+from ckptkit.core.compat import slim
 
 SHAPE = (24, 24, 3)
 

@@ -28,33 +28,30 @@ def test_import_from_the_folder_holding_the_clone(tmp_path):
     assert got.stdout.strip().endswith(os.path.join("ckptkit", "__init__.py"))
 
 
-def test_the_onnx_input_keeps_the_graphs_input_name(tmp_path):
-    def net(inputs, is_training=False):
-        return T.mobilenet_v2_net(inputs, is_training=is_training)
-
-    prefix = T.save_model(net, (32, 32, 3), str(tmp_path / "ck" / "model.ckpt"))
+def test_the_onnx_input_keeps_the_graphs_input_name(tmp_path, run_cli, store):
+    prefix = store("mobilenet_v2")  # saved as a training script saves it: the graph's input is `input`
     # rename nothing: the training graph's input is `input`; pass it as tf2onnx users spell it
     out = str(tmp_path / "m.onnx")
-    run = _ckptkit("-q", "to-onnx", prefix, "--inputs", "input:0", "-o", out)
+    run = run_cli("-q", "to-onnx", prefix, "--inputs", "input:0", "-o", out)
     assert run.returncode == 0, run.stderr
     assert onnx.load(out).graph.input[0].name == "input:0"
 
 
 @pytest.mark.slow
-def test_fold_and_export_carry_the_recorded_preprocessing(tmp_path):
+def test_fold_and_export_carry_the_recorded_preprocessing(tmp_path, run_cli):
     recal, folded, out = (str(tmp_path / d / "model.ckpt") for d in ("recal", "folded", "onnx"))
-    assert _ckptkit("-q", "recalibrate", os.path.join(DIGITS, "broken"), "--data", os.path.join(DIGITS, "calibration"),
+    assert run_cli("-q", "recalibrate", os.path.join(DIGITS, "broken"), "--data", os.path.join(DIGITS, "calibration"),
                     "--preprocess", "none", "--mean", "127.5", "--std", "127.5", "--max-samples", "64",
                     "-o", recal).returncode == 0
-    run = _ckptkit("-q", "fold", recal, "-o", folded)
+    run = run_cli("-q", "fold", recal, "-o", folded)
     assert run.returncode == 0, run.stderr
     with open(recal + ".ckptkit.json") as a, open(folded + ".ckptkit.json") as b:
         assert json.load(a) == json.load(b)
-    run = _ckptkit("-q", "to-onnx", folded, "-o", out + ".onnx")
+    run = run_cli("-q", "to-onnx", folded, "-o", out + ".onnx")
     assert run.returncode == 0, run.stderr
     meta = {p.key: p.value for p in onnx.load(out + ".onnx").metadata_props}
     assert json.loads(meta["ckptkit.preprocessing"])["mean"] == [127.5]
-    run = _ckptkit("-q", "to-caffe", folded, "-o", out)  # verified in every consumer with the comment header
+    run = run_cli("-q", "to-caffe", folded, "-o", out)  # verified in every consumer with the comment header
     assert run.returncode == 0, run.stderr
     first = open(out + ".prototxt").readline()
     assert first.startswith("# ckptkit.preprocessing: ") and json.loads(first.split(": ", 1)[1])["mean"] == [127.5]

@@ -1,4 +1,4 @@
-"""--arch graphs cached on disk between commands (ckptkit.graph_cache): a cached graph is the graph the build
+"""--arch graphs cached on disk between commands (ckptkit.topology.graph_cache): a cached graph is the graph the build
 makes (same IR, same TensorFlow output), a damaged entry is built again, and a cache that cannot be used
 changes nothing but the time."""
 import os
@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 
 import ckptkit
-from ckptkit import graph_cache, sources, testing as T
+from ckptkit import testing as T
+from ckptkit.topology import graph_cache
+from ckptkit.topology import sources
+from conftest import NETS
 
 SHAPE = (64, 64, 3)
 
@@ -20,11 +23,11 @@ def cache(tmp_path, monkeypatch):
     sources._BUILT.clear()
 
 
-@pytest.fixture(scope="module")
-def resnet(tmp_path_factory):
-    prefix = str(tmp_path_factory.mktemp("resnet") / "model.ckpt")
-    T.save_model(T.arch_net("resnet_v1_50", num_classes=10), SHAPE, prefix)
-    return prefix
+@pytest.fixture
+def resnet(store):
+    """resnet_v1_50 at 64x64, 10 classes: the suite's shared checkpoint (conftest.NETS)."""
+    assert NETS["resnet_v1_50"][1] == SHAPE
+    return store("resnet_v1_50")
 
 
 def _load(prefix, **kw):

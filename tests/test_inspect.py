@@ -4,8 +4,8 @@ import subprocess
 import sys
 
 from ckptkit.batchnorm.units import find_units
-from ckptkit.checkpoint import Checkpoint
-from ckptkit.inspect import inspect_checkpoint
+from ckptkit.read.checkpoint import Checkpoint
+from ckptkit.commands.inspect import inspect_checkpoint
 from conftest import FIXTURE
 
 
@@ -61,8 +61,8 @@ def test_missing_statistics_show_as_absent_with_a_graph(store):
 def test_graph_lists_inputs_and_outputs_and_the_ambiguity_names_the_logits(tmp_path):
     """A training graph with two heads read by the loss: `inspect --io` lists both with shapes, and an
     export without --outputs names them in its one-line error."""
-    from ckptkit._tf import tf, tf1
-    from ckptkit.compat import slim
+    from ckptkit.core.lazy_tf import tf, tf1
+    from ckptkit.core.compat import slim
 
     _tf = tf()
     g = _tf.Graph()

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from ckptkit import CkptkitError, testing as T
-from ckptkit.export import export
-from ckptkit.sources import load
+from ckptkit.commands.export import export
+from ckptkit.topology.sources import load
 from conftest import E2E, NETS, quick, rel_error
 
 
@@ -16,10 +16,10 @@ CASES = [(name, fold, "keras") for name, fold in E2E] + [(name, fold, "h5") for 
 
 
 @pytest.mark.parametrize("name, fold, ext", quick(CASES))
-def test_keras_matches_tf(store, reference, tmp_path, name, fold, ext):
+def test_keras_matches_tf(store, loaded, reference, tmp_path, name, fold, ext):
     prefix = store(name)
     path = str(tmp_path / f"m.{ext}")
-    export(load(prefix), "keras", path, fold=fold)
+    export(loaded(name), "keras", path, fold=fold)
     model = keras.models.load_model(path, compile=False)
     assert model.input_shape == (None,) + NETS[name][1]
     x = T.random_input(NETS[name][1], batch=3, seed=11)
@@ -36,7 +36,7 @@ def test_unfolded_bn_layers_carry_statistics_and_epsilon(store, tmp_path):
     model = keras.models.load_model(path, compile=False)
     bn = model.get_layer("resnet_v1_50_conv1_BatchNorm")
     assert bn.epsilon == pytest.approx(1e-5)
-    from ckptkit.checkpoint import Checkpoint
+    from ckptkit.read.checkpoint import Checkpoint
 
     ckpt = Checkpoint(prefix)
     gamma, beta, mean, var = bn.get_weights()

@@ -1,5 +1,9 @@
 """The import structure, read from the source (no TensorFlow): modules import downward only.
 
+The folders are the layers, bottom to top (LAYERS): a module imports from its own folder and the folders below,
+never above, and each folder's docstring says which ones it may import, in a "May import:" line that this test
+holds to the code. Only the package's face, the CLI and the test helpers sit outside a folder, on top.
+
 "Downward" is made precise as: the graph of module-level imports between ckptkit's and converters' modules has
 no cycle, and an import inside a function (kept to load TensorFlow-heavy modules only when needed) never goes to
 a module that, at module level, imports the importer back, i.e. it is never there to dodge a cycle. Importing
@@ -110,7 +114,59 @@ def test_the_checker_sees_cycles(tmp_path, monkeypatch):
         test_module_level_imports_have_no_cycle()
 
 
-def test_the_op_registry_sits_under_the_ir():
-    """ir.Node looks its op up in ops/__init__.py, so that module must import nothing that imports the IR."""
-    eager, _ = _graph()
-    assert "ckptkit.ir" not in _reachable(eager, "ckptkit.ops")
+# bottom to top; a module of ckptkit/ outside these folders is on top (TOP)
+LAYERS = ("core", "ir", "read", "run", "tf_import", "ops", "topology", "batchnorm", "converters", "commands")
+TOP = {"ckptkit", "ckptkit.cli", "ckptkit.testing"}
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in LAYERS else "top"
+
+
+def _declared(layer: str) -> set:
+    """The layers a folder's docstring names after "May import:" (up to the first '.' or '(')."""
+    doc = ast.get_docstring(ast.parse(open(_modules()[f"ckptkit.{layer}"]).read())) or ""
+    assert "May import:" in doc, f"ckptkit/{layer}/__init__.py's docstring does not say what it may import"
+    named = doc.split("May import:", 1)[1].split("(")[0].split(".")[0]
+    return {word.strip(" ,;\n") for word in named.replace(",", " ").split()} & set(LAYERS)
+
+
+def test_every_module_sits_in_a_layer_folder():
+    stray = sorted(m for m in _modules() if _layer(m) == "top" and m not in TOP)
+    assert not stray, f"modules outside the layer folders: {stray}"
+
+
+def test_each_folder_says_what_it_may_import_and_it_is_below_it():
+    wrong = {layer: sorted(_declared(layer) - set(LAYERS[:LAYERS.index(layer)]))
+             for layer in LAYERS if _declared(layer) - set(LAYERS[:LAYERS.index(layer)])}
+    assert not wrong, f"folders whose docstring allows a layer that is not below them: {wrong}"
+
+
+def _upward(eager: dict, lazy: dict) -> list[str]:
+    out = []
+    for edges in (eager, lazy):
+        for module, targets in edges.items():
+            here = _layer(module)
+            if here == "top":
+                continue
+            allowed = _declared(here) | {here}
+            out += [f"{module}:{line} imports {t} ({_layer(t)}; ckptkit/{here}/ may import {sorted(allowed)})"
+                    for t, line in targets.items() if _layer(t) != "top" and _layer(t) not in allowed
+                    or _layer(t) == "top" and t != "ckptkit"]
+    return sorted(out)
+
+
+def test_imports_stay_in_their_folder_or_go_down():
+    """Inside functions too: a lazy import is for start-up time, never for reaching up."""
+    eager, lazy = _graph()
+    bad = _upward(eager, lazy)
+    assert not bad, "\n".join(bad)
+
+
+def test_the_folder_rule_can_fail():
+    """An import from core up into commands is reported."""
+    eager, lazy = _graph()
+    eager["ckptkit.core.errors"] = {"ckptkit.commands.export": 7}
+    assert _upward(eager, lazy) == [
+        "ckptkit.core.errors:7 imports ckptkit.commands.export (commands; ckptkit/core/ may import ['core'])"]

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from ckptkit._tf import tf
-from ckptkit.export import export
-from ckptkit.sources import load
+from ckptkit.core.lazy_tf import tf
+from ckptkit.commands.export import export
+from ckptkit.topology.sources import load
 
 
 def const(shape, seed):

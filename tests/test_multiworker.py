@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from ckptkit.checkpoint import Checkpoint
+from ckptkit.read.checkpoint import Checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BROKEN = os.path.join(ROOT, "fixtures", "digits", "broken")

@@ -57,8 +57,8 @@ def test_a_users_own_slim_code_imports_after_ckptkit(tmp_path):
 
 @pytest.mark.fast
 def test_library_errors_name_the_keyword_passed(tmp_path):
-    from ckptkit.errors import CkptkitError
-    from ckptkit.recalibrate import recalibrate
+    from ckptkit.core.errors import CkptkitError
+    from ckptkit.commands.recalibrate import recalibrate
 
     with pytest.raises(CkptkitError, match=r"batch_size=1 is too small") as err:
         recalibrate(BROKEN, CALIBRATION, str(tmp_path / "out" / "model.ckpt"), preprocess="unit", batch_size=1)
@@ -69,8 +69,8 @@ def test_library_errors_name_the_keyword_passed(tmp_path):
 def test_a_prefix_without_its_step_names_the_checkpoints_beside_it(tmp_path):
     import shutil
 
-    from ckptkit.checkpoint import Checkpoint
-    from ckptkit.errors import CkptkitError
+    from ckptkit.read.checkpoint import Checkpoint
+    from ckptkit.core.errors import CkptkitError
 
     for step in (9, 25):
         for f in os.listdir(BROKEN):
@@ -101,7 +101,7 @@ def test_verify_of_an_existing_file_names_where_it_departs(tmp_path, capsys):
     import shutil
 
     from ckptkit import cli
-    from ckptkit.checkpoint import Checkpoint, write_checkpoint
+    from ckptkit.read.checkpoint import Checkpoint, write_checkpoint
 
     fixture = os.path.join(ROOT, "fixtures", "mobilenet_v2_tiny")
     onnx_path = str(tmp_path / "m.onnx")
@@ -140,9 +140,11 @@ def test_a_refused_caffe_export_names_where_it_departs(monkeypatch, tmp_path, ca
     """Caffe's localisation reads OpenCV's blobs: a Relu6 written as plain ReLU is named as the first to diverge."""
     import json
 
-    from ckptkit import cli, ops
+    from ckptkit import cli
 
-    relu6 = ops.get("Relu6")
+    from ckptkit.ir import registry
+
+    relu6 = registry.get("Relu6")
     monkeypatch.setitem(relu6.writers, "caffe", lambda c, node, xs: c.layer(node.name, "ReLU", xs))
     rc = cli.main(["to-caffe", os.path.join(ROOT, "fixtures", "mobilenet_v2_tiny"), "-o", str(tmp_path / "m"),
                    "--caffe-runtime", "opencv", "--json", "--verify-data", _saturating(tmp_path)])

@@ -6,15 +6,15 @@ import onnx
 import pytest
 
 from ckptkit import CkptkitError, testing as T
-from ckptkit.export import export
-from ckptkit.sources import load
+from ckptkit.commands.export import export
+from ckptkit.topology.sources import load
 from conftest import ARCH, E2E, E2E_IDS, FIXTURE, NETS, quick, rel_error
 from ckptkit.converters.onnx import runner
 
 @pytest.mark.parametrize("name, fold", quick(E2E), ids=E2E_IDS)
-def test_onnx_from_training_meta(store, reference, tmp_path, name, fold):
+def test_onnx_from_training_meta(store, loaded, reference, tmp_path, name, fold):
     prefix = store(name)
-    model = load(prefix)  # the training-graph .meta beside the checkpoint
+    model = loaded(name)  # the training-graph .meta beside the checkpoint
     path = str(tmp_path / "m.onnx")
     result = export(model, "onnx", path, fold=fold)
     assert result.comparison.ok
@@ -68,7 +68,7 @@ def test_inputs_and_outputs_keep_the_tensorflow_names(tmp_path):
     """As tf2onnx does: the ONNX input/output are the TF tensors asked for (a BiasAdd stays a BiasAdd)."""
     import onnx
 
-    from ckptkit.sources import load
+    from ckptkit.topology.sources import load
 
     digits = os.path.join(os.path.dirname(FIXTURE), "..", "digits", "broken")
     for output, want in ((None, "logits/BiasAdd:0"), ("logits/BiasAdd", "logits/BiasAdd:0"),

@@ -13,8 +13,8 @@ import onnx
 import pytest
 
 from ckptkit import testing as T
-from ckptkit.export import export
-from ckptkit.sources import load
+from ckptkit.commands.export import export
+from ckptkit.topology.sources import load
 from conftest import rel_error
 from ckptkit.converters import protobuf_wire
 from ckptkit.converters.onnx import runner
@@ -74,7 +74,7 @@ def test_caffe_refuses_weights_past_one_protobuf_in_one_line(store, tmp_path, sm
 
 def _write_big_checkpoint(prefix: str) -> int:
     """The net's variables, random, written one tensor at a time (no TF session holds 2 GiB); their bytes."""
-    from ckptkit.checkpoint import write_checkpoint
+    from ckptkit.read.checkpoint import write_checkpoint
 
     rng = np.random.default_rng(0)
     flat = int(np.prod(BIG_INPUT))

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from ckptkit import ops
-from ckptkit._tf import tf, tf1
-from ckptkit.errors import CkptkitError
-from ckptkit.export import export, writer_for
-from ckptkit.passes import fold_batchnorm
-from ckptkit.sources import load
+from ckptkit.ir import registry
+from ckptkit.core.lazy_tf import tf, tf1
+from ckptkit.core.errors import CkptkitError
+from ckptkit.commands.export import export, writer_for
+from ckptkit.ir.passes import fold_batchnorm
+from ckptkit.topology.sources import load
 from ckptkit.converters.caffe import mnn_misreads
 from ckptkit.converters.caffe_consumers import CONSUMERS
 
@@ -177,7 +177,7 @@ def test_every_op_has_a_case_in_every_target_that_claims_it():
         for target in TARGETS:
             if not writer_for(target).unsupported(graph):
                 covered |= {(n.op, target) for n in graph.nodes}
-    missing = [f"{name} in {target}" for name, op in ops.load_all().items() if name != "Input"
+    missing = [f"{name} in {target}" for name, op in registry.load_all().items() if name != "Input"
                for target in op.writers if (name, target) not in covered]
     assert not missing, f"registered writers without a test case: {', '.join(missing)}"
 
@@ -212,7 +212,7 @@ def test_an_unsupported_target_names_every_node_at_once(tmp_path):
 
 def test_registering_a_writer_twice_is_an_error():
     with pytest.raises(RuntimeError, match="registered twice"):
-        ops.get("Relu").writer("onnx")(lambda *a: None)
+        registry.get("Relu").writer("onnx")(lambda *a: None)
 
 
 @pytest.mark.fast

@@ -1,4 +1,4 @@
-"""ckptkit.pages: weights held in the page cache. What matters is that giving pages back never changes a
+"""ckptkit.core.pages: weights held in the page cache. What matters is that giving pages back never changes a
 value (a clean file page is read again; a scratch page was written to its file), and that only maps made
 here are touched: an ordinary array, or an anonymous map whose pages would come back as zeros, is left alone."""
 import mmap
@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from ckptkit import pages
+from ckptkit.core import pages
 
 pytestmark = pytest.mark.fast
 
@@ -71,7 +71,7 @@ def test_scratch_on_a_full_disk_is_one_clear_error(monkeypatch):
     import errno
     import os
 
-    from ckptkit.errors import CkptkitError
+    from ckptkit.core.errors import CkptkitError
 
     def full(fd, offset, length):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from ckptkit import publish
-from ckptkit.errors import CkptkitError
+from ckptkit.core import publish
+from ckptkit.core.errors import CkptkitError
 from conftest import FIXTURE
 
 
@@ -155,11 +155,13 @@ MID_WRITE = [["to-keras", "--no-verify", "model.h5"], ["to-keras", "--no-verify"
 
 
 @pytest.mark.parametrize("command", MID_WRITE, ids=lambda c: c[-1] if c[0] == "to-keras" else c[0])
-def test_a_disk_that_fills_mid_write_is_one_line(command, tmp_path):
+def test_a_disk_that_fills_mid_write_is_one_line(command, tmp_path, run_cli):
     """A limit at half the file's size: past the up-front check (the weights fit), failing while the file is
     written. HDF5 writing straight to such a file crashed the process (SIGSEGV, h5py issue #914); the .h5 is made
     in memory and written by Python, so this is one line too."""
-    whole = _full_disk_run(command, tmp_path / "whole", 0)
+    args = command[:-1] if command[0] == "to-keras" else command
+    whole = run_cli(args[0], FIXTURE, "-o", tmp_path / "whole" / (command[-1] if command[0] == "to-keras" else
+                                                                   "model.onnx"), *args[1:])  # no limit: in here
     assert whole.returncode == 0, whole.stderr
     name = command[-1] if command[0] == "to-keras" else "model.onnx"
     out = tmp_path / "out"
@@ -185,7 +187,7 @@ def _mount_read_only(path):
 
 
 @pytest.mark.parametrize("command", [["fold"], ["to-onnx"], ["recalibrate", "--data", "DATA"]])
-def test_a_read_only_file_system_is_refused_before_any_work(command, tmp_path):
+def test_a_read_only_file_system_is_refused_before_any_work(command, tmp_path, run_cli):
     import numpy as np
 
     ro = _mount_read_only(tmp_path / "ro")
@@ -195,8 +197,7 @@ def test_a_read_only_file_system_is_refused_before_any_work(command, tmp_path):
         args = [a.replace("DATA", str(tmp_path / "data")) for a in command]
         target = "model.onnx" if command[0] == "to-onnx" else "model.ckpt"
         for dst in (ro / target, ro / "new" / target):
-            run = subprocess.run([sys.executable, "-m", "ckptkit.cli", args[0], FIXTURE, "-o", str(dst), *args[1:]],
-                                 capture_output=True, text=True)
+            run = run_cli(args[0], FIXTURE, "-o", dst, *args[1:])
             assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
             last = run.stderr.strip().splitlines()[-1]
             assert last.startswith("ckptkit: error: output folder") and "choose another -o" in last, last
@@ -204,7 +205,7 @@ def test_a_read_only_file_system_is_refused_before_any_work(command, tmp_path):
         subprocess.run(["umount", str(ro)])
 
 
-def test_a_checkpoint_on_a_read_only_file_system_is_read(tmp_path):
+def test_a_checkpoint_on_a_read_only_file_system_is_read(tmp_path, run_cli):
     """Only reading the input: a checkpoint on a read-only mount folds and exports."""
     import shutil
 
@@ -214,8 +215,7 @@ def test_a_checkpoint_on_a_read_only_file_system_is_read(tmp_path):
         shutil.copytree(os.path.dirname(FIXTURE), ro / "in")
         subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
         for command, target in (("fold", "model.ckpt"), ("to-onnx", "model.onnx")):
-            run = subprocess.run([sys.executable, "-m", "ckptkit.cli", command, str(ro / "in"), "-o",
-                                  str(tmp_path / "out" / target)], capture_output=True, text=True)
+            run = run_cli(command, ro / "in", "-o", tmp_path / "out" / target)
             assert run.returncode == 0, run.stderr
     finally:
         subprocess.run(["umount", str(ro)])

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from ckptkit import CkptkitError
-from ckptkit._tf import tf, tf1
-from ckptkit.checkpoint import Checkpoint
+from ckptkit.core.lazy_tf import tf, tf1
+from ckptkit.read.checkpoint import Checkpoint
 from ckptkit import testing as T
-from ckptkit.recalibrate import recalibrate
-from ckptkit.sources import load
+from ckptkit.commands.recalibrate import recalibrate
+from ckptkit.topology.sources import load
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_statistics_are_exact_pooled_moments(digits, tmp_path):
     model = load(digits["paths"]["healthy"], meta=meta)
     res = recalibrate(digits["paths"]["healthy"], str(digits["root"] / "npy"), None, model=model, batch_size=50)
     conv = model.graph["conv1/Conv2D"]
-    from ckptkit.tf_exec import run_graph
+    from ckptkit.run.tf_exec import run_graph
 
     x = np.load(digits["root"] / "npy" / "train.npy")
     act = run_graph(model.graph, x, fetch=["conv1/Conv2D"])["conv1/Conv2D"].numpy().astype(np.float64)
@@ -131,7 +131,7 @@ SPLIT_SCRIPT = r"""
 import sys, numpy as np, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from ckptkit.recalibrate import recalibrate
+from ckptkit.commands.recalibrate import recalibrate
 prefix, data, meta, out = sys.argv[1:]
 kw = dict(meta=meta, max_samples=1280)
 split = recalibrate(prefix, data, None, batch_size=64, device="/CPU:0,/CPU:1", **kw)
@@ -236,7 +236,7 @@ def test_bad_normalisation_is_refused(digits, tmp_path, args, words, cli):
 
 def test_slim_eval_geometry_matches_slims_recipe():
     """vgg: smaller side to 256 (legacy bilinear), central crop; inception: central 87.5%, legacy bilinear."""
-    from ckptkit.data import _geometry
+    from ckptkit.read.data import _geometry
 
     _tf = tf()
     img = np.random.default_rng(0).uniform(0, 255, (300, 400, 3)).astype(np.float32)
@@ -311,7 +311,7 @@ def test_the_plot_shows_every_layer_in_network_order(digits, tmp_path):
     """Missing statistics are said in words (not an empty frame); names in network order; the 0.05 line."""
     import matplotlib.pyplot as plt
 
-    from ckptkit.recalibrate import figure
+    from ckptkit.commands.recalibrate import figure
 
     meta = digits["paths"]["healthy"] + ".meta"
     res = recalibrate(digits["paths"]["missing"], str(digits["root"] / "npy"), None, meta=meta, batch_size=64)
@@ -329,7 +329,7 @@ def test_the_plot_shows_every_layer_in_network_order(digits, tmp_path):
                                            ("healthy", "healthy")])
 def test_diagnose_tells_each_case(digits, case, verdict):
     """The four checkpoints of the digits net (statistics missing, never updated, from step 5 of 300, right)."""
-    from ckptkit.diagnose import diagnose
+    from ckptkit.commands.diagnose import diagnose
 
     meta = digits["paths"]["healthy"] + ".meta"
     d = diagnose(digits["paths"][case], str(digits["root"] / "npy"), meta=meta, batch_size=64)

@@ -9,8 +9,8 @@ import pytest
 pytestmark = pytest.mark.fast  # TF-free: all of it is in the quick tier
 
 from ckptkit.ir import Graph, Node
-from ckptkit.recalibration.moments import Moments, bn_levels, merge_workers
-from ckptkit.recalibration.report import Recalibration, record, recorded_preprocessing
+from ckptkit.commands.recalibration.moments import Moments, bn_levels, merge_workers
+from ckptkit.commands.recalibration.report import Recalibration, record, recorded_preprocessing
 
 RNG = np.random.default_rng(0)
 
@@ -95,7 +95,7 @@ def test_the_record_beside_a_checkpoint_reads_back(tmp_path):
 
 
 def test_statistics_and_report_modules_import_no_tensorflow():
-    code = ("import sys, ckptkit.recalibration.moments, ckptkit.recalibration.report, "
-            "ckptkit.recalibration.output; print([m for m in ('tensorflow', 'matplotlib') if m in sys.modules])")
+    code = ("import sys, ckptkit.commands.recalibration.moments, ckptkit.commands.recalibration.report, "
+            "ckptkit.commands.recalibration.output; print([m for m in ('tensorflow', 'matplotlib') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

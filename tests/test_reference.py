@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from ckptkit import testing as T
-from ckptkit._tf import tf, tf1
-from ckptkit.compat import slim
+from ckptkit.core.lazy_tf import tf, tf1
+from ckptkit.core.compat import slim
 
 SHAPE = (16, 16, 3)
 
@@ -73,8 +73,8 @@ def test_noise_spellings_export_and_match_an_independent_inference_graph(kind, t
 
 def test_a_random_reference_is_reported_as_such():
     """A builder graph still in training mode draws a new mask each run: the gateway says so, naming the op."""
-    from ckptkit.errors import CkptkitError
-    from ckptkit.gateway import GatedRun
+    from ckptkit.core.errors import CkptkitError
+    from ckptkit.run.gateway import GatedRun
 
     g = tf().Graph()
     with g.as_default():
@@ -101,7 +101,7 @@ def _arrays(tf_err: float, export_err: float, seed: int = 0):
     (5e-3, 4e-3, False, "FAILED"),  # beyond float32 rounding: no rescue
 ])
 def test_precision_verdict_tells_rounding_from_a_wrong_export(tf_err, export_err, ok, words):
-    from ckptkit.verify import compare, precision_verdict
+    from ckptkit.run.verify import compare, precision_verdict
 
     ref, got, exact = _arrays(tf_err, export_err)
     first = compare(ref, got, 1e-4)
@@ -113,7 +113,7 @@ def test_precision_verdict_tells_rounding_from_a_wrong_export(tf_err, export_err
 def test_the_float64_evaluation_is_the_model():
     """The yardstick must be the same model: the IR in float64 agrees with TensorFlow's float32 run."""
     import ckptkit
-    from ckptkit.tf_exec import float64_fn
+    from ckptkit.run.tf_exec import float64_fn
 
     model = ckptkit.load(T.__file__.replace("ckptkit/testing.py", "fixtures/mobilenet_v2_tiny"))
     x = T.random_input((32, 32, 3), batch=4)
@@ -127,8 +127,8 @@ def test_reference_feeds_every_kind_of_variable(tmp_path):
     """The gated reference feeds weights in place of variables (no assignment holds a second copy): a ref
     variable, a resource variable read directly, and one handed to a tf.function (assigned instead) all
     give what TensorFlow gives with the checkpoint restored."""
-    from ckptkit.checkpoint import Checkpoint
-    from ckptkit.gateway import GatedRun
+    from ckptkit.read.checkpoint import Checkpoint
+    from ckptkit.run.gateway import GatedRun
 
     _tf = tf()
     g = _tf.Graph()
@@ -158,7 +158,7 @@ def test_reference_feeds_every_kind_of_variable(tmp_path):
 def test_a_reference_with_big_activations_runs_a_sample_at_a_time(monkeypatch):
     """A run is sized so its activations stay within a budget: samples go through in groups and the outputs
     are the batch's, in order."""
-    from ckptkit import gateway
+    from ckptkit.run import gateway
 
     _tf = tf()
     g = _tf.Graph()

@@ -10,6 +10,7 @@ import pytest
 
 from ckptkit import cli
 from ckptkit import testing as T
+from conftest import NETS
 
 SHAPE = (32, 32, 3)
 SERVE = ("import sys, numpy as np, tensorflow as tf; m = tf.saved_model.load(sys.argv[1]); "
@@ -19,9 +20,9 @@ SERVE = ("import sys, numpy as np, tensorflow as tf; m = tf.saved_model.load(sys
          ".numpy())")
 
 
-def test_a_slim_net_as_a_saved_model_serves_tensorflows_inference_output(tmp_path, capsys):
-    builder = T.mobilenet_v2_net
-    prefix = T.save_model(builder, SHAPE, str(tmp_path / "ck" / "model.ckpt"))
+def test_a_slim_net_as_a_saved_model_serves_tensorflows_inference_output(tmp_path, capsys, store, reference):
+    assert NETS["mobilenet_v2"][1] == SHAPE
+    prefix = store("mobilenet_v2")  # saved as a training script saves it (the suite's shared one)
     out = tmp_path / "served" / "1"
     assert cli.main(["to-savedmodel", prefix, "-o", str(out)]) == 0, capsys.readouterr().err
     assert "tf.saved_model.load, a fresh process" in capsys.readouterr().out
@@ -31,7 +32,7 @@ def test_a_slim_net_as_a_saved_model_serves_tensorflows_inference_output(tmp_pat
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "['input']" in run.stdout and "logits" in run.stdout  # named after the graph's input and output
-    expected = T.inference_output(builder, SHAPE, prefix, x)
+    expected = reference("mobilenet_v2", prefix, x)
     got = np.load(tmp_path / "y.npy").reshape(expected.shape)
     assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
     # a second export replaces the SavedModel whole; a folder that is not one is refused, untouched
@@ -47,8 +48,8 @@ def test_a_slim_net_as_a_saved_model_serves_tensorflows_inference_output(tmp_pat
 
 
 @pytest.mark.parametrize("formats", ["onnx,savedmodel,tflite"])
-def test_export_writes_the_tensorflow_targets_beside_the_others(formats, tmp_path, capsys):
-    prefix = T.save_model(T.mobilenet_v2_net, SHAPE, str(tmp_path / "ck" / "model.ckpt"))
+def test_export_writes_the_tensorflow_targets_beside_the_others(formats, tmp_path, capsys, store):
+    prefix = store("mobilenet_v2")
     assert cli.main(["export", prefix, "--to", formats, "-o", str(tmp_path / "out")]) == 0, capsys.readouterr().err
     names = sorted(os.listdir(tmp_path / "out"))
     assert len(names) == 3 and {os.path.splitext(n)[1] for n in names} == {".onnx", ".savedmodel", ".tflite"}, names

@@ -1,4 +1,4 @@
-"""A user's graph is data: no ckptkit command runs an op outside the allowlist (ckptkit/gateway.py).
+"""A user's graph is data: no ckptkit command runs an op outside the allowlist (ckptkit/run/gateway.py).
 
 Each hostile net is a small slim CNN saved as a training script saves it, with one side effect that the
 logits depend on only through a control edge (cut: exit 0, export still verified) or through data (refused:
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from ckptkit import testing as T
-from ckptkit._tf import tf, tf1
-from ckptkit.compat import slim
+from ckptkit.core.lazy_tf import tf, tf1
+from ckptkit.core.compat import slim
 
 SHAPE = (16, 16, 3)
 _KEEP_ALIVE = []  # py_func callbacks: TensorFlow's registry holds them weakly
@@ -194,9 +194,9 @@ def test_the_side_effects_would_run_without_the_gateway(hostile, tmp_path):
 
 def test_data_dependency_is_refused_naming_op_type_and_consumer(hostile, tmp_path, capsys):
     """The importer refuses a PyFunc first; the gateway refuses it on its own too, in one line."""
-    from ckptkit.checkpoint import Checkpoint
-    from ckptkit.errors import CkptkitError
-    from ckptkit.gateway import GatedRun
+    from ckptkit.read.checkpoint import Checkpoint
+    from ckptkit.core.errors import CkptkitError
+    from ckptkit.run.gateway import GatedRun
 
     prefix, _ = hostile("py_func_data")
     g = tf().Graph()
@@ -212,10 +212,12 @@ def test_data_dependency_is_refused_naming_op_type_and_consumer(hostile, tmp_pat
 def test_allowlist_covers_the_importer_and_holds_no_side_effect():
     from tensorflow.python.framework import op_def_registry
 
-    from ckptkit import allowlist, ops
+    from ckptkit.run import allowlist
+
+    from ckptkit.ir import registry
     from ckptkit.tf_import import walker
 
-    ops.load_all()
+    registry.load_all()
     imported = set(walker.HANDLERS) | walker.PASS_THROUGH | walker.VARIABLE_OPS | walker.READ_OPS
     assert imported - allowlist.ALLOWED == set()
     stateful = {op for op in allowlist.ALLOWED if op_def_registry.get(op) is None or op_def_registry.get(op).is_stateful}
@@ -232,8 +234,8 @@ def test_checkpoint_index_declaring_more_than_the_file_holds_is_refused_before_a
     import dataclasses
     import shutil
 
-    from ckptkit import bundle
-    from ckptkit.errors import CkptkitError
+    from ckptkit.read import bundle
+    from ckptkit.core.errors import CkptkitError
 
     src = store("mobilenet_v2")
     folder = tmp_path / "ck"
@@ -270,7 +272,7 @@ def _png_header(width: int, height: int) -> bytes:
 def test_an_image_declaring_too_many_pixels_is_skipped_with_its_name(tmp_path, caplog):
     from PIL import Image
 
-    from ckptkit import data
+    from ckptkit.read import data
 
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(_png_header(40000, 40000))  # 1.6 G pixels declared in a 100-byte file

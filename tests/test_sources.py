@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from ckptkit import CkptkitError, testing as T
-from ckptkit._tf import tf, tf1
-from ckptkit.export import export
-from ckptkit.sources import load
+from ckptkit.core.lazy_tf import tf, tf1
+from ckptkit.commands.export import export
+from ckptkit.topology.sources import load
 from conftest import FIXTURE, rel_error
 from ckptkit.converters import caffe, keras as keras_writer, onnx as onnx_writer
 from ckptkit.converters.onnx import runner

@@ -89,8 +89,8 @@ def test_a_folder_holding_converters_runs_none_of_its_code(tmp_path, run_cli):
 # ---- 2. and 3. allocations a graph drives ----------------------------------------------------------------------
 def _bomb_net(kind: str):
     def net_fn(inputs, is_training=False):
-        from ckptkit._tf import tf, tf1
-        from ckptkit.compat import slim
+        from ckptkit.core.lazy_tf import tf, tf1
+        from ckptkit.core.compat import slim
 
         s, _tf = slim(), tf()
         net = s.conv2d(inputs, 8, 3, scope="conv1", normalizer_fn=s.batch_norm,
@@ -192,9 +192,9 @@ def test_a_fill_sized_at_run_time_stops_at_the_memory_budget(monkeypatch):
     run stops at its RLIMIT_DATA budget in one line; the process never holds the fill."""
     import resource
 
-    from ckptkit import gateway
-    from ckptkit._tf import tf, tf1
-    from ckptkit.errors import CkptkitError
+    from ckptkit.run import gateway
+    from ckptkit.core.lazy_tf import tf, tf1
+    from ckptkit.core.errors import CkptkitError
 
     _tf = tf()
     g = _tf.Graph()
@@ -227,7 +227,7 @@ def gif_bomb(path: str, side: int = 20000) -> None:
 
 
 def test_every_frame_of_an_image_is_bounded(tmp_path):
-    from ckptkit.data import _usable_images, encoded_image_ok
+    from ckptkit.read.data import _usable_images, encoded_image_ok
 
     gif_bomb(str(tmp_path / "bomb.gif"))
     shutil.copy(os.path.join(DIGITS, "calibration", sorted(os.listdir(os.path.join(DIGITS, "calibration")))[0]),
@@ -268,8 +268,8 @@ def test_a_record_that_is_not_a_regular_file_is_one_line(kind, command, tmp_path
 
 
 def test_bounded_reads_refuse_what_is_not_a_small_regular_file(tmp_path):
-    from ckptkit.errors import CkptkitError
-    from ckptkit.safe_io import read_bounded, read_optional
+    from ckptkit.core.errors import CkptkitError
+    from ckptkit.core.safe_io import read_bounded, read_optional
 
     big = tmp_path / "big"
     big.write_bytes(b"x" * 2048)
@@ -309,7 +309,7 @@ def test_a_lock_folder_made_by_another_user_is_refused(own_tmpdir, tmp_path, run
 
 
 def test_a_symlink_planted_in_the_lock_folder_is_not_followed(own_tmpdir, tmp_path, run_cli):
-    from ckptkit import publish
+    from ckptkit.core import publish
 
     target = tmp_path / "victim"
     out = tmp_path / "out"
@@ -322,8 +322,8 @@ def test_a_symlink_planted_in_the_lock_folder_is_not_followed(own_tmpdir, tmp_pa
 
 
 def test_private_dir_checks_owner_mode_link_and_parents(tmp_path):
-    from ckptkit.errors import CkptkitError
-    from ckptkit.safe_io import private_dir
+    from ckptkit.core.errors import CkptkitError
+    from ckptkit.core.safe_io import private_dir
 
     made = private_dir(str(tmp_path / "mine"), "cache folder")
     assert stat.S_IMODE(os.stat(made).st_mode) == 0o700
@@ -374,7 +374,7 @@ def test_json_keeps_exact_values(tmp_path, run_cli):
 
 
 def test_shell_words_round_trip_through_bash():
-    from ckptkit.safe_io import shell_word
+    from ckptkit.core.safe_io import shell_word
 
     for word in ["plain", "it's", NASTY, "tab\there", "new\nline", "\u202eevil", "back\\slash'\x1b"]:
         quoted = shell_word(word)

@@ -5,18 +5,18 @@ import numpy as np
 import pytest
 
 from ckptkit import testing as T
-from ckptkit.export import export
-from ckptkit.sources import load
+from ckptkit.commands.export import export
+from ckptkit.topology.sources import load
 from conftest import NETS, quick, rel_error
 
 
 @pytest.mark.parametrize("name", quick(NETS))
-def test_litert_float_matches_tf(store, reference, tmp_path, name):
+def test_litert_float_matches_tf(store, loaded, reference, tmp_path, name):
     from ai_edge_litert.interpreter import Interpreter
 
     prefix = store(name)
     path = str(tmp_path / "m.tflite")
-    result = export(load(prefix), "tflite", path, batch=2)
+    result = export(loaded(name), "tflite", path, batch=2)
     assert result.comparison.ok and "ai-edge-litert" in result.comparison.runtime
     interp = Interpreter(model_path=path)
     interp.allocate_tensors()
@@ -29,12 +29,12 @@ def test_litert_float_matches_tf(store, reference, tmp_path, name):
 
 
 @pytest.mark.parametrize("name", quick(NETS))
-def test_saved_model_matches_tf(store, reference, tmp_path, name):
-    from ckptkit._tf import tf
+def test_saved_model_matches_tf(store, loaded, reference, tmp_path, name):
+    from ckptkit.core.lazy_tf import tf
 
     prefix = store(name)
     path = str(tmp_path / "served")
-    export(load(prefix), "savedmodel", path, check=False)  # verified here instead (test_savedmodel.py: the check)
+    export(loaded(name), "savedmodel", path, check=False)  # verified here instead (test_savedmodel.py: the check)
     serve = tf().saved_model.load(path).signatures["serving_default"]
     (key,) = serve.structured_input_signature[1]
     x = T.random_input(NETS[name][1], batch=3, seed=11)
@@ -71,7 +71,7 @@ def zoo_mobilenet_v1(inputs, is_training=False, depth_multiplier=0.25, num_class
 def test_the_zoos_mobilenet_v1_deploys(target, tmp_path):
     """A MobileNet v1 saved as its training script saves it (BN in training mode, update ops, dropout), through the
     .meta beside it, to LiteRT and SavedModel, each compared with TF's own inference graph of the checkpoint."""
-    from ckptkit._tf import tf
+    from ckptkit.core.lazy_tf import tf
 
     shape = (96, 96, 3)
     prefix = T.save_model(zoo_mobilenet_v1, shape, str(tmp_path / "ck" / "model.ckpt"))

@@ -9,7 +9,8 @@ import pytest
 import ckptkit
 from ckptkit import cli
 from ckptkit import testing as T
-from ckptkit.errors import CkptkitError
+from ckptkit.core.errors import CkptkitError
+from conftest import NETS
 
 SHAPE = (32, 32, 3)
 
@@ -29,24 +30,24 @@ def _litert(path: str, x: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("batch", [1, 2])
-def test_a_slim_mobilenet_exports_to_litert_and_matches_tensorflow(batch, tmp_path, capsys):
-    builder = T.mobilenet_v2_net
-    prefix = T.save_model(builder, SHAPE, str(tmp_path / "ck" / "model.ckpt"))
+def test_a_slim_mobilenet_exports_to_litert_and_matches_tensorflow(batch, tmp_path, capsys, store, reference):
+    assert NETS["mobilenet_v2"][1] == SHAPE
+    prefix = store("mobilenet_v2")  # saved as a training script saves it (the suite's shared one)
     out = str(tmp_path / "m.tflite")
     assert cli.main(["to-tflite", prefix, "-o", out, "--batch", str(batch)]) == 0, capsys.readouterr().err
     assert "verified against TensorFlow in ai-edge-litert" in capsys.readouterr().out
     x = T.random_input(SHAPE, batch=4)
-    expected = T.inference_output(builder, SHAPE, prefix, x)
+    expected = reference("mobilenet_v2", prefix, x)
     got = _litert(out, x).reshape(expected.shape)
     assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
 
 
-def test_an_op_litert_cannot_express_is_refused_by_name(monkeypatch, tmp_path):
-    from ckptkit import ops
-    from ckptkit._tf import tf
+def test_an_op_litert_cannot_express_is_refused_by_name(monkeypatch, tmp_path, store):
+    from ckptkit.ir import registry
+    from ckptkit.core.lazy_tf import tf
 
-    prefix = T.save_model(T.mobilenet_v2_net, SHAPE, str(tmp_path / "ck" / "model.ckpt"))
-    relu6 = ops.get("Relu6")
+    prefix = store("mobilenet_v2")
+    relu6 = registry.get("Relu6")
     monkeypatch.setattr(relu6, "run", lambda ctx, node, xs, p: tf().math.bessel_i1e(xs[0]))  # no builtin
     with pytest.raises(CkptkitError, match=r"cannot express TensorFlow op\(s\) .*BesselI1e.*--allow-select-ops"):
         ckptkit.export(ckptkit.load(prefix), "tflite", str(tmp_path / "m.tflite"), check=False)
@@ -58,7 +59,7 @@ DIGITS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixture
 
 @pytest.fixture(scope="module")
 def healthy_digits(tmp_path_factory):
-    from ckptkit.recalibrate import recalibrate
+    from ckptkit.commands.recalibrate import recalibrate
 
     out = str(tmp_path_factory.mktemp("digits") / "model.ckpt")
     recalibrate(os.path.join(DIGITS, "broken"), os.path.join(DIGITS, "calibration"), out, preprocess="unit")
@@ -83,7 +84,7 @@ def test_int8_from_the_recalibration_images_agrees_with_tensorflow_on_held_out_s
     assert interp.get_input_details()[0]["dtype"] == (np.int8 if io == "int8" else np.float32)
     assert any(d["dtype"] == np.int8 for d in interp.get_tensor_details())  # quantized inside
     from ckptkit.converters.tflite import runner
-    from ckptkit.data import dataset, preprocessing
+    from ckptkit.read.data import dataset, preprocessing
 
     model = ckptkit.load(healthy_digits)
     samples = dataset(os.path.join(DIGITS, "calibration"), tuple(model.graph.input_shape[1:]), batch_size=64,
@@ -108,7 +109,7 @@ def test_int8_below_the_agreement_asked_for_is_refused_and_writes_nothing(health
 def test_a_channel_that_dwarfs_its_layer_is_named(healthy_digits, tmp_path):
     """One channel whose folded scale is a hundred times its neighbours' (here its gamma; a moving variance far
     below epsilon does the same, up to 1/sqrt(eps)): the int8 report names the layer and the channel."""
-    from ckptkit.checkpoint import Checkpoint, write_checkpoint
+    from ckptkit.read.checkpoint import Checkpoint, write_checkpoint
 
     ckpt = Checkpoint(healthy_digits)
 

@@ -6,10 +6,10 @@ import pytest
 
 pytestmark = pytest.mark.fast  # TF-free: all of it is in the quick tier
 
-from ckptkit import ops
+from ckptkit.ir import registry
 from ckptkit.ir import Graph, Node, same_pads
-from ckptkit.layout import in_scale_shape, out_channels, scale_outputs, to_oihw
-from ckptkit.passes import absorb, absorb_input_affine, fold_batchnorm
+from ckptkit.ir.layout import in_scale_shape, out_channels, scale_outputs, to_oihw
+from ckptkit.ir.passes import absorb, absorb_input_affine, fold_batchnorm
 
 RNG = np.random.default_rng(0)
 
@@ -131,19 +131,19 @@ def test_fold_batchnorm_goes_backward_first_then_forward():
 
 
 def test_every_op_declares_typed_attributes_and_an_executor():
-    for name, op in ops.load_all().items():
+    for name, op in registry.load_all().items():
         assert op.run is not None, name
         attrs = op.make_attrs({})
         assert isinstance(attrs, op.attrs), name
     with pytest.raises(ValueError, match="no attribute"):
-        ops.get("Conv").make_attrs({"stride": (1, 1)})
+        registry.get("Conv").make_attrs({"stride": (1, 1)})
     assert in_scale_shape((3, 3, 4, 5), "HWIO") == (4, 1)
 
 
 @pytest.mark.parametrize("layout, shape", [("HWIO", (3, 3, 4, 5)), ("HWCM", (3, 3, 4, 2)), ("OI", (6, 7)),
                                            ("IO", (7, 6)), ("HWOI", (3, 3, 5, 4))])
 def test_in_place_weight_scaling_slab_by_slab_equals_the_one_rounding(monkeypatch, layout, shape):
-    from ckptkit import layout as L
+    from ckptkit.ir import layout as L
 
     rng = np.random.default_rng(0)
     w = rng.normal(size=shape).astype(np.float32)
@@ -159,7 +159,7 @@ def test_in_place_weight_scaling_slab_by_slab_equals_the_one_rounding(monkeypatc
                                                (False, True, True)])
 def test_bn_affine_equals_the_normalisation_it_replaces(gamma, beta, bias):
     """x*s + t == (x + bias - mean) / sqrt(var + eps) * gamma + beta, absent gamma/beta being 1 and 0."""
-    from ckptkit.batchnorm.formula import affine
+    from ckptkit.core.bn_formula import affine
 
     c = 5
     mean, var = RNG.normal(size=c), RNG.uniform(0.1, 3.0, c)
@@ -175,7 +175,7 @@ def test_bn_affine_equals_the_normalisation_it_replaces(gamma, beta, bias):
 
 
 def test_typed_options_take_keywords_over_them_and_refuse_unknown_ones():
-    from ckptkit import options
+    from ckptkit.core import options
 
     topology, sampling = options.split({"preprocess": "vgg", "arch": "resnet_v1_50", "batch_size": 8},
                                        options.Topology(meta="m.meta"), options.Sampling(batch_size=64, seed=3))

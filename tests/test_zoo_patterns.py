@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from ckptkit import testing as T
-from ckptkit._tf import tf, tf1
-from ckptkit.errors import CkptkitError
-from ckptkit.export import export, writer_for
-from ckptkit.sources import load
+from ckptkit.core.lazy_tf import tf, tf1
+from ckptkit.core.errors import CkptkitError
+from ckptkit.commands.export import export, writer_for
+from ckptkit.topology.sources import load
 
 
 def _scopes(is_training, activation=None):
@@ -176,16 +176,13 @@ NETS = {  # builder, input shape, targets that must refuse it (and a word of why
 }
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    root = tmp_path_factory.mktemp("zoo")
-    cache = {}
+@pytest.fixture(scope="session")
+def saved(shared_checkpoint):
+    """The zoo pattern's checkpoint, built once per run (tests/test_bn_scan.py scans the same ones)."""
 
     def get(name):
-        if name not in cache:
-            builder, shape, _ = NETS[name]
-            cache[name] = T.save_model(builder, shape, str(root / name / "model.ckpt"))
-        return cache[name]
+        builder, shape, _ = NETS[name]
+        return shared_checkpoint(f"zoo-{name}", builder, shape)
 
     return get
 
@@ -215,7 +212,7 @@ def test_zoo_pattern_exports_from_its_training_meta(saved, tmp_path, name, targe
 
 @pytest.mark.parametrize("name", ["mobilenet_v3", "pix2pix", "inception_resnet"])
 def test_fold_then_export_chains_through_the_bn_free_graph(saved, tmp_path, name):
-    from ckptkit.fold import fold_checkpoint
+    from ckptkit.commands.fold import fold_checkpoint
 
     builder, shape, _ = NETS[name]
     prefix = saved(name)

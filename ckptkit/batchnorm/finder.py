@@ -9,28 +9,30 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
-from ..checkpoint import Checkpoint
-from ..errors import CkptkitError
-from .units import BNUnit, find_units, units_from_graph
+from ckptkit.read.checkpoint import Checkpoint
+from ckptkit.core.errors import CkptkitError
+from ckptkit.core.options import Topology
+from ckptkit.batchnorm.units import BNUnit, find_units, units_from_graph
 
 log = logging.getLogger("ckptkit")
 
 
-def find_fold_units(ckpt: Checkpoint, *, meta: Optional[str] = None, arch: Optional[str] = None,
-                    arch_args: Optional[dict] = None, builder=None, input_shape=None, input_name: Optional[str] = None,
-                    use_meta: bool = True, strict: bool = False) -> tuple[list[BNUnit], str]:
+def find_fold_units(ckpt: Checkpoint, topology: Optional[Topology] = None, *, use_meta: bool = True,
+                    strict: bool = False) -> tuple[list[BNUnit], str]:
     """Every BN unit with its layer and epsilon: from the graph when there is one, else by slim naming.
 
     Returns (units, where they came from). A graph that was asked for explicitly must work; the
     `.meta` found beside the checkpoint falls back to names with a warning saying why, or, with
     `strict`, is an error (fold would otherwise guess the epsilon of a network that has a graph)."""
-    from ..sources import topology
+    from ckptkit.topology.sources import topology as graph_topology
 
+    topology = topology or Topology()
+    meta, arch, builder = topology.meta, topology.arch, topology.builder
     meta_path = meta or (ckpt.meta_path if use_meta and not arch and builder is None else None)
     if arch or meta_path or builder is not None:
         try:
-            topo = topology(ckpt.prefix, meta=meta_path, arch=arch, arch_args=arch_args, builder=builder,
-                            input_shape=input_shape, input_name=input_name)
+            topo = graph_topology(ckpt.prefix, meta=meta_path, arch=arch, arch_args=topology.arch_args,
+                                  builder=builder, input_shape=topology.input_shape, input_name=topology.input_name)
         except CkptkitError as err:
             if meta or arch or builder is not None:
                 raise

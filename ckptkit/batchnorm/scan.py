@@ -18,11 +18,11 @@ from typing import Optional
 
 import numpy as np
 
-from .units import BNUnit, Layer, find_units, resolve_shared, scope_of, unit_extras
-from ..checkpoint import Checkpoint
-from .. import ops
-from .._proto import message_classes
-from ..tf_import.walker import HANDLERS, PASS_THROUGH as _WALKER_PASS_THROUGH, READ_OPS, VARIABLE_OPS  # the importer's
+from ckptkit.batchnorm.units import BNUnit, Layer, find_units, resolve_shared, scope_of, unit_extras
+from ckptkit.read.checkpoint import Checkpoint
+from ckptkit.ir import registry
+from ckptkit.core.proto import message_classes
+from ckptkit.tf_import.walker import HANDLERS, PASS_THROUGH as _WALKER_PASS_THROUGH, READ_OPS, VARIABLE_OPS  # the importer's
 
 PASS_THROUGH = _WALKER_PASS_THROUGH - {"IdentityN"}  # IdentityN passes input k to output k: handled apart
 FUSED_BN = {"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"}
@@ -319,7 +319,7 @@ class _Scan:
 
     def check_known(self, scope: _Scope, bn) -> None:
         """Everything the BN's input is computed from is an op the importer converts."""
-        ops.load_all()  # each op module registers its handlers (imported once)
+        registry.load_all()  # each op module registers its handlers (imported once)
         stack, seen = [(scope, *scope.data_inputs(bn)[0])], self.known
         while stack:
             s, name, index = stack.pop()
@@ -337,7 +337,7 @@ class _Scan:
 
 def scan_units(ckpt: Checkpoint, meta_path: str) -> Optional[list[BNUnit]]:
     """The BN units `find_fold_units` finds from the `.meta`, or None when this scan cannot be sure."""
-    from ..safe_io import MAX_GRAPH_BYTES, read_bounded
+    from ckptkit.core.safe_io import MAX_GRAPH_BYTES, read_bounded
 
     data = read_bounded(meta_path, "meta graph", MAX_GRAPH_BYTES)  # a FIFO or device is refused, not waited on
     try:

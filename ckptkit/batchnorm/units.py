@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 
-from .. import ops
-from ..checkpoint import Checkpoint
-from ..passes import absorbs
-from .health import Issue, statistics_issues
+from ckptkit.ir import registry
+from ckptkit.read.checkpoint import Checkpoint
+from ckptkit.ir.passes import absorbs
+from ckptkit.core.bn_health import Issue, statistics_issues
 
 BN_PARAMS = ("gamma", "beta", "moving_mean", "moving_variance")
 # Scopes that hold gamma/beta but are not BatchNorm.
@@ -36,7 +36,7 @@ class Layer:
 
     @property
     def layout(self) -> str:
-        """The stored kernel's layout (ckptkit.layout)."""
+        """The stored kernel's layout (ckptkit.ir.layout)."""
         if self.kind == "dense":
             return "OI" if self.transposed else "IO"
         return {"depthwise": "HWCM", "conv_transpose": "HWOI"}.get(self.kind, "HWIO")
@@ -139,7 +139,7 @@ def _paired_layer(ckpt: Checkpoint, scope: str, channels: int) -> Optional[Layer
 
 
 def check_health(ckpt: Checkpoint, unit: BNUnit) -> list[Issue]:
-    """The problems of one unit (see ckptkit.batchnorm.health); sets `unit.issues` and returns them."""
+    """The problems of one unit (see ckptkit.core.bn_health); sets `unit.issues` and returns them."""
     mean = ckpt.get(unit.moving_mean) if unit.moving_mean and unit.moving_mean in ckpt else None
     var = ckpt.get(unit.moving_variance) if unit.moving_variance and unit.moving_variance in ckpt else None
     unit.issues = statistics_issues(unit.scope, mean, var)
@@ -218,7 +218,7 @@ def _graph_layer(ckpt: Checkpoint, prev, users: dict, bn) -> tuple[Optional[Laye
     transposed = bool(getattr(prev.attrs, "weights_transposed", False))
     if (stored[::-1] if transposed else stored) != ir_shape:
         return None, f"the graph reshapes {weights} {stored} before using it"
-    kind = {"HWIO": "conv", "HWCM": "depthwise", "IO": "dense", "HWOI": "conv_transpose"}[ops.get(prev.op).layout]
+    kind = {"HWIO": "conv", "HWCM": "depthwise", "IO": "dense", "HWOI": "conv_transpose"}[registry.get(prev.op).layout]
     if kind == "conv" and weights.endswith("pointwise_weights"):
         kind = "pointwise"
     return Layer(kind, weights, biases, transposed), ""

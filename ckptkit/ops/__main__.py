@@ -1,5 +1,5 @@
 """`python -m ckptkit.ops`: every IR op, what it is, and the targets that write it."""
-from . import TARGETS, load_all
+from ckptkit.ir.registry import TARGETS, load_all
 
 
 def main() -> None:

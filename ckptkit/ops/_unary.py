@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from ..tf_import.common import unary as import_unary
-from ..tf_import.walker import register
-from . import NoAttrs, OpDef, define
+from ckptkit.tf_import.common import unary as import_unary
+from ckptkit.tf_import.walker import register
+from ckptkit.ir.registry import NoAttrs, OpDef, define
 
 
 def unary(name: str, run: Callable, *, tf_types: tuple[str, ...] = (), onnx: Optional[Callable] = None,

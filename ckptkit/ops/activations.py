@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._tf import tf
-from ..tf_import import common as C
-from ._unary import caffe_layer, keras_layer, onnx_op, unary
+from ckptkit.core.lazy_tf import tf
+from ckptkit.tf_import import common as C
+from ckptkit.ops._unary import caffe_layer, keras_layer, onnx_op, unary
 
 
 def _relu6_onnx(b, node, x):

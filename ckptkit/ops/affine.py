@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..tf_import import common as C
-from ..tf_import.walker import Walker, register
-from . import define
+from ckptkit.tf_import import common as C
+from ckptkit.tf_import.walker import Walker, register
+from ckptkit.ir.registry import define
 
 
 def _run(ctx, node, xs, p):

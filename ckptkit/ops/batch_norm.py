@@ -12,11 +12,11 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import UnsupportedOpError
-from ..batchnorm.formula import gamma_beta, node_affine
-from ..tf_import import common as C
-from ..tf_import.walker import Walker, register
-from . import define
+from ckptkit.core.errors import UnsupportedOpError
+from ckptkit.core.bn_formula import gamma_beta, node_affine
+from ckptkit.tf_import import common as C
+from ckptkit.tf_import.walker import Walker, register
+from ckptkit.ir.registry import define
 
 _ASSIGN_OPS = {"AssignSubVariableOp", "AssignSub", "AssignVariableOp", "Assign", "AssignAddVariableOp", "AssignAdd"}
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._tf import tf
-from ..errors import UnsupportedOpError
-from ..tf_import import common as C
-from ..tf_import.walker import Walker, register
-from . import define
-from .batch_norm import emit_bn, match_decomposed_bn
+from ckptkit.core.lazy_tf import tf
+from ckptkit.core.errors import UnsupportedOpError
+from ckptkit.tf_import import common as C
+from ckptkit.tf_import.walker import Walker, register
+from ckptkit.ir.registry import define
+from ckptkit.ops.batch_norm import emit_bn, match_decomposed_bn
 
 _TF = {"Add": "add", "Sub": "subtract", "Mul": "multiply", "Maximum": "maximum", "Minimum": "minimum"}
 _ONNX = {"Add": "Add", "Sub": "Sub", "Mul": "Mul", "Maximum": "Max", "Minimum": "Min"}

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .._tf import tf
-from ..layout import nchw_axis
-from ..tf_import.walker import Walker, register
-from . import define
+from ckptkit.core.lazy_tf import tf
+from ckptkit.ir.layout import nchw_axis
+from ckptkit.tf_import.walker import Walker, register
+from ckptkit.ir.registry import define
 
 
 @dataclass

@@ -11,13 +11,13 @@ from typing import Optional
 
 import numpy as np
 
-from .._tf import pad4, tf
-from ..errors import CkptkitError, UnsupportedOpError
-from ..ir import padding_mode
-from ..layout import out_channels, to_oihw
-from ..tf_import import common as C
-from ..tf_import.walker import Walker, register
-from . import define
+from ckptkit.core.lazy_tf import pad4, tf
+from ckptkit.core.errors import CkptkitError, UnsupportedOpError
+from ckptkit.ir import padding_mode
+from ckptkit.ir.layout import out_channels, to_oihw
+from ckptkit.tf_import import common as C
+from ckptkit.tf_import.walker import Walker, register
+from ckptkit.ir.registry import define
 
 
 @dataclass

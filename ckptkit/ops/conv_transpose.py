@@ -12,13 +12,13 @@ from typing import Optional
 
 import numpy as np
 
-from .._tf import tf
-from ..errors import CkptkitError, UnsupportedOpError
-from ..ir import same_pads
-from ..layout import to_oihw
-from ..tf_import import common as C
-from ..tf_import.walker import Walker, register
-from . import define
+from ckptkit.core.lazy_tf import tf
+from ckptkit.core.errors import CkptkitError, UnsupportedOpError
+from ckptkit.ir import same_pads
+from ckptkit.ir.layout import to_oihw
+from ckptkit.tf_import import common as C
+from ckptkit.tf_import.walker import Walker, register
+from ckptkit.ir.registry import define
 
 
 @dataclass

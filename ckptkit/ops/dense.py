@@ -9,11 +9,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._tf import tf
-from ..errors import UnsupportedOpError
-from ..tf_import import common as C
-from ..tf_import.walker import Walker, register
-from . import define
+from ckptkit.core.lazy_tf import tf
+from ckptkit.core.errors import UnsupportedOpError
+from ckptkit.tf_import import common as C
+from ckptkit.tf_import.walker import Walker, register
+from ckptkit.ir.registry import define
 
 
 @dataclass

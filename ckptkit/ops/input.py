@@ -1,5 +1,5 @@
 """Input: a graph input (NHWC, batch dimension free). Writers create it themselves."""
-from . import define
+from ckptkit.ir.registry import define
 
 
 def _never(ctx, node, xs, params):

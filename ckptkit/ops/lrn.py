@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .._tf import tf
-from ..tf_import import common as C
-from ._unary import unary
+from ckptkit.core.lazy_tf import tf
+from ckptkit.tf_import import common as C
+from ckptkit.ops._unary import unary
 
 
 @dataclass

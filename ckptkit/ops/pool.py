@@ -9,12 +9,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._tf import pad4, tf
-from ..errors import CkptkitError
-from ..ir import padding_mode
-from ..tf_import import common as C
-from ..tf_import.walker import Walker, register
-from . import define
+from ckptkit.core.lazy_tf import pad4, tf
+from ckptkit.core.errors import CkptkitError
+from ckptkit.ir import padding_mode
+from ckptkit.tf_import import common as C
+from ckptkit.tf_import.walker import Walker, register
+from ckptkit.ir.registry import define
 
 
 @dataclass

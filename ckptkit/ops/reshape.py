@@ -5,10 +5,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._tf import tf
-from ..errors import CkptkitError
-from ..tf_import.walker import Walker, register
-from . import define
+from ckptkit.core.lazy_tf import tf
+from ckptkit.core.errors import CkptkitError
+from ckptkit.tf_import.walker import Walker, register
+from ckptkit.ir.registry import define
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Softplus: log(1 + exp(x))."""
-from .._tf import tf
-from ._unary import keras_layer, onnx_op, unary
+from ckptkit.core.lazy_tf import tf
+from ckptkit.ops._unary import keras_layer, onnx_op, unary
 
 SOFTPLUS = unary("Softplus", lambda x, attrs: tf().nn.softplus(x), tf_types=("Softplus",),
                  onnx=onnx_op("Softplus"),

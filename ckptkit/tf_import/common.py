@@ -5,10 +5,10 @@ from typing import Optional
 
 import numpy as np
 
-from .. import noise
-from ..errors import CkptkitError, UnsupportedOpError
-from ..ir import same_pads
-from .walker import Walker
+from ckptkit.core import noise
+from ckptkit.core.errors import CkptkitError, UnsupportedOpError
+from ckptkit.ir import same_pads
+from ckptkit.tf_import.walker import Walker
 
 
 def attr(op, name, default=None):
@@ -84,7 +84,7 @@ def _how(w: Walker) -> dict:
 
 
 def is_noise(w: Walker, tensor) -> bool:
-    """A dropout mask or additive noise (see ckptkit.noise): nothing at inference."""
+    """A dropout mask or additive noise (see ckptkit.core.noise): nothing at inference."""
     return noise.is_noise(tensor, **_how(w))
 
 

@@ -22,8 +22,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..errors import CkptkitError
-from ..safe_io import MAX_TENSOR_BYTES, printable
+from ckptkit.core.errors import CkptkitError
+from ckptkit.core.safe_io import MAX_TENSOR_BYTES, printable
 
 MAX_INT_FOLD_BYTES = int(float(os.environ.get("CKPTKIT_MAX_FOLD_BYTES", 64 * 2**20)))
 VALUE_ELEMENTS = 4096  # the check mode keeps values only this small (what shapes and sizes need)

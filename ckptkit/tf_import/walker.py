@@ -13,13 +13,13 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .._tf import tf
-from ..errors import CkptkitError, UnsupportedOpError
-from ..gateway import check_tensor
-from .. import ops
-from ..ir import Graph, Node, UniqueNames
-from ..passes import cleanup
-from ..phases import phase
+from ckptkit.core.lazy_tf import tf
+from ckptkit.core.errors import CkptkitError, UnsupportedOpError
+from ckptkit.run.gateway import check_tensor
+from ckptkit.ir import registry
+from ckptkit.ir import Graph, Node, UniqueNames
+from ckptkit.ir.passes import cleanup
+from ckptkit.core.phases import phase
 
 log = logging.getLogger("ckptkit.import")
 
@@ -218,7 +218,7 @@ class Walker:
             return None
         folder = self._folders.get(id(tensor.graph))
         if folder is None:
-            from .const_eval import graph_folder
+            from ckptkit.tf_import.const_eval import graph_folder
 
             folder = self._folders[id(tensor.graph)] = graph_folder(tensor.graph)
         # TensorFlow's constant_value set, every intermediate sized before it is made (a split of a huge fill)
@@ -272,7 +272,7 @@ def import_topology(graph, input_tensor, output_tensors, values: ValueSource, na
                     ) -> tuple[Graph, dict[str, str]]:
     """The IR of everything the given outputs compute from the input (for BN discovery): outputs that
     cannot be converted are left out and returned with the reason."""
-    ops.load_all()  # each op module registers its import handlers
+    registry.load_all()  # each op module registers its import handlers
     tf()
     with phase("import graph to IR"):
         graph_ir, failed = Walker(graph, input_tensor, values).run_all(output_tensors, name)
@@ -284,7 +284,7 @@ def import_topology(graph, input_tensor, output_tensors, values: ValueSource, na
 
 def import_graph(graph, input_tensor, output_tensor, values: ValueSource, name: str = "model") -> Graph:
     """Build the IR of the inference path from `input_tensor` to `output_tensor` in a tf.Graph."""
-    ops.load_all()  # each op module registers its import handlers
+    registry.load_all()  # each op module registers its import handlers
     tf()  # make sure TF is imported and quiet
     with phase("import graph to IR"):
         walker = Walker(graph, input_tensor, values)

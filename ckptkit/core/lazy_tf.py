@@ -1,0 +1,144 @@
+"""Lazy, quiet TensorFlow import: `ckptkit --help` never pays for it."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.abc
+import os
+import sys
+
+
+class Refuse(importlib.abc.MetaPathFinder):
+    """While installed (`with Refuse(...)`), importing these packages raises ImportError: for optional
+    imports a library makes at import time that ckptkit never uses, which the library catches.
+    CKPTKIT_EAGER_KERAS=1 turns every refusal off."""
+
+    def __init__(self, *packages: str, why: str = "imported when needed"):
+        self.packages, self.why = packages, why
+
+    def find_spec(self, name, path=None, target=None):
+        if os.environ.get("CKPTKIT_EAGER_KERAS") != "1" and any(
+                name == p or name.startswith(p + ".") for p in self.packages):
+            raise ImportError(f"{name}: {self.why}")
+        return None
+
+    def __enter__(self):
+        sys.meta_path.insert(0, self)
+        return self
+
+    def __exit__(self, *exc):
+        sys.meta_path.remove(self)
+
+
+@functools.lru_cache(maxsize=None)
+def tf():
+    # 3: TensorFlow's C++ errors too (`E0000 ... Premature end of JPEG data`): ckptkit names every file it
+    # could not decode itself, and every failure that matters reaches it as an exception; CKPTKIT_TF_LOGS=1
+    # (or a TF_CPP_MIN_LOG_LEVEL of your own) shows them
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if os.environ.get("CKPTKIT_TF_LOGS") == "1" else "3")
+    import logging
+
+    # TensorFlow's C++ start-up notes (oneDNN, CUDA probing) go straight to fd 2 and ignore
+    # TF_CPP_MIN_LOG_LEVEL; hide them during the import unless CKPTKIT_TF_LOGS=1.
+    quiet = os.environ.get("CKPTKIT_TF_LOGS") != "1"
+    from ckptkit.core.phases import announce
+
+    announce("import TensorFlow")  # said now: stderr is silenced while it loads
+    saved = os.dup(2) if quiet else None
+    if quiet:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+    from ckptkit.core.phases import phase
+
+    # TensorFlow's __init__ eagerly imports keras.src.optimizers (registrations for SavedModel loading, which
+    # ckptkit never does): all of Keras and scikit-learn, 1.1 s of a 2.3 s import. Refused during this import
+    # only (TF catches the ImportError); `import keras` afterwards (the Keras writer) works as usual.
+    try:
+        with phase("import TensorFlow"), Refuse("keras.src", why="keras is imported when ckptkit needs it"):
+            import tensorflow as _tf
+            _tf.config.list_physical_devices("GPU")  # probes CUDA now, while quiet
+    finally:
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+    _tf.get_logger().setLevel(logging.ERROR)
+    try:
+        import absl.logging
+
+        absl.logging.set_verbosity(absl.logging.ERROR)
+    except ImportError:  # pragma: no cover
+        pass
+    return _tf
+
+
+def pad4(x, pads, value=0.0):
+    """x (NHWC) padded by (top, bottom, left, right)."""
+    t, b, l, r = pads
+    if not any(pads):
+        return x
+    return tf().pad(x, [[0, 0], [t, b], [l, r], [0, 0]], constant_values=value)
+
+
+class _LazyV1:
+    """`tf.compat.v1`, resolved on first attribute access."""
+
+    def __getattr__(self, name):
+        return getattr(tf().compat.v1, name)
+
+
+tf1 = _LazyV1()
+
+
+def prefer_low_memory() -> None:
+    """Call before TensorFlow's first import, in commands that run TF only to check a few samples (fold and
+    the exports): TF's oneDNN CPU kernels keep a reordered copy of every weight they run, even after their
+    session is closed, which nearly doubles a large model's peak memory (vgg_16_bn fold: 2.0 GB with it, 1.5 GB
+    without; to-onnx 3.47 GB and 2.85 GB) and buys no speed on a handful of samples. A TF_ENABLE_ONEDNN_OPTS the
+    user set wins; once TensorFlow is imported this does nothing."""
+    if "tensorflow" not in sys.modules:
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+def eager(fn):
+    """Run `fn` with eager execution whatever the process chose: slim-era scripts (and --builder modules)
+    start with `tf.compat.v1.disable_v2_behavior()`, which ckptkit's Keras, recalibration and verification
+    code cannot run under. ckptkit builds its TF1 graphs explicitly, so they work either way."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if "tensorflow" not in sys.modules:  # nobody could have turned eager execution off
+            return fn(*args, **kwargs)
+        from tensorflow.python.eager import context
+
+        if context.executing_eagerly():
+            return fn(*args, **kwargs)
+        with context.eager_mode():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """TensorFlow's and LiteRT's C++ notes on fd 2 (`fully_quantize: 0, ...`, `Created TensorFlow Lite XNNPACK
+    delegate`) kept off the terminal while a block runs; CKPTKIT_TF_LOGS=1 lets them through. Python's own
+    warnings from the block are dropped too: ckptkit says what matters in its own words."""
+    import warnings
+
+    if os.environ.get("CKPTKIT_TF_LOGS") == "1":
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
