@@ -5,8 +5,6 @@ The small cases lower the limit to the test net's size, which takes the same cod
 slim net whose checkpoint is just over 2 GiB, built in the test and deleted after."""
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -94,7 +92,7 @@ def _write_big_checkpoint(prefix: str) -> int:
 
 
 @pytest.mark.slow
-def test_a_checkpoint_past_2_gib_exports_to_onnx_with_external_data_and_verifies(tmp_path):
+def test_a_checkpoint_past_2_gib_exports_to_onnx_with_external_data_and_verifies(tmp_path, run_cli):
     need = 3 * 2.1 * 2**30  # checkpoint, .onnx.data, and room to stage
     if shutil.disk_usage(tmp_path).free < need:
         pytest.skip(f"needs {need / 2**30:.1f} GiB free disk in {tmp_path} for a checkpoint past 2 GiB and its export")
@@ -103,17 +101,14 @@ def test_a_checkpoint_past_2_gib_exports_to_onnx_with_external_data_and_verifies
         size = _write_big_checkpoint(prefix)
         assert size > protobuf_wire.PROTOBUF_LIMIT
         out = tmp_path / "onnx" / "big.onnx"
-        cmd = [sys.executable, "-m", "ckptkit.cli", "to-onnx", prefix, "--builder", BUILDER,
-               "--input-shape", ",".join(map(str, BIG_INPUT)), "-o", str(out)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+        shape = ",".join(map(str, BIG_INPUT))
+        proc = run_cli("to-onnx", prefix, "--builder", BUILDER, "--input-shape", shape, "-o", out)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "verified against TensorFlow in onnxruntime" in proc.stdout
         assert sorted(os.listdir(out.parent)) == ["big.onnx", "big.onnx.data"]
         assert os.path.getsize(str(out)) < 2**20 and os.path.getsize(str(out) + ".data") >= size - 2**20
-        caffe = subprocess.run([sys.executable, "-m", "ckptkit.cli", "to-caffe", prefix, "--builder",
-                                BUILDER, "--input-shape", ",".join(map(str, BIG_INPUT)),
-                                "-o", str(tmp_path / "caffe" / "big")], capture_output=True, text=True,
-                               cwd=os.path.dirname(os.path.dirname(__file__)))
+        caffe = run_cli("to-caffe", prefix, "--builder", BUILDER, "--input-shape", shape,
+                        "-o", tmp_path / "caffe" / "big")
         assert caffe.returncode != 0 and "cannot reach 2 GiB" in caffe.stderr
         errors = [line for line in caffe.stderr.splitlines() if "error" in line]
         assert len(errors) == 1 and caffe.stderr.rstrip().endswith("Keras instead")

@@ -413,16 +413,26 @@ def _read_meta(meta: str):
     from ckptkit.core.safe_io import MAX_GRAPH_BYTES, read_bounded
 
     data = read_bounded(meta, "meta graph", MAX_GRAPH_BYTES)
-    mgd = meta_graph_pb2.MetaGraphDef()
-    try:
-        mgd.ParseFromString(data)
-    except Exception as err:
-        raise CkptkitError(f"meta graph {meta} cannot be parsed ({type(err).__name__}): is it a .meta file?") from None
-    strip_recorded_shapes(mgd.graph_def)
-    from ckptkit.tf_import.const_eval import check_graph_def
+    key = hashlib.sha1(data).digest()
+    if key not in _METAS:  # one command reads its graph up to four times (fold: units, outputs, graph, reference)
+        mgd = meta_graph_pb2.MetaGraphDef()
+        try:
+            mgd.ParseFromString(data)
+        except Exception as err:
+            raise CkptkitError(f"meta graph {meta} cannot be parsed ({type(err).__name__}): is it a .meta "
+                               "file?") from None
+        strip_recorded_shapes(mgd.graph_def)
+        from ckptkit.tf_import.const_eval import check_graph_def
 
-    check_graph_def(mgd.graph_def, f"meta graph {meta}")  # before TF's shape inference folds its constants
-    return mgd
+        check_graph_def(mgd.graph_def, f"meta graph {meta}")  # before TF's shape inference folds its constants
+        _METAS.clear()
+        _METAS[key] = mgd
+    copy = meta_graph_pb2.MetaGraphDef()  # callers may edit what they get
+    copy.CopyFrom(_METAS[key])
+    return copy
+
+
+_METAS: dict = {}  # the last MetaGraphDef read, parsed and checked, by the digest of the file's bytes
 
 
 def _import_meta(mgd, meta: str, replace: Optional[str] = None, shape=None):
