@@ -1,7 +1,8 @@
 """Load a SavedModel in a process of its own and run its serving signature: SAVEDMODEL X.npy Y.npy.
 
 Started by path in isolated mode (`python -I`, see caffe_consumers.worker_command), from a temporary folder:
-what it loads is the written folder and TensorFlow, nothing of the current folder. A fresh process is the
+what it loads is the written folder, TensorFlow and the installed ckptkit's TensorFlow import, nothing of the
+current folder. A fresh process is the
 check that the folder stands on its own (no Python object of the export survives into it)."""
 import os
 import sys
@@ -12,7 +13,11 @@ import numpy as np
 def main() -> int:
     saved, x_path, y_path = sys.argv[1:4]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf
+    # the installed ckptkit's quiet import (never the current folder's: isolated mode): TensorFlow without the
+    # Keras registrations a tf.Module SavedModel does not use, ~1 s of its start-up
+    from ckptkit.core.lazy_tf import tf as lazy_tf
+
+    tf = lazy_tf()
 
     model = tf.saved_model.load(saved)
     serve = model.signatures["serving_default"]

@@ -71,9 +71,10 @@ def _statistics(prefix: str) -> dict[str, np.ndarray]:
     return {n: ckpt.get(n) for n in ckpt.names if "moving_" in n}
 
 
-def _single(tmp_path, data: list[str]) -> dict[str, np.ndarray]:
-    (code, out, err), = _finish([_recalibrate([*data, "-o", str(tmp_path / "single" / "model.ckpt")])])
-    assert code == 0, err
+def _single(run_cli, tmp_path, data: list[str]) -> dict[str, np.ndarray]:
+    """The same recalibration in one process (this one: no cluster, nothing process-wide to keep apart)."""
+    run = run_cli("recalibrate", BROKEN, *data, "-q", "-o", tmp_path / "single" / "model.ckpt")
+    assert run.returncode == 0, run.stderr
     return _statistics(str(tmp_path / "single" / "model.ckpt"))
 
 
@@ -84,9 +85,9 @@ def _same(a: dict, b: dict, rtol: float) -> None:
 
 
 @pytest.mark.parametrize("mode", ["precise", "sequential"])
-def test_two_workers_give_one_process_statistics(tmp_path, mode):
+def test_two_workers_give_one_process_statistics(tmp_path, mode, run_cli):
     data = ["--data", IMAGES, "--preprocess", "unit", "--mode", mode, "--batch-size", "24"]
-    expected = _single(tmp_path, data)
+    expected = _single(run_cli, tmp_path, data)
     (code0, out0, err0), (code1, out1, err1) = _cluster(tmp_path, 2, data)
     assert code0 == 0 and code1 == 0, err0 + err1
     # the workers deal out whole batches of the one-process order: each batch's moments are the same
@@ -98,7 +99,7 @@ def test_two_workers_give_one_process_statistics(tmp_path, mode):
     assert "used 260 of 260 image files" in out0 and "used 240 of 240 image files" in out1
 
 
-def test_chief_and_workers_with_arrays(tmp_path):
+def test_chief_and_workers_with_arrays(tmp_path, run_cli):
     """A `chief` task writes; three processes; .npy samples, one holding NaN: its worker skips it, which
     shifts the batches after it, so this runs in sequential mode (each BN measured on the fixed statistics
     of those above it: independent of how samples are batched)."""
@@ -110,7 +111,7 @@ def test_chief_and_workers_with_arrays(tmp_path):
     np.save(folder / "a.npy", x[:50])
     np.save(folder / "b.npy", x[50:])
     data = ["--data", str(folder), "--batch-size", "8", "--mode", "sequential"]
-    expected = _single(tmp_path, data)
+    expected = _single(run_cli, tmp_path, data)
     results = _cluster(tmp_path, 2, data, chief=True)
     assert all(code == 0 for code, _, _ in results), "".join(err for _, _, err in results)
     _same(expected, _statistics(str(tmp_path / "chief0" / "model.ckpt")), rtol=1e-6)
@@ -118,10 +119,10 @@ def test_chief_and_workers_with_arrays(tmp_path):
     assert all("69 samples" in out for _, out, _ in results)
 
 
-def test_more_workers_than_batches(tmp_path):
+def test_more_workers_than_batches(tmp_path, run_cli):
     """A worker with an empty shard still joins the merge; the result is the one process's."""
     data = ["--data", IMAGES, "--preprocess", "unit", "--max-samples", "20", "--batch-size", "16"]
-    expected = _single(tmp_path, data)
+    expected = _single(run_cli, tmp_path, data)
     results = _cluster(tmp_path, 3, data)
     assert all(code == 0 for code, _, _ in results), "".join(err for _, _, err in results)
     assert "shard of --data" in results[2][2] and "is empty" in results[2][2]
