@@ -15,6 +15,7 @@ import threading
 from typing import Optional, Sequence
 
 from ckptkit import __version__
+from ckptkit.core import options
 from ckptkit.core.errors import CkptkitError
 from ckptkit.ir import shorten
 from ckptkit.ir.registry import FORMATS, TARGETS
@@ -50,8 +51,6 @@ def _key_values(items: Optional[list[str]], option: str = "--arch-arg") -> dict:
 
 def _add_source(p: argparse.ArgumentParser, ckpt_optional: bool = False) -> None:
     """The checkpoint and every topology flag (declared in ckptkit.core.options)."""
-    from ckptkit.core import options
-
     p.add_argument("checkpoint", metavar="CKPT", nargs="?" if ckpt_optional else None,
                    help="checkpoint prefix (model.ckpt-1234), one of its files, or its folder")
     g = p.add_argument_group("topology (default: the .meta beside the checkpoint)")
@@ -61,8 +60,6 @@ def _add_source(p: argparse.ArgumentParser, ckpt_optional: bool = False) -> None
 def _add_graph_choice(p: argparse.ArgumentParser, without: str, io: bool = False) -> None:
     """inspect's and fold's topology flags (the same declarations): a graph is optional there (BatchNorms can be
     found by names), and a frozen graph has no variables to find them in. `io`: the input/output names too."""
-    from ckptkit.core import options
-
     g = p.add_argument_group("topology (default: the .meta beside the checkpoint)")
     options.add_flags(g, options.ALL_TOPOLOGY + (options.BUILDER_ARG,),
                       skip=("frozen",) + (() if io else ("input_name", "output_name")))
@@ -84,8 +81,6 @@ def _builder(args):
 def _typed_topology(args):
     """Every topology flag as ckptkit.core.options.Topology (through its one flag table; --arch-arg and
     --builder are converted here)."""
-    from ckptkit.core import options
-
     return options.Topology(**options.from_args(args, options.TOPOLOGY), arch_args=_key_values(args.arch_arg),
                             builder=_builder(args))
 
@@ -97,8 +92,6 @@ def _load(args):
 
 
 def _add_export(p: argparse.ArgumentParser, keep_help: str = Writer.keep_help) -> None:
-    from ckptkit.core import options
-
     options.add_shared(p, "fold", keep=keep_help)
     p.add_argument("--no-fold", dest="bn", action="store_const", const="keep", help=argparse.SUPPRESS)  # old spelling
     options.add_shared(p, "allow_bad_statistics")
@@ -106,21 +99,21 @@ def _add_export(p: argparse.ArgumentParser, keep_help: str = Writer.keep_help) -
     options.add_shared(p, "verify_data", "tolerance", "json")
 
 
-def _run_export(args, fmt: str, fold: bool, **options) -> int:
+def _run_export(args, fmt: str, fold: bool, **writer_options) -> int:
     from ckptkit.core.lazy_tf import prefer_low_memory
     from ckptkit.read.checkpoint import input_files, resolve_prefix
     from ckptkit.commands.export import check_destination, check_options, export
 
     prefer_low_memory()  # TF runs only the reference on a few samples
     check_options(args.tolerance, args.verify_data)
-    writer_for(fmt).make_options(dict(options, fold=fold))  # its option values (an --opset 99) before any work
+    writer_for(fmt).make_options(dict(writer_options, fold=fold))  # its values (an --opset 99) before any work
     if args.checkpoint:  # every output path is checked before the model is read
         check_destination(fmt, args.output_path, input_files(resolve_prefix(args.checkpoint)))
     model = _load(args)
     log.info("graph from %s: %s", model.source, ", ".join(f"{k} {v}" for k, v in model.graph.summary().items()))
     result = export(model, fmt, args.output_path, fold=fold, check=not args.no_verify,
                     verify_data=args.verify_data, tolerance=args.tolerance,
-                    allow_bad_statistics=args.allow_bad_statistics, **options)
+                    allow_bad_statistics=args.allow_bad_statistics, **writer_options)
     if args.json:
         return _emit(result.to_json())
     kept = result.graph.count("BatchNorm")
@@ -264,10 +257,10 @@ def _add_writer_flags(p, writer, prefix: str = "") -> None:
 
 
 def _writer_options(args, formats) -> dict:
-    options = {}
+    chosen = {}
     for name in formats:
-        options.update(writer_for(name).options_from_args(args))
-    return options
+        chosen.update(writer_for(name).options_from_args(args))
+    return chosen
 
 
 def cmd_to(args, fmt: str) -> int:
@@ -388,8 +381,6 @@ def _add_data_options(p: argparse.ArgumentParser, required: bool = True, measuri
     """The data flags (declared in ckptkit.core.options.Sampling): recalibrate's and diagnose's
     (`measuring`: with batch size, mode and device), and the representative samples of an int8 export, whose
     writer gives its own `max_samples` default."""
-    from ckptkit.core import options
-
     p.add_argument("--data", required=required, metavar="DIR", help=f"{purpose}folder of images (jpg/png/bmp), "
                    ".npy/.npz NHWC arrays and/or TFRecords, searched recursively")
     options.add_flags(p, options.DATA, skip=() if measuring else options.MEASURING_ONLY,
@@ -398,8 +389,6 @@ def _add_data_options(p: argparse.ArgumentParser, required: bool = True, measuri
 
 def _data_options(args) -> dict:
     """recalibrate's and diagnose's typed options from the flags."""
-    from ckptkit.core import options
-
     return dict(topology=_typed_topology(args), sampling=options.Sampling(**options.from_args(args, options.DATA)))
 
 
@@ -422,8 +411,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ckptkit.core import options
-
     # -q/--debug work before or after the command (SUPPRESS: the subcommand leaves the global value alone)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only errors and results")
