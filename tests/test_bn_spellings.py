@@ -141,6 +141,7 @@ def test_a_reference_that_is_not_independent_is_not_called_verified(monkeypatch,
     assert "NOT an independent verification" in out and "NOT an independent verification" in err
 
 
+@pytest.mark.fast
 def test_a_failed_verification_names_the_first_diverging_node(monkeypatch, tmp_path, capsys):
     """A target that computes one op wrongly (here every ONNX Relu6 written as Relu: wrong only where a value
     passes 6) is refused, and the refusal names the first node where onnxruntime departs from TensorFlow's

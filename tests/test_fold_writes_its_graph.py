@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 
 from ckptkit import cli
 from ckptkit import testing as T
@@ -71,6 +72,7 @@ def _save_two_heads(prefix: str) -> None:
             tf1.train.Saver().save(sess, prefix)
 
 
+@pytest.mark.fast
 def test_a_two_headed_graph_is_folded_with_both_heads_and_each_exports(tmp_path, capsys):
     prefix = str(tmp_path / "ck" / "model.ckpt")
     _save_two_heads(prefix)

@@ -223,3 +223,20 @@ def test_the_documented_recipe_is_the_softplus_module():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     recipe = re.search(r"```py\n(.*?)```", open(os.path.join(root, "docs", "architecture.md")).read(), re.S).group(1)
     assert recipe == open(os.path.join(root, "ckptkit", "ops", "softplus.py")).read()
+
+
+@pytest.mark.fast
+def test_the_op_table_lists_every_op_with_the_targets_that_write_it(capsys):
+    """`python -m ckptkit.ops`: one row per registered op, a column per target, `yes*` where a check refuses
+    some attribute values."""
+    from ckptkit.ops.__main__ import main
+
+    main()
+    lines = capsys.readouterr().out.splitlines()[1:]
+    rows = {line.split()[0]: line.split()[1:1 + len(registry.TARGETS)] for line in lines
+            if line.strip() and not line.startswith("yes*")}
+    ops = {name: op for name, op in registry.load_all().items() if name != "Input"}
+    assert set(rows) == set(ops)
+    for name, op in ops.items():
+        want = [("yes*" if t in op.checks else "yes") if t in op.writers else "-" for t in registry.TARGETS]
+        assert rows[name] == want, name

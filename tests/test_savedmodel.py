@@ -10,7 +10,7 @@ import pytest
 
 from ckptkit import cli
 from ckptkit import testing as T
-from conftest import NETS
+from conftest import FIXTURE, NETS
 
 SHAPE = (32, 32, 3)
 SERVE = ("import sys, numpy as np, tensorflow as tf; m = tf.saved_model.load(sys.argv[1]); "
@@ -54,3 +54,12 @@ def test_export_writes_the_tensorflow_targets_beside_the_others(formats, tmp_pat
     names = sorted(os.listdir(tmp_path / "out"))
     assert len(names) == 3 and {os.path.splitext(n)[1] for n in names} == {".onnx", ".savedmodel", ".tflite"}, names
     assert os.path.isfile(tmp_path / "out" / [n for n in names if n.endswith(".savedmodel")][0] / "saved_model.pb")
+
+
+@pytest.mark.fast
+def test_every_saved_model_export_is_loaded_back_in_a_fresh_process(tmp_path):
+    """The check of every SavedModel export (not --no-verify): tf.saved_model.load in a process of its own."""
+    import ckptkit
+
+    result = ckptkit.export(ckptkit.load(FIXTURE), "savedmodel", str(tmp_path / "served"))
+    assert result.comparison.ok and "tf.saved_model.load, a fresh process" in result.comparison.runtime
