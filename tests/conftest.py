@@ -134,8 +134,7 @@ class _Restored:
     """A net built in inference mode by its own builder and restored from a checkpoint, kept open: TF's own
     output for any input without building and restoring again (what T.inference_output does once)."""
 
-    def __init__(self, name: str, prefix: str):
-        builder, shape = NETS[name]
+    def __init__(self, builder, shape, prefix: str):
         _tf = T.tf()
         self.graph = _tf.Graph()
         with self.graph.as_default():
@@ -163,10 +162,27 @@ def reference(tmp_path_factory):
             if not path.exists():
                 stamp = os.stat(prefix + ".index").st_mtime_ns
                 if (name, prefix, stamp) not in restored:
-                    restored[name, prefix, stamp] = _Restored(name, prefix)
+                    restored[name, prefix, stamp] = _Restored(*NETS[name], prefix)
                 np.save(root / f"{key}.partial.npy", restored[name, prefix, stamp](x))
                 os.replace(root / f"{key}.partial.npy", path)
         return np.load(path)
+
+    yield run
+    for net in restored.values():
+        net.session.close()
+
+
+@pytest.fixture(scope="session")
+def tf_output():
+    """`tf_output(builder, shape, prefix, x)`: T.inference_output, with the restored net kept for this worker's
+    next input (for checkpoints nothing changes during the run)."""
+    restored: dict = {}
+
+    def run(builder, shape, prefix: str, x: np.ndarray) -> np.ndarray:
+        key = (builder, tuple(shape), prefix, os.stat(prefix + ".index").st_mtime_ns)
+        if key not in restored:
+            restored[key] = _Restored(builder, shape, prefix)
+        return restored[key](x)
 
     yield run
     for net in restored.values():

@@ -47,9 +47,8 @@ def test_caffe_matches_tf_in_every_consumer(store, loaded, reference, tmp_path, 
         assert rel_error(ref, CONSUMERS["mnn"].runner(prototxt, result.graph)(x)) < CONSUMERS["mnn"].tolerance
 
 
-def test_native_relu6_types(store, tmp_path):
-    prefix = store("mobilenet_v2")
-    result = export(load(prefix), "caffe", str(tmp_path / "net"), relu6="relu6")
+def test_native_relu6_types(loaded, tmp_path):
+    result = export(loaded("mobilenet_v2"), "caffe", str(tmp_path / "net"), relu6="relu6")
     assert 'type: "ReLU6"' in open(result.files[0]).read()
 
 

@@ -29,10 +29,10 @@ def test_keras_matches_tf(store, loaded, reference, tmp_path, name, fold, ext):
         assert bns
 
 
-def test_unfolded_bn_layers_carry_statistics_and_epsilon(store, tmp_path):
+def test_unfolded_bn_layers_carry_statistics_and_epsilon(store, loaded, tmp_path):
     prefix = store("resnet_v1_50")
     path = str(tmp_path / "m.keras")
-    export(load(prefix), "keras", path, fold=False)
+    export(loaded("resnet_v1_50"), "keras", path, fold=False)
     model = keras.models.load_model(path, compile=False)
     bn = model.get_layer("resnet_v1_50_conv1_BatchNorm")
     assert bn.epsilon == pytest.approx(1e-5)

@@ -36,10 +36,10 @@ def test_onnx_from_arch(store, reference, tmp_path, name):
     assert rel_error(reference(name, prefix, x), runner(path)(x)) < 1e-4
 
 
-def test_onnx_nchw_and_dynamic_batch(store, reference, tmp_path):
+def test_onnx_nchw_and_dynamic_batch(store, loaded, reference, tmp_path):
     prefix = store("mobilenet_v2")
     path = str(tmp_path / "m.onnx")
-    export(load(prefix), "onnx", path, nchw=True)
+    export(loaded("mobilenet_v2"), "onnx", path, nchw=True)
     x = T.random_input((32, 32, 3), batch=5)
     assert rel_error(reference("mobilenet_v2", prefix, x), runner(path, nchw=True)(x)) < 1e-4
     m = onnx.load(path)

@@ -187,12 +187,21 @@ def saved(shared_checkpoint):
     return get
 
 
+@pytest.fixture(scope="session")
+def zoo_model(saved):
+    """`load` of the zoo pattern through its training .meta, once per worker for its three targets (an export
+    leaves its Model as it was)."""
+    import functools
+
+    return functools.lru_cache(maxsize=None)(lambda name: load(saved(name)))
+
+
 @pytest.mark.parametrize("target, ext", [("onnx", ".onnx"), ("keras", ".keras"), ("caffe", "")])
 @pytest.mark.parametrize("name", list(NETS))
-def test_zoo_pattern_exports_from_its_training_meta(saved, tmp_path, name, target, ext):
+def test_zoo_pattern_exports_from_its_training_meta(saved, zoo_model, tf_output, tmp_path, name, target, ext):
     builder, shape, refused = NETS[name]
     prefix = saved(name)
-    model = load(prefix)  # the training .meta beside the checkpoint
+    model = zoo_model(name)  # the training .meta beside the checkpoint
     out = str(tmp_path / f"m{ext}")
     if target in refused:
         with pytest.raises(CkptkitError, match="cannot express") as err:
@@ -206,12 +215,12 @@ def test_zoo_pattern_exports_from_its_training_meta(saved, tmp_path, name, targe
     assert result.graph.count("BatchNorm") == 0 or name == "nasnet"
     # the reference is TF's own graph restored from the checkpoint, not ckptkit's importer
     x = T.random_input(shape, batch=2)
-    expected = T.inference_output(builder, shape, prefix, x)
+    expected = tf_output(builder, shape, prefix, x)
     assert np.allclose(model.reference(x), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v3", "pix2pix", "inception_resnet"])
-def test_fold_then_export_chains_through_the_bn_free_graph(saved, tmp_path, name):
+def test_fold_then_export_chains_through_the_bn_free_graph(saved, tf_output, tmp_path, name):
     from ckptkit.commands.fold import fold_checkpoint
 
     builder, shape, _ = NETS[name]
@@ -221,7 +230,7 @@ def test_fold_then_export_chains_through_the_bn_free_graph(saved, tmp_path, name
     folded = load(str(tmp_path / "folded" / "model.ckpt"))
     assert folded.graph.count("BatchNorm") == 0
     x = T.random_input(shape, batch=2)
-    expected = T.inference_output(builder, shape, prefix, x)  # the original net, original checkpoint
+    expected = tf_output(builder, shape, prefix, x)  # the original net, original checkpoint
     got = folded.reference(x)  # TensorFlow running the folded checkpoint in its BN-free graph
     assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
     assert export(folded, "onnx", str(tmp_path / "m.onnx")).comparison.ok
