@@ -14,10 +14,13 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 FIXTURE = os.path.join(ROOT, "fixtures", "mobilenet_v2_tiny", "model.ckpt")
 
 
-def _export(folder: str, size: int, wait: bool = True):
-    argv = [sys.executable, "-m", "ckptkit.cli", "export", FIXTURE, "--to", "onnx,keras,caffe", "-o", folder,
+def _export_argv(folder: str, size: int) -> list[str]:
+    return [sys.executable, "-m", "ckptkit.cli", "export", FIXTURE, "--to", "onnx,keras,caffe", "-o", folder,
             "--builder", "ckptkit.testing:mobilenet_v2_net", "--input-shape", f"{size},{size},3"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _export(folder: str, size: int, wait: bool = True):
+    proc = subprocess.Popen(_export_argv(folder, size), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if wait:
         out, err = proc.communicate(timeout=600)
         return proc.returncode, out, err
@@ -58,10 +61,10 @@ def _wait_for_stage(folder: str, pattern: str, proc, timeout: float = 300) -> st
 
 
 @pytest.mark.slow
-def test_an_interrupted_export_replaces_nothing(tmp_path):
+def test_an_interrupted_export_replaces_nothing(tmp_path, run_cli):
     folder = str(tmp_path / "out")
-    rc, _, err = _export(folder, 32)
-    assert rc == 0, err
+    first = run_cli(*_export_argv(folder, 32)[3:])  # the older export: in this process (nothing to interrupt)
+    assert first.returncode == 0, first.stderr
     old = _sizes(folder)
     assert old["onnx"] == old["caffe"] == 32
     proc = _export(folder, 40, wait=False)
