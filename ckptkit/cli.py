@@ -436,8 +436,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensors", action="store_true", help="also list every tensor")
     p.add_argument("--io", dest="io", action="store_true", help="also list the graph's candidate inputs and "
                    "outputs (logits and last computed tensors) with shapes, the names --inputs/--outputs take")
-    # the old spelling: --graph names a frozen GraphDef everywhere else
-    p.add_argument("--graph", dest="io", action="store_true", help=argparse.SUPPRESS)
     _add_graph_choice(p, "find BatchNorms by variable names only")
     p.set_defaults(func=cmd_inspect)
 

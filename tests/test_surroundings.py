@@ -168,7 +168,7 @@ def test_constant_bombs_are_refused_before_anything_is_made(bombs, kind, rows, c
     prefix = bombs(kind, rows)
     args = {"fold": ["fold", prefix, "-o", tmp_path / "f" / "model.ckpt", "--allow-bad-statistics"],
             "diagnose": ["diagnose", prefix, "--data", os.path.join(DIGITS, "calibration"), "--preprocess", "unit"],
-            "inspect": ["inspect", prefix, "--graph"],
+            "inspect": ["inspect", prefix, "--io"],
             "to-onnx": ["to-onnx", prefix, "-o", tmp_path / "m.onnx", "--allow-bad-statistics"]}[command]
     code, out, err, peak = _child(args)
     line = _one_error(err)
