@@ -170,3 +170,18 @@ def test_the_folder_rule_can_fail():
     eager["ckptkit.core.errors"] = {"ckptkit.commands.export": 7}
     assert _upward(eager, lazy) == [
         "ckptkit.core.errors:7 imports ckptkit.commands.export (commands; ckptkit/core/ may import ['core'])"]
+
+
+def test_every_layer_folder_is_installed():
+    """pyproject.toml lists the packages (the strict editable install and the wheel hold exactly those): every
+    folder of ckptkit/ with an __init__.py, and converters/ as ckptkit.converters (ckptkit/converters is its link)."""
+    import tomllib
+
+    declared = set(tomllib.load(open(os.path.join(ROOT, "pyproject.toml"), "rb"))["tool"]["setuptools"]["packages"])
+    base = os.path.join(ROOT, "ckptkit")
+    folders = {"ckptkit.converters"}
+    for folder, _, files in os.walk(base):  # links are not followed: ckptkit/converters is listed above
+        if "__init__.py" in files:
+            rel = os.path.relpath(folder, base)
+            folders.add("ckptkit" if rel == "." else "ckptkit." + rel.replace(os.sep, "."))
+    assert declared == folders, f"pyproject.toml's packages differ from the tree by {sorted(declared ^ folders)}"
