@@ -36,12 +36,13 @@ EXIT_ERROR = 2
 EXIT_VERIFY = 3
 
 
-def _key_values(items: Optional[list[str]], option: str = "--arch-arg") -> dict:
+def _key_values(args, flag: options.Flag) -> dict:
+    """The KEY=VALUE items of a repeatable flag (--arch-arg, --builder-arg) as a dict, values read as JSON."""
     out = {}
-    for item in items or []:
+    for item in getattr(args, flag.dest, None) or []:
         key, sep, value = item.partition("=")
         if not sep:
-            raise CkptkitError(f"{option} {item} is not KEY=VALUE (e.g. output_stride=16)")
+            raise CkptkitError(f"{flag.flag} {item} is not KEY=VALUE (e.g. output_stride=16)")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -75,13 +76,14 @@ def _builder(args):
 
     if not getattr(args, "input_shape", None):
         raise CkptkitError("--builder needs --input-shape H,W,C (the size the network is built at)")
-    return resolve(spec, _key_values(args.builder_arg, "--builder-arg"))
+    return resolve(spec, _key_values(args, options.BUILDER_ARG))
 
 
 def _typed_topology(args):
     """Every topology flag as ckptkit.core.options.Topology (through its one flag table; --arch-arg and
     --builder are converted here)."""
-    return options.Topology(**options.from_args(args, options.TOPOLOGY), arch_args=_key_values(args.arch_arg),
+    return options.Topology(**options.from_args(args, options.TOPOLOGY),
+                            arch_args=_key_values(args, options.FLAGS["arch_args"]),
                             builder=_builder(args))
 
 

@@ -148,31 +148,6 @@ class _Restored:
 
 
 @pytest.fixture(scope="session")
-def reference(tmp_path_factory):
-    """TF's own inference output of a net restored from a checkpoint (independent of ckptkit's importer),
-    computed once per run for all workers; each worker keeps the restored nets it ran (checkpoints of the store
-    do not change during a run)."""
-    root = _shared_folder(tmp_path_factory, "references")
-    restored: dict = {}
-
-    def run(name: str, prefix: str, x: np.ndarray) -> np.ndarray:
-        key = hashlib.sha1(repr((name, prefix, x.shape, str(x.dtype))).encode() + x.tobytes()).hexdigest()
-        path = root / f"{key}.npy"
-        with _exclusive(path):
-            if not path.exists():
-                stamp = os.stat(prefix + ".index").st_mtime_ns
-                if (name, prefix, stamp) not in restored:
-                    restored[name, prefix, stamp] = _Restored(*NETS[name], prefix)
-                np.save(root / f"{key}.partial.npy", restored[name, prefix, stamp](x))
-                os.replace(root / f"{key}.partial.npy", path)
-        return np.load(path)
-
-    yield run
-    for net in restored.values():
-        net.session.close()
-
-
-@pytest.fixture(scope="session")
 def tf_output():
     """`tf_output(builder, shape, prefix, x)`: T.inference_output, with the restored net kept for this worker's
     next input (for checkpoints nothing changes during the run)."""
@@ -187,6 +162,24 @@ def tf_output():
     yield run
     for net in restored.values():
         net.session.close()
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory, tf_output):
+    """TF's own inference output of a net of NETS restored from a checkpoint (independent of ckptkit's importer),
+    computed once per run for all workers (each keeps the nets it restored: `tf_output`)."""
+    root = _shared_folder(tmp_path_factory, "references")
+
+    def run(name: str, prefix: str, x: np.ndarray) -> np.ndarray:
+        key = hashlib.sha1(repr((name, prefix, x.shape, str(x.dtype))).encode() + x.tobytes()).hexdigest()
+        path = root / f"{key}.npy"
+        with _exclusive(path):
+            if not path.exists():
+                np.save(root / f"{key}.partial.npy", tf_output(*NETS[name], prefix, x))
+                os.replace(root / f"{key}.partial.npy", path)
+        return np.load(path)
+
+    return run
 
 
 def rel_error(ref: np.ndarray, got: np.ndarray) -> float:

@@ -13,8 +13,6 @@ import argparse
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Optional
 
-
-
 # name -> (geometry, mean, std); values act on 0-255 pixels: (x - mean) / std
 PRESETS = {
     "none": ("stretch", 0.0, 1.0),         # raw 0-255
@@ -168,6 +166,7 @@ def _table(cls) -> tuple[Flag, ...]:
 ALL_TOPOLOGY = _table(Topology)
 TOPOLOGY = tuple(f for f in ALL_TOPOLOGY if f.spelled)  # the ones read and written one value per flag
 DATA = _table(Sampling)
+FLAGS = {f.option: f for f in ALL_TOPOLOGY + DATA + (BUILDER_ARG,)}  # by library keyword
 
 
 def add_flags(parser, flags, *, only: Optional[tuple] = None, skip: tuple = (), defaults: Optional[dict] = None):
@@ -201,27 +200,30 @@ def add_shared(parser, *options: str, **fill) -> None:
         SHARED[option].add_to(parser, **fill)
 
 
-def topology_of(options: dict, topology: Optional[Topology] = None) -> Topology:
-    """Keyword options that are all Topology's (the flat spelling `fold_checkpoint` and `inspect_checkpoint`
-    also take) on top of `topology`; any other keyword is a TypeError, as Python's own."""
-    names = {f.name for f in fields(Topology)}
-    unknown = sorted(set(options) - names)
-    if unknown:
-        raise TypeError(f"unexpected keyword argument {unknown[0]!r}")
-    return replace(topology or Topology(), **options)
-
-
-def split(options: dict, topology: Optional[Topology] = None,
-          sampling: Optional[Sampling] = None) -> tuple[Topology, Sampling]:
-    """Keyword options (the public functions' flat spelling, e.g. `preprocess="unit", arch="resnet_v1_50"`) as
-    typed options, on top of any given; an unknown keyword is a TypeError, as Python's own."""
-    parts = {Topology: {}, Sampling: {}}
+def _typed(options: dict, given: dict) -> tuple:
+    """Keyword options sorted into the typed options `given` ({class: instance or None}), each on top of its
+    instance (or the defaults); a keyword none of them has is a TypeError, as Python's own."""
+    parts = {cls: {} for cls in given}
     for key, value in options.items():
         cls = next((c for c in parts if key in {f.name for f in fields(c)}), None)
         if cls is None:
             raise TypeError(f"unexpected keyword argument {key!r}")
         parts[cls][key] = value
-    return (replace(topology or Topology(), **parts[Topology]), replace(sampling or Sampling(), **parts[Sampling]))
+    return tuple(replace(given[cls] or cls(), **parts[cls]) for cls in given)
+
+
+def topology_of(options: dict, topology: Optional[Topology] = None) -> Topology:
+    """Keyword options that are all Topology's (the flat spelling `fold_checkpoint` and `inspect_checkpoint`
+    also take) on top of `topology`."""
+    (typed,) = _typed(options, {Topology: topology})
+    return typed
+
+
+def split(options: dict, topology: Optional[Topology] = None,
+          sampling: Optional[Sampling] = None) -> tuple[Topology, Sampling]:
+    """Keyword options (the public functions' flat spelling, e.g. `preprocess="unit", arch="resnet_v1_50"`) as
+    typed options, on top of any given."""
+    return _typed(options, {Topology: topology, Sampling: sampling})
 
 
 def from_args(args, flags=TOPOLOGY + DATA) -> dict:
@@ -249,14 +251,14 @@ def to_words(options: dict, flags=TOPOLOGY + DATA) -> list[str]:
         value = options.get(f.option)
         if value is not None and value != f.default:
             words += [f.flag, _spell(value)]
-    for key, value in (options.get("arch_args") or {}).items():
-        words += ["--arch-arg", f"{key}={_spell(value)}"]
+    for key, value in (options.get("arch_args") or {}).items():  # the flags the CLI converts
+        words += [FLAGS["arch_args"].flag, f"{key}={_spell(value)}"]
     builder = options.get("builder")
     if builder is not None:
         spec = getattr(builder, "ckptkit_spec", None) or _importable_name(builder)
-        words += ["--builder", spec]
+        words += [FLAGS["builder"].flag, spec]
         for key, value in (getattr(builder, "ckptkit_args", None) or {}).items():
-            words += ["--builder-arg", f"{key}={_spell(value)}"]
+            words += [BUILDER_ARG.flag, f"{key}={_spell(value)}"]
     return words
 
 

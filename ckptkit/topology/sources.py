@@ -413,8 +413,8 @@ def _read_meta(meta: str):
     from ckptkit.core.safe_io import MAX_GRAPH_BYTES, read_bounded
 
     data = read_bounded(meta, "meta graph", MAX_GRAPH_BYTES)
-    key = hashlib.sha1(data).digest()
-    if key not in _METAS:  # one command reads its graph up to four times (fold: units, outputs, graph, reference)
+
+    def parse():
         mgd = meta_graph_pb2.MetaGraphDef()
         try:
             mgd.ParseFromString(data)
@@ -425,10 +425,11 @@ def _read_meta(meta: str):
         from ckptkit.tf_import.const_eval import check_graph_def
 
         check_graph_def(mgd.graph_def, f"meta graph {meta}")  # before TF's shape inference folds its constants
-        _METAS.clear()
-        _METAS[key] = mgd
+        return mgd
+
+    # a command reads its graph up to four times (fold: units, outputs, graph, reference): parsed, checked once
     copy = meta_graph_pb2.MetaGraphDef()  # callers may edit what they get
-    copy.CopyFrom(_METAS[key])
+    copy.CopyFrom(_kept_last(_METAS, hashlib.sha1(data).digest(), parse))
     return copy
 
 
