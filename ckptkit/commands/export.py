@@ -220,9 +220,9 @@ def export(model: Model, fmt: str, path: str, *, fold: bool = True, check: bool 
         >>> ckptkit.export(ckptkit.load("fixtures/mobilenet_v2_tiny"), "onnx", "out/m.onnx").comparison.ok
         True
     """
-    final_paths, graph, write = _planned(model, fmt, path, fold, check, verify_data, tolerance, allow_bad_statistics,
-                                         options)
     protected = input_files(model.checkpoint.prefix) if model.checkpoint is not None else []
+    final_paths, graph, write = _planned(model, fmt, path, fold, check, verify_data, tolerance, allow_bad_statistics,
+                                         options, protected)
     with Stage(os.path.dirname(final_paths[0]), protect=protected, what=f"the {fmt} export") as st:
         staged, comparisons = write(st)
         st.publish(list(zip(staged, final_paths)))
@@ -231,9 +231,10 @@ def export(model: Model, fmt: str, path: str, *, fold: bool = True, check: bool 
 
 
 def _planned(model: Model, fmt: str, path: str, fold: bool, check: bool, verify_data: Optional[str],
-             tolerance: Optional[float], allow_bad_statistics: bool, options: dict):
+             tolerance: Optional[float], allow_bad_statistics: bool, options: dict, protected: list):
     """Everything checked before a file is written: (final paths, graph to write, write(stage) -> (staged
-    paths, comparison)), the write verifying in the target runtime before anything is published."""
+    paths, comparison)), the write verifying in the target runtime before anything is published. `protected`:
+    the input's files, which no output may be."""
     if fmt not in FORMATS:
         raise CkptkitError(f"unknown format {fmt}: choose one of {', '.join(FORMATS)}")
     from ckptkit.converters import base
@@ -244,7 +245,6 @@ def _planned(model: Model, fmt: str, path: str, fold: bool, check: bool, verify_
     writer = writer_for(fmt)
     opts = writer.make_options(dict(options, fold=fold))  # a writer may write differently when folding (Caffe)
     check_options(tolerance, verify_data)
-    protected = input_files(model.checkpoint.prefix) if model.checkpoint is not None else []
     path = check_destination(fmt, path, protected)
     graph = prepare(model, fold, allow_bad_statistics)
     recorded = _recorded(model)
@@ -396,11 +396,12 @@ def export_many(model: Model, formats: list[str], folder: str, **options) -> lis
     unknown = set(options) - set(keys) - writer_only
     if unknown:
         raise TypeError(f"export_many() got unknown option(s) {', '.join(sorted(unknown))}")
+    protected = input_files(model.checkpoint.prefix) if model.checkpoint is not None else []
     plans = []
     for fmt in formats:  # every format's refusals, output paths and options checked before the first file is written
         own = {k: v for k, v in options.items() if k in per_format.get(fmt, ())}
-        plans.append((fmt, *_planned(model, fmt, os.path.join(folder, name + writer_for(fmt).suffixes[0]), options=own, **common)))
-    protected = input_files(model.checkpoint.prefix) if model.checkpoint is not None else []
+        plans.append((fmt, *_planned(model, fmt, os.path.join(folder, name + writer_for(fmt).suffixes[0]),
+                                     options=own, protected=protected, **common)))
     results, sets = [], []
     with Stage(os.path.dirname(plans[0][1][0]), protect=protected, what="the export") as st:
         for fmt, final_paths, graph, write in plans:  # all written and verified, then published as one
