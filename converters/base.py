@@ -119,9 +119,9 @@ class Writer:
         """A function NHWC batch -> output running the written files in the target's runtime."""
         raise NotImplementedError
 
-    def check_inputs(self, graph: Graph, options: object) -> Optional["np.ndarray"]:
-        """The samples the written files are verified on when the target chooses them (an int8 model: held-out
-        data), else None: the export's verification inputs."""
+    def check_inputs(self, graph: Graph, options: object, path: str) -> Optional["np.ndarray"]:
+        """The samples the files written for `path` (what write_for_check returned) are verified on when the target
+        chooses them (an int8 model: held-out data), else None: the export's verification inputs."""
         return None
 
     def judge(self, options: object) -> Optional[Callable]:

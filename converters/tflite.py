@@ -204,11 +204,12 @@ class TfliteWriter(Writer):
             f.write(data)
         return [path]
 
-    def check_inputs(self, graph: Graph, options: Options):
-        """An int8 model is checked on the held-out samples of its data, not on synthetic inputs."""
+    def check_inputs(self, graph: Graph, options: Options, path: str):
+        """An int8 model is checked on the held-out samples of its data (kept by `write` for that file), not on
+        synthetic inputs."""
         if options.quantize != "int8":
             return None
-        return self._held.pop(next(iter(self._held)), None) if self._held else None
+        return self._held.pop(path, None)
 
     def judge(self, options: Options):
         if options.quantize != "int8":

@@ -262,7 +262,7 @@ def _planned(model: Model, fmt: str, path: str, fold: bool, check: bool, verify_
         _free_memory(graph, writer)  # what the writer built (a Keras model sits in reference cycles)
         comparisons = []
         if check:
-            inputs = writer.check_inputs(graph, opts)
+            inputs = writer.check_inputs(graph, opts, checked_path)
             if inputs is None:
                 value_range = _recorded_range(model)
                 if verify_data is None and value_range is None:
