@@ -81,7 +81,7 @@ def read_samples(graph: Graph, options) -> tuple[np.ndarray, np.ndarray]:
                    optional=True)
     recorded = json.loads(graph.metadata["ckptkit.preprocessing"]) if "ckptkit.preprocessing" in graph.metadata \
         else None
-    check_data(options.data, options.preprocess is not None or recorded is not None)
+    listing = check_data(options.data, options.preprocess is not None or recorded is not None)
     channels = int(graph.input_shape[-1])
     if options.preprocess is not None:
         prep = preprocessing(options.preprocess, options.mean, options.std, channels, options.resize)
@@ -92,7 +92,7 @@ def read_samples(graph: Graph, options) -> tuple[np.ndarray, np.ndarray]:
         prep = None  # arrays: already what the network takes
     samples = dataset(options.data, tuple(graph.input_shape[1:]), batch_size=64,
                       max_samples=options.max_samples or MAX_SAMPLES, preprocess=prep,
-                      image_key=options.image_key, seed=options.seed)
+                      image_key=options.image_key, seed=options.seed, listing=listing)
     every = np.concatenate([np.asarray(b, np.float32) for b in samples]) if samples.count else np.zeros((0,))
     samples.summary()
     if len(every) < 16:

@@ -25,7 +25,8 @@ from ckptkit.core import validate
 from ckptkit.core.options import MODES, Sampling, Topology, split
 from ckptkit.commands.recalibration.moments import Moments
 from ckptkit.commands.recalibration.output import check_new_statistics, check_output_paths, write_statistics
-from ckptkit.commands.recalibration.report import Recalibration, figure, layer_report, plot, record, recorded_preprocessing
+from ckptkit.commands.recalibration.report import (Recalibration, figure, layer_report, plot, record,
+                                                   recorded_preprocessing)
 from ckptkit.commands.recalibration.runner import Progress, check_device_spelling, estimate, resolve_devices
 
 __all__ = ["measure", "recalibrate", "Recalibration", "Moments", "estimate", "resolve_devices", "figure", "plot",
@@ -56,14 +57,12 @@ def measure(checkpoint: str, data: str, *, topology: Optional[Topology] = None, 
     if preprocess is None and (mean is not None or std is not None or resize is not None):
         raise CkptkitError("--mean/--std/--resize refine a --preprocess preset: give --preprocess too")
     check_device_spelling(sampling.device)
-    check_data(data, preprocess is not None or recorded_preprocessing(ckpt_prefix) is not None)  # before TF
+    listing = check_data(data, preprocess is not None or recorded_preprocessing(ckpt_prefix) is not None)  # before TF
     if before_work:
         before_work()
     model = model or load(checkpoint, **topology.load_args())
     channels = int(model.input_shape[-1])
     prep: Optional[Preprocessing] = None
-    if preprocess is None and (mean is not None or std is not None or resize is not None):
-        raise CkptkitError("--mean/--std/--resize refine a --preprocess preset: give --preprocess too")
     if preprocess is None:
         recorded = recorded_preprocessing(ckpt_prefix)
         if recorded:
@@ -74,7 +73,7 @@ def measure(checkpoint: str, data: str, *, topology: Optional[Topology] = None, 
     devices = resolve_devices(sampling.device, cluster.job if cluster else None)
     make = lambda size: dataset(data, model.input_shape[1:], batch_size=size, max_samples=max_samples,  # noqa: E731
                                 preprocess=prep, image_key=sampling.image_key, seed=seed,
-                                shard=(cluster.rank, cluster.workers) if cluster else (0, 1))
+                                shard=(cluster.rank, cluster.workers) if cluster else (0, 1), listing=listing)
     samples = make(batch_size)
     full, halves, order, seen = estimate(model.graph, samples, mode=mode, device=devices, progress=progress,
                                          samples=samples.count, progress_total=progress_total, cluster=cluster)

@@ -57,10 +57,12 @@ def find_files(root: str, with_others: bool = False):
     return (images, arrays, records, others) if with_others else (images, arrays, records)
 
 
-def check_data(root: str, preprocess_known: bool) -> None:
+def check_data(root: str, preprocess_known: bool) -> tuple:
     """What can be told of `--data` from its listing alone, before TensorFlow is imported (an error in well
-    under a second): a folder, holding something usable, and images only with a known preprocessing."""
-    images, arrays, records = find_files(root)
+    under a second): a folder, holding something usable, and images only with a known preprocessing. Returns
+    the listing (find_files with the count of other files), which `dataset` then takes instead of listing again."""
+    listing = find_files(root, with_others=True)
+    images, arrays, records, _ = listing
     decodable = [p for p in images if p.lower().endswith(DECODED_EXT)]
     if not (decodable or arrays or records):
         tiffs = f" ({len(images)} TIFF file(s), which TensorFlow does not decode: convert them to PNG)" if images \
@@ -72,6 +74,7 @@ def check_data(root: str, preprocess_known: bool) -> None:
         raise CkptkitError(f"--data {root} holds {what}: say how images were preprocessed in training with "
                            "--preprocess inception|vgg|unit|none (slim: inception for inception/mobilenet nets, vgg "
                            "for vgg/resnet_v1; none = raw 0-255)")
+    return listing
 
 
 def _usable_images(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
@@ -421,7 +424,7 @@ def _mine(start: int, n: int, batch_size: int, shard: tuple[int, int]) -> np.nda
 
 def dataset(root: str, shape: tuple, *, batch_size: int, max_samples: Optional[int] = None,
             preprocess: Optional[Preprocessing] = None, image_key: str = "image/encoded", seed: int = 0,
-            shard: tuple[int, int] = (0, 1)) -> Samples:
+            shard: tuple[int, int] = (0, 1), listing: Optional[tuple] = None) -> Samples:
     """The samples of `root` as float32 NHWC batches (see Samples), in a seeded random order.
 
     Images (files or TFRecords) need `preprocess`: how they were preprocessed in training is not
@@ -436,7 +439,7 @@ def dataset(root: str, shape: tuple, *, batch_size: int, max_samples: Optional[i
     holding NaN), which shift the batches after them. Sequential mode does not depend on batching."""
     _tf = tf()
     h, w, c = shape
-    images, arrays, records, others = find_files(root, with_others=True)
+    images, arrays, records, others = listing or find_files(root, with_others=True)  # check_data's, if it ran
     if (images or records) and preprocess is None:
         what = f"{len(images)} image(s)" if images else f"{len(records)} TFRecord file(s)"
         raise CkptkitError(f"--data {root} holds {what}: say how images were preprocessed in training with "
