@@ -22,7 +22,8 @@ from ckptkit.batchnorm.units import BNUnit, Layer, find_units, resolve_shared, s
 from ckptkit.read.checkpoint import Checkpoint
 from ckptkit.ir import registry
 from ckptkit.core.proto import message_classes
-from ckptkit.tf_import.walker import HANDLERS, PASS_THROUGH as _WALKER_PASS_THROUGH, READ_OPS, VARIABLE_OPS  # the importer's
+from ckptkit.tf_import.walker import (  # the importer's
+    HANDLERS, PASS_THROUGH as _WALKER_PASS_THROUGH, READ_OPS, VARIABLE_OPS)
 
 PASS_THROUGH = _WALKER_PASS_THROUGH - {"IdentityN"}  # IdentityN passes input k to output k: handled apart
 FUSED_BN = {"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"}

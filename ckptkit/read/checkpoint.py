@@ -20,7 +20,8 @@ import numpy as np
 from ckptkit.core.lazy_tf import tf
 from ckptkit.core.errors import CkptkitError
 from ckptkit.core.phases import phase
-from ckptkit.core.publish import Stage, ensure_parent, make_stage, publish_file, refuse_input_files  # noqa: F401 (re-exported)
+from ckptkit.core.publish import (  # noqa: F401 (re-exported)
+    Stage, ensure_parent, make_stage, publish_file, refuse_input_files)
 
 _DATA_SUFFIX = re.compile(r"\.data-\d{5}-of-\d{5}$")
 _V1_SHARD = re.compile(r"-\d{5}-of-\d{5}$")

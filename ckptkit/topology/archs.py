@@ -71,7 +71,7 @@ def builder(name: str, num_classes: Optional[int], batch_norm: bool = True, **kw
     arch, with_bn = _lookup(name)
 
     def build(inputs):
-        tf_slim = slim()  # imported when a graph is built (not when a cached build is used: ckptkit.topology.graph_cache)
+        tf_slim = slim()  # imported when a graph is built (not when a cached build is used: topology.graph_cache)
         module = importlib.import_module(f"tf_slim.nets.{arch.module}")
         net_fn = getattr(module, arch.fn)
         scope_fn = getattr(module, arch.arg_scope)
