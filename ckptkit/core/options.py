@@ -169,11 +169,11 @@ DATA = _table(Sampling)
 FLAGS = {f.option: f for f in ALL_TOPOLOGY + DATA + (BUILDER_ARG,)}  # by library keyword
 
 
-def add_flags(parser, flags, *, only: Optional[tuple] = None, skip: tuple = (), defaults: Optional[dict] = None):
-    """Add `flags` (a table above, or Flags) to an argparse parser or group: those named in `only` (library
-    option names), less `skip`; `defaults`: a command's own default for an option."""
+def add_flags(parser, flags, *, skip: tuple = (), defaults: Optional[dict] = None):
+    """Add `flags` (a table above, or Flags) to an argparse parser or group, less those named in `skip` (library
+    option names); `defaults`: a command's own default for an option."""
     for f in flags:
-        if (only is None or f.option in only) and f.option not in skip:
+        if f.option not in skip:
             f.add_to(parser, default=(defaults or {}).get(f.option))
 
 
