@@ -112,9 +112,12 @@ def randomize(sess, rng: np.random.Generator) -> set:
 
 
 def save_model(builder: Callable, input_shape, prefix: str, *, seed: int = 0, stats: str = "random",
-               trainable_only: bool = False, save_meta: bool = True) -> str:
+               trainable_only: bool = False, save_meta: bool = True, training: str = "placeholder") -> str:
     """Build `builder(inputs, is_training=...)` as a training graph and save a checkpoint (and .meta).
 
+    training: "placeholder" (an `is_training` placeholder defaulting to True: every BatchNorm and dropout a
+    cond on it) or "literal" (`is_training=True` as a Python bool, as slim's train_image_classifier.py builds
+    its network: no cond, BatchNorm in training mode in the saved graph).
     stats: "random" (realistic), "reset" (never updated: mean 0, variance 1), "negative"
     (one unit with negative variance). trainable_only saves only trainable variables
     (statistics missing), as Saver(var_list=trainable_variables()) does."""
@@ -123,7 +126,10 @@ def save_model(builder: Callable, input_shape, prefix: str, *, seed: int = 0, st
     with g.as_default():
         _tf.random.set_seed(seed)
         x = tf1.placeholder(_tf.float32, [None] + list(input_shape), name="input")
-        is_training = tf1.placeholder_with_default(True, [], name="is_training")
+        if training not in ("placeholder", "literal"):
+            raise ValueError(f"training={training!r}: 'placeholder' or 'literal'")
+        is_training = tf1.placeholder_with_default(True, [], name="is_training") if training == "placeholder" \
+            else True
         logits = builder(x, is_training=is_training)
         labels = tf1.placeholder(_tf.int64, [None], name="labels")
         flat = _tf.reshape(logits, [-1, logits.shape[-1]]) if logits.shape.rank == 4 else logits

@@ -60,6 +60,13 @@ NETS = {
     "inception_v2": (T.arch_net("inception_v2"), (64, 64, 3)),
     "inception_v3": (T.arch_net("inception_v3"), (139, 139, 3)),
 }
+# How each net's training graph spells is_training: the small nets as an `is_training` placeholder defaulting to
+# True (every BatchNorm and dropout a cond on it, the spelling of scripts that evaluate in the same graph), the
+# tf_slim.nets networks as slim's own train_image_classifier.py builds them, `is_training=True` (no cond: the
+# saved graph holds BatchNorm in training mode). Both spellings go through every format; the literal one builds
+# in less than half the time (inception_v3: 15.5 s -> 8.4 s).
+TRAINING = {name: "placeholder" if name in ("variants", "handwritten", "mobilenet_v2", "vgg16_bn") else "literal"
+            for name in NETS}
 # --arch name and extra args for the nets that are tf_slim.nets networks
 ARCH = {"resnet_v1_50": ("resnet_v1_50", {}), "resnet_v2_50": ("resnet_v2_50", {}),
         "resnet_v1_50_os16": ("resnet_v1_50", {"output_stride": 16}), "inception_v1": ("inception_v1", {}),
@@ -111,7 +118,7 @@ def store(shared_checkpoint):
     def make(name: str, stats: str = "random", trainable_only: bool = False) -> str:
         builder, shape = NETS[name]
         return shared_checkpoint(f"{name}-{stats}-{int(trainable_only)}", builder, shape, stats=stats,
-                                 trainable_only=trainable_only)
+                                 trainable_only=trainable_only, training=TRAINING[name])
 
     return make
 

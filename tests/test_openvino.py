@@ -6,19 +6,17 @@ import openvino as ov
 
 import ckptkit
 from ckptkit import testing as T
+from conftest import NETS
 
-SHAPE = (32, 32, 3)
 
-
-def test_every_onnx_export_is_verified_in_openvino_too(tmp_path):
-    builder = T.mobilenet_v2_net
-    prefix = T.save_model(builder, SHAPE, str(tmp_path / "ck" / "model.ckpt"))
+def test_every_onnx_export_is_verified_in_openvino_too(store, loaded, reference, tmp_path):
+    prefix = store("mobilenet_v2")
     out = str(tmp_path / "m.onnx")
-    result = ckptkit.export(ckptkit.load(prefix), "onnx", out)
+    result = ckptkit.export(loaded("mobilenet_v2"), "onnx", out)
     assert [c.runtime.split()[0] for c in result.comparisons] == ["onnxruntime", "openvino"]
     assert all(c.ok for c in result.comparisons)
-    x = T.random_input(SHAPE, batch=3)
-    expected = T.inference_output(builder, SHAPE, prefix, x)
+    x = T.random_input(NETS["mobilenet_v2"][1], batch=3)
+    expected = reference("mobilenet_v2", prefix, x)  # TF's own inference graph of the checkpoint
     core = ov.Core()
     compiled = core.compile_model(core.read_model(out), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     got = np.asarray(compiled(x)[compiled.output(0)])

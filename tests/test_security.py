@@ -299,7 +299,7 @@ def test_side_effects_in_a_model_zoo_network_are_cut(tmp_path, capsys):
             inputs = _tf.identity(inputs)
         return base(inputs, is_training=is_training)
 
-    prefix = T.save_model(build, (64, 64, 3), str(tmp_path / "resnet" / "model.ckpt"))
+    prefix = T.save_model(build, (64, 64, 3), str(tmp_path / "resnet" / "model.ckpt"), training="literal")
     for argv in (["to-onnx", prefix, "-o", str(tmp_path / "m.onnx")], ["fold", prefix, "-o", str(tmp_path / "f/m")]):
         rc, err = _run(argv, capsys)
         assert rc == 0, err

@@ -68,7 +68,7 @@ def test_tf1_switch_merge_training_graph(tmp_path):
 @pytest.mark.slow
 def test_alexnet_without_bn_from_arch_and_meta(tmp_path):
     builder = T.arch_net("alexnet_v2")
-    prefix = T.save_model(builder, (224, 224, 3), str(tmp_path / "alexnet" / "model.ckpt"))
+    prefix = T.save_model(builder, (224, 224, 3), str(tmp_path / "alexnet" / "model.ckpt"), training="literal")
     x = T.random_input((224, 224, 3), batch=2)
     ref = T.inference_output(builder, (224, 224, 3), prefix, x)
     for model in (load(prefix, arch="alexnet_v2"), load(prefix)):
@@ -97,7 +97,8 @@ def test_ambiguous_output_lists_candidates(tmp_path):
 def test_vgg_16_without_bn_from_arch(tmp_path):
     """The full-size network (~0.5 GB checkpoint at 10 classes): its 7x7 fc6 needs 224 inputs."""
     builder = T.arch_net("vgg_16")
-    prefix = T.save_model(builder, (224, 224, 3), str(tmp_path / "vgg" / "model.ckpt"), save_meta=False)
+    prefix = T.save_model(builder, (224, 224, 3), str(tmp_path / "vgg" / "model.ckpt"), save_meta=False,
+                          training="literal")
     x = T.random_input((224, 224, 3), batch=2)
     ref = T.inference_output(builder, (224, 224, 3), prefix, x)
     # Caffe in OpenCV: MNN's converter takes 15 s on this 537 MB caffemodel (MNN reads every net of the matrix)

@@ -68,13 +68,13 @@ def zoo_mobilenet_v1(inputs, is_training=False, depth_multiplier=0.25, num_class
 
 
 @pytest.mark.parametrize("target", ["tflite", "savedmodel"])
-def test_the_zoos_mobilenet_v1_deploys(target, tmp_path):
+def test_the_zoos_mobilenet_v1_deploys(target, shared_checkpoint, tmp_path):
     """A MobileNet v1 saved as its training script saves it (BN in training mode, update ops, dropout), through the
     .meta beside it, to LiteRT and SavedModel, each compared with TF's own inference graph of the checkpoint."""
     from ckptkit.core.lazy_tf import tf
 
     shape = (96, 96, 3)
-    prefix = T.save_model(zoo_mobilenet_v1, shape, str(tmp_path / "ck" / "model.ckpt"))
+    prefix = shared_checkpoint("zoo-mobilenet_v1", zoo_mobilenet_v1, shape, training="literal")  # both targets
     x = T.random_input(shape, batch=2, seed=5)
     expected = T.inference_output(zoo_mobilenet_v1, shape, prefix, x)
     out = str(tmp_path / ("m.tflite" if target == "tflite" else "served"))
