@@ -12,7 +12,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ckptkit.core.lazy_tf import tf, tf1
+from ckptkit.core.lazy_tf import graph_building, tf, tf1
 from ckptkit.core.compat import slim
 
 
@@ -123,7 +123,7 @@ def save_model(builder: Callable, input_shape, prefix: str, *, seed: int = 0, st
     (statistics missing), as Saver(var_list=trainable_variables()) does."""
     _tf = tf()
     g = _tf.Graph()
-    with g.as_default():
+    with graph_building(), g.as_default():
         _tf.random.set_seed(seed)
         x = tf1.placeholder(_tf.float32, [None] + list(input_shape), name="input")
         if training not in ("placeholder", "literal"):
@@ -163,7 +163,7 @@ def inference_output(builder: Callable, input_shape, prefix: str, x: np.ndarray)
     """TF's own inference-mode output of `builder` restored from `prefix` (the independent reference)."""
     _tf = tf()
     g = _tf.Graph()
-    with g.as_default():
+    with graph_building(), g.as_default():
         inp = tf1.placeholder(_tf.float32, [None] + list(input_shape), name="input")
         out = builder(inp, is_training=False)
         with tf1.Session(graph=g) as sess:

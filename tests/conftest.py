@@ -144,7 +144,9 @@ class _Restored:
     def __init__(self, builder, shape, prefix: str):
         _tf = T.tf()
         self.graph = _tf.Graph()
-        with self.graph.as_default():
+        from ckptkit.core.lazy_tf import graph_building
+
+        with graph_building(), self.graph.as_default():
             self.input = T.tf1.placeholder(_tf.float32, [None, *shape], name="input")
             self.output = builder(self.input, is_training=False)
             self.session = T.tf1.Session(graph=self.graph)

@@ -7,19 +7,19 @@ from ckptkit.core.lazy_tf import tf, tf1
 from ckptkit.commands.export import export
 from ckptkit.topology.sources import load
 from conftest import FIXTURE, rel_error
-from ckptkit.converters import caffe, keras as keras_writer, onnx as onnx_writer
 from ckptkit.converters.onnx import runner
 
 
 def export_everywhere(model, tmp_path, x, ref, caffe_runtime=None) -> None:
-    """ONNX, Keras and Caffe exports of `model`, each run in its own runtime against TF (the .h5 container is
-    test_keras's, on small nets); Caffe verified in every consumer, or `caffe_runtime`."""
-    for fmt, path, writer, tol in (("onnx", "m.onnx", onnx_writer, 1e-4), ("keras", "m.keras", keras_writer, 1e-4),
-                                   ("caffe", "net", caffe, 1e-3)):
+    """ONNX, Keras and Caffe exports of `model`, each run on `x` in its own runtimes inside the export (the .h5
+    container is test_keras's, on small nets; Caffe in every consumer, or `caffe_runtime`) and held there to the
+    model's TensorFlow reference, which is held here to `ref`, TF's own inference output of the checkpoint."""
+    np.save(tmp_path / "x.npy", x)
+    for fmt, path, tol in (("onnx", "m.onnx", 1e-4), ("keras", "m.keras", 1e-4), ("caffe", "net", 1e-3)):
         runtime = {"caffe_runtime": caffe_runtime} if fmt == "caffe" and caffe_runtime else {}
-        result = export(model, fmt, str(tmp_path / path), **runtime)
-        got = writer.runner(result.files[0], graph=result.graph)(x)
-        assert rel_error(ref, got) < tol, fmt
+        result = export(model, fmt, str(tmp_path / path), verify_data=str(tmp_path / "x.npy"), **runtime)
+        assert result.comparisons and all(c.ok and c.max_rel < tol for c in result.comparisons), fmt
+    assert rel_error(ref, model.reference(x)) < 1e-5
 
 
 def freeze(builder, shape, prefix, path):
@@ -71,11 +71,11 @@ def test_alexnet_without_bn_from_arch_and_meta(tmp_path):
     prefix = T.save_model(builder, (224, 224, 3), str(tmp_path / "alexnet" / "model.ckpt"), training="literal")
     x = T.random_input((224, 224, 3), batch=2)
     ref = T.inference_output(builder, (224, 224, 3), prefix, x)
-    for model in (load(prefix, arch="alexnet_v2"), load(prefix)):
-        assert model.graph.count("BatchNorm") == 0
-        export(model, "onnx", str(tmp_path / "m.onnx"))
-        assert rel_error(ref, runner(str(tmp_path / "m.onnx"))(x)) < 1e-4
-    export_everywhere(load(prefix), tmp_path, x, ref)
+    by_arch, by_meta = load(prefix, arch="alexnet_v2"), load(prefix)
+    assert by_arch.graph.count("BatchNorm") == by_meta.graph.count("BatchNorm") == 0
+    export(by_arch, "onnx", str(tmp_path / "arch.onnx"))
+    assert rel_error(ref, runner(str(tmp_path / "arch.onnx"))(x)) < 1e-4
+    export_everywhere(by_meta, tmp_path, x, ref)
 
 
 def test_ambiguous_output_lists_candidates(tmp_path):

@@ -58,3 +58,22 @@ def test_a_builder_module_that_disables_v2_behavior(tmp_path):
                              capture_output=True, text=True, timeout=900)
         assert got.returncode == 0, got.stderr[-3000:]
         assert "verified against TensorFlow" in got.stdout
+
+
+@pytest.mark.fast
+def test_graph_building_gives_tensor_equality_back():
+    """ckptkit builds its graphs with identity equality (lazy_tf.graph_building) and leaves the process's TF2
+    setting as it found it, after an error too; inside, variables of the graph hash as they do in graph mode."""
+    from ckptkit.core.lazy_tf import graph_building, tf, tf1
+
+    _tf = tf()
+    assert _tf.Tensor._USE_EQUALITY  # TF2's default in this process
+    with pytest.raises(RuntimeError), graph_building():
+        g = _tf.Graph()
+        with g.as_default():
+            v = tf1.get_variable("v", [2])
+            assert not _tf.Tensor._USE_EQUALITY and v in {v} and v == v
+        raise RuntimeError
+    assert _tf.Tensor._USE_EQUALITY
+    with pytest.raises(TypeError):  # an eager variable outside: unhashable, as TF2 has it
+        hash(_tf.Variable([1.0]))

@@ -14,7 +14,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from ckptkit.core.lazy_tf import eager, tf, tf1
+from ckptkit.core.lazy_tf import eager, graph_building, tf, tf1
 from ckptkit.read.checkpoint import Checkpoint
 from ckptkit.core.errors import CkptkitError
 from ckptkit.ir import Graph
@@ -174,7 +174,7 @@ def _build_new(builder: Builder, input_shape: Sequence[int]):
     from ckptkit.core.phases import phase
 
     g = tf().Graph()
-    with phase("build TF graph"), g.as_default(), warnings.catch_warnings():
+    with phase("build TF graph"), graph_building(), g.as_default(), warnings.catch_warnings():
         # tf_slim on TF 2.21 warns that `layer.apply` and tf.layers are deprecated at every layer: noise here
         warnings.filterwarnings("ignore", message=r".*(`layer.apply`|`tf.layers.*`) is deprecated", category=UserWarning)
         x = _placeholder(input_shape)
@@ -460,20 +460,25 @@ def _import_meta(mgd, meta: str, replace: Optional[str] = None, shape=None):
 
 
 _PROBES: dict = {}  # the last probe graph, by the digest of its MetaGraphDef
+_FED: dict = {}  # the last graph imported with a fresh input, by that digest, the input replaced and the size
 
 
-def _probe(mgd, meta: str):
+def _digest(mgd) -> bytes:
+    return hashlib.sha1(mgd.SerializeToString(deterministic=True)).digest()
+
+
+def _probe(mgd, meta: str, key: Optional[bytes] = None):
     """The MetaGraphDef imported as it is (inputs and outputs are picked from it; nothing writes to it). One
     command asks several times (fold: the topology, the folded graph, its reference): the last one is kept,
     keyed by the content, so an edited file is imported anew."""
-    key = hashlib.sha1(mgd.SerializeToString(deterministic=True)).digest()
-    return _kept_last(_PROBES, key, lambda: _import_meta(mgd, meta)[0])
+    return _kept_last(_PROBES, key or _digest(mgd), lambda: _import_meta(mgd, meta)[0])
 
 
 def _meta_graphs(ckpt: Checkpoint, meta: str, input_name=None, input_shape=None):
     """(MetaGraphDef, tf.Graph with the input replaced by a fresh placeholder, that placeholder, old input)."""
     mgd = _read_meta(meta)
-    probe = _probe(mgd, meta)
+    key = _digest(mgd)
+    probe = _probe(mgd, meta, key)
     old_in, shape = _pick_input(probe, input_name, meta, input_shape)
     recorded = tuple(old_in.shape.as_list()[1:]) if old_in.shape.rank == 4 else None
     if recorded and tuple(shape) != recorded and _records_cond_shapes(mgd.graph_def):
@@ -481,7 +486,8 @@ def _meta_graphs(ckpt: Checkpoint, meta: str, input_name=None, input_shape=None)
         raise CkptkitError(f"meta graph {meta} was built for input {','.join(map(str, recorded))} and records that "
                            f"size in its tf.cond ops, so it cannot run at {','.join(map(str, shape))}: use --arch NAME "
                            "(or a builder in Python), which builds the network at any size")
-    g, x = _import_meta(mgd, meta, old_in.name, shape)
+    # fold reads the topology, then loads the same graph for the BN-free one: imported once (nothing writes to it)
+    g, x = _kept_last(_FED, (key, old_in.name, tuple(shape)), lambda: _import_meta(mgd, meta, old_in.name, shape))
     return mgd, g, x, old_in
 
 
