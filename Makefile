@@ -48,10 +48,11 @@ demo: setup
 	$(CK) to-tflite $(OUT)/recalibrated --quantize int8 --data $(DIGITS)/calibration -o $(OUT)/digits_int8.tflite
 	$(PY) fixtures/demo_accuracy.py --tflite $(OUT)/digits_int8.tflite $(DIGITS)/test
 
-# --durations: the slowest tests, for whoever next shortens the suite; --maxschedchunk 1: the workers take tests one
-# at a time, the `slow` ones first (tests/conftest.py), so that they finish together
+# --durations: the slowest tests, for whoever next shortens the suite; --dist loadgroup: every test of one network of
+# the matrix runs on one worker (it loads the network once), the groups and the `slow` tests first, so that the
+# workers finish together (tests/conftest.py)
 test: setup
-	$(PY) -m pytest -n $(JOBS) --maxschedchunk 1 --durations=25 tests
+	$(PY) -m pytest -n $(JOBS) --dist loadgroup --durations=25 tests
 
 # the quick development tier (tests marked `fast` in tests/conftest.py): TF-free unit tests, every op in
 # ONNX, one network per format; `make test` stays the full matrix CI runs

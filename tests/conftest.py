@@ -231,10 +231,17 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: a test of 15 s or more, scheduled first (see below)")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
-    """`slow` tests first, the rest in their order: with `--maxschedchunk 1` (make test) the xdist workers take
-    the long ones one at a time at the start and end together on short ones, instead of one worker finishing
-    a 70 s test while the other waits."""
+    """`slow` tests first, the rest in their order; and every test of one network of NETS (its `name` parameter)
+    in one xdist group: with `--dist loadgroup` (make test) one worker runs them all, so the network is loaded,
+    and TF's own reference of it restored, by one worker instead of both (`loaded`, `tf_output` are per worker).
+    The groups, largest first, then the slow tests, then the rest: the workers end together on short ones."""
+    for item in items:
+        spec = getattr(item, "callspec", None)
+        name = spec.params.get("name") if spec is not None else None
+        if isinstance(name, str) and name in NETS:
+            item.add_marker(pytest.mark.xdist_group(name))
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: keeps the rest's order
 
 
