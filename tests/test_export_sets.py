@@ -78,19 +78,20 @@ def test_an_interrupted_export_replaces_nothing(tmp_path, run_cli):
 
 
 @pytest.mark.slow
-def test_a_second_export_into_the_same_folder_is_refused_while_the_first_writes(tmp_path):
+def test_a_second_export_into_the_same_folder_is_refused_while_the_first_writes(tmp_path, run_cli):
+    """The first export is a process of its own; the second runs in this one (another process all the same)."""
     folder = str(tmp_path / "out")
     first = _export(folder, 32, wait=False)
     _wait_for_stage(folder, "*.onnx", first)
-    rc, _, err = _export(folder, 40)
-    assert rc == 2, err
-    lines = [line for line in err.splitlines() if line.startswith("ckptkit: error:")]
-    assert len(lines) == 1 and "another ckptkit is writing into" in lines[0], err
+    second = run_cli(*_export_argv(folder, 40)[3:])
+    assert second.returncode == 2, second.stderr
+    lines = [line for line in second.stderr.splitlines() if line.startswith("ckptkit: error:")]
+    assert len(lines) == 1 and "another ckptkit is writing into" in lines[0], second.stderr
     out, err = first.communicate(timeout=600)
     assert first.returncode == 0, err
     sizes = _sizes(folder)
     assert sizes["onnx"] == sizes["caffe"] == 32 and sizes["keras"] is not None
-    rc, _, err = _export(folder, 40)  # once the first is done, the next replaces the whole set
-    assert rc == 0, err
+    third = run_cli(*_export_argv(folder, 40)[3:])  # once the first is done, the next replaces the whole set
+    assert third.returncode == 0, third.stderr
     sizes = _sizes(folder)
     assert sizes["onnx"] == sizes["caffe"] == 40
