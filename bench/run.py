@@ -105,8 +105,8 @@ def bench_to_onnx(rows: list) -> None:
 
 
 def bench_to_tflite(rows: list) -> None:
-    """to-tflite (trace the folded IR, TensorFlow's converter, LiteRT verification) against TensorFlow's own
-    converter run on a frozen graph of the same network (no verification, no BN folding of its own)."""
+    """to-tflite (the folded IR as a graph of constants, TensorFlow's converter, LiteRT verification) against
+    TensorFlow's own converter run on a frozen graph of the same network (no verification, no BN folding of its own)."""
     arch = "inception_v1"
     prefix = arch_ckpt(arch)
     out = os.path.join(WORK, "i1.tflite")
