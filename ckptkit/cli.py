@@ -663,6 +663,9 @@ def entry() -> None:
     """The `ckptkit` command: main(), then, once TensorFlow is loaded, an exit that skips the interpreter's
     teardown of TF's modules and C++ objects (0.7 s after an export; every output is closed and published by
     then): exit handlers run, Python's and C's streams are flushed, and the process ends."""
+    from ckptkit.core import lazy_tf
+
+    lazy_tf.OWN_PROCESS = True  # this process is ckptkit's alone (see lazy_tf.OWN_PROCESS)
     code = main()
     if "tensorflow" not in sys.modules:
         sys.exit(code)

@@ -19,6 +19,22 @@ from ckptkit.converters.base import Writer, write_node
 EXTENSIONS = (".keras", ".h5")
 
 
+def _keras():
+    """keras; in the `ckptkit` command's own process, imported without scikit-learn, which keras loads for its
+    scikit-learn wrappers (1.1 s of a 1.9 s import) and ckptkit never uses. In a user's process that imported
+    ckptkit, keras is imported as it is (its wrappers then work as the user expects)."""
+    import sys
+
+    from ckptkit.core import lazy_tf
+
+    if lazy_tf.OWN_PROCESS and "keras" not in sys.modules:
+        with lazy_tf.Refuse("sklearn", why="ckptkit uses no scikit-learn wrapper"):
+            import keras
+    import keras
+
+    return keras
+
+
 def _name(ir_name: str, unique: UniqueNames) -> str:
     """Keras forbids '/' in layer names: TF scopes become underscores."""
     return unique(re.sub(r"[^A-Za-z0-9_.-]", "_", ir_name.replace("/", "_")) or "layer")
@@ -29,9 +45,7 @@ class Builder:
     weights it is given once the model exists; `L` is keras.layers."""
 
     def __init__(self, graph: Graph):
-        from keras import layers
-
-        self.L = layers
+        self.L = _keras().layers
         self.graph = graph
         self.used = UniqueNames()
         self.weights: list[tuple[object, list[np.ndarray]]] = []
@@ -55,7 +69,7 @@ class Builder:
 
 
 def build(graph: Graph):
-    import keras
+    keras = _keras()
 
     WRITER.require(graph)
     k = Builder(graph)
@@ -105,7 +119,7 @@ class _Feeder:
 
 def _replace_initializers(layer, feeder: _Feeder) -> dict:
     """Give every weight initializer of the layer to `feeder` before it builds; returns the ones it had."""
-    import keras
+    keras = _keras()
 
     found = {attr: value for attr, value in vars(layer).items()
              if attr.endswith("_initializer") and isinstance(value, keras.initializers.Initializer)}
@@ -153,7 +167,7 @@ def _save_h5(model, path: str) -> None:
 
 
 def runner(path: str, **_):
-    import keras
+    keras = _keras()
 
     model = keras.models.load_model(path, compile=False)
 
@@ -165,7 +179,7 @@ def runner(path: str, **_):
 
 def intermediates(path: str, **_):
     """(NHWC batch, IR node names) -> {node: value}: the output of the layer named after each node."""
-    import keras
+    keras = _keras()
 
     model = keras.models.load_model(path, compile=False)
     layers = {layer.name: layer for layer in model.layers}

@@ -31,6 +31,21 @@ def test_help_does_not_import_tensorflow():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
 
+def test_the_command_imports_keras_without_scikit_learn(tmp_path):
+    """`ckptkit to-keras` in its own process: keras without its scikit-learn wrappers (1.1 s), the model written
+    and verified all the same; a user's process that imports ckptkit gets keras whole."""
+    run = subprocess.run([sys.executable, "-X", "importtime", "-m", "ckptkit.cli", "-q", "to-keras", FIXTURE, "-o",
+                          str(tmp_path / "m.keras")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in run.stderr.splitlines() if line.startswith("import time:")}
+    # a refused `import sklearn` is listed too (microseconds): what it would have loaded is not
+    assert "keras" in imported and not any(m.startswith("sklearn.") for m in imported)
+    assert "verified against TensorFlow in keras" in run.stdout and (tmp_path / "m.keras").is_file()
+    from ckptkit.core import lazy_tf
+
+    assert lazy_tf.OWN_PROCESS is False  # this test process is a user's: nothing refused here
+
+
 @pytest.mark.fast
 def test_tensorflow_start_up_chatter_stays_off_stderr():
     """The checkpoint is read without TensorFlow; the .meta beside it still imports TensorFlow, whose C++

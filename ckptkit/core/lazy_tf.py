@@ -8,6 +8,11 @@ import os
 import sys
 
 
+# True in the `ckptkit` command's own process (cli.entry), where nothing but ckptkit runs: an optional import a
+# library makes that ckptkit never uses may be refused there; never in a user's process that imported ckptkit
+OWN_PROCESS = False
+
+
 class Refuse(importlib.abc.MetaPathFinder):
     """While installed (`with Refuse(...)`), importing these packages raises ImportError: for optional
     imports a library makes at import time that ckptkit never uses, which the library catches.
