@@ -2,8 +2,8 @@
 
 Started by path in isolated mode (`python -I`, see caffe_consumers.worker_command), from a temporary folder:
 what it loads is the written folder, TensorFlow and the installed ckptkit's TensorFlow import, nothing of the
-current folder. A fresh process is the
-check that the folder stands on its own (no Python object of the export survives into it)."""
+current folder. A fresh process is the check that the folder stands on its own (no Python object of the export
+survives into it)."""
 import os
 import sys
 

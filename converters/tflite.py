@@ -155,7 +155,7 @@ class TfliteWriter(Writer):
     leaves_cycles = True  # the converted TF graph holds the weights in reference cycles
     through_tf = True
     command_help = "export to LiteRT (.tflite), float or int8, verified in LiteRT's interpreter"
-    description = ("Run the BN-folded network as a TensorFlow function of fixed input shape, convert it with "
+    description = ("Run the BN-folded network as a TensorFlow graph of fixed input shape, convert it with "
                    "TensorFlow's LiteRT converter (builtin ops only unless --allow-select-ops; int8 calibrated on "
                    "--data with --quantize int8) and check it in LiteRT's interpreter against TensorFlow's "
                    "inference output.")
