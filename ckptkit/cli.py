@@ -660,29 +660,11 @@ def _main(args) -> int:
 
 
 def entry() -> None:
-    """The `ckptkit` command: main(), then, once TensorFlow is loaded, an exit that skips the interpreter's
-    teardown of TF's modules and C++ objects (0.7 s after an export; every output is closed and published by
-    then): exit handlers run, Python's and C's streams are flushed, and the process ends."""
+    """The `ckptkit` command: main(), then an exit that skips TensorFlow's teardown (lazy_tf.exit_now)."""
     from ckptkit.core import lazy_tf
 
     lazy_tf.OWN_PROCESS = True  # this process is ckptkit's alone (see lazy_tf.OWN_PROCESS)
-    code = main()
-    if "tensorflow" not in sys.modules:
-        sys.exit(code)
-    import atexit
-    import ctypes
-
-    atexit._run_exitfuncs()  # ckptkit's phase report, logging's flush, the libraries' own
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe: nothing more can reach it
-            pass
-    try:
-        ctypes.CDLL(None).fflush(None)  # what C++ libraries left in stdio buffers
-    except (OSError, AttributeError):
-        pass
-    os._exit(code)
+    lazy_tf.exit_now(main())
 
 
 if __name__ == "__main__":

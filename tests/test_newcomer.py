@@ -10,8 +10,8 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 BROKEN = os.path.join(ROOT, "fixtures", "digits", "broken")
 CALIBRATION = os.path.join(ROOT, "fixtures", "digits", "calibration")
 
-_PROBE = ("import sys; from ckptkit.cli import main; code = main(sys.argv[1:]); "
-          "print('TF' if 'tensorflow' in sys.modules else 'no TF'); sys.exit(code)")
+_PROBE = ("import atexit, sys; from ckptkit.cli import entry; "
+          "atexit.register(lambda: print('TF' if 'tensorflow' in sys.modules else 'no TF')); entry()")
 
 
 def _run(*args):

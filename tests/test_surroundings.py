@@ -25,9 +25,10 @@ TINY = os.path.join(ROOT, "fixtures", "mobilenet_v2_tiny")
 DIGITS = os.path.join(ROOT, "fixtures", "digits")
 # the peak is VmHWM, this process image's own high-water mark: ru_maxrss would carry over, through exec, the RSS
 # of the forked pytest worker (several GB late in a run)
-CKPTKIT = [sys.executable, "-c", "import sys; from ckptkit.cli import main; code = main(); "
-           "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]; "
-           "print('PEAK_KB', hwm, file=sys.stderr); sys.exit(code)"]
+# (said by an exit handler: the command's own exit, cli.entry, runs them and skips TensorFlow's teardown)
+CKPTKIT = [sys.executable, "-c", "import atexit, sys; from ckptkit.cli import entry; atexit.register(lambda: print("
+           "'PEAK_KB', [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0], "
+           "file=sys.stderr)); entry()"]
 CONTROL = [chr(c) for c in range(32) if chr(c) not in "\n\t"] + ["\x7f", "\x9b"]
 
 
