@@ -1,6 +1,10 @@
 """kill -9 at random points of every writing command, over an older output: the output is whole or absent,
 the input unchanged, and the next run succeeds and leaves no staging folder behind.
 
+Each kill lands in the command's work, not in TensorFlow's import before it (seconds in which nothing is
+written): the child says on stderr when its import is over (the command's phase lines), and is killed a random
+part of the way through the work the same command took in this process.
+
 CKPTKIT_KILL_RUNS sets the kills per command (default 3), CKPTKIT_KILL_SEED the seed."""
 import hashlib
 import os
@@ -31,10 +35,27 @@ def _digest(folder):
             for n in sorted(os.listdir(folder)) if os.path.isfile(os.path.join(folder, n))}
 
 
-def _argv(command, src, out, data):
+def _args(command, src, out, data):
     extra, target, _ = COMMANDS[command]
-    return [sys.executable, "-m", "ckptkit.cli", "-q", command, src, "-o", os.path.join(out, target),
-            *[a.replace("DATA", data) for a in extra]]
+    return [command, src, "-o", os.path.join(out, target), *[a.replace("DATA", data) for a in extra]]
+
+
+def _start_and_kill(args, err_path, work, fraction):
+    """Start `ckptkit ARGS`; once its stderr shows a phase after TensorFlow's import, wait `fraction` of `work`
+    seconds, then kill -9. Returns the seconds waited after the import."""
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "ckptkit.cli", *args], stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        lines = [line for line in open(err_path, errors="replace").read().split("\n") if "] " in line]
+        if any("import TensorFlow" not in line for line in lines):
+            break
+        time.sleep(0.01)
+    time.sleep(work * fraction)
+    proc.kill()
+    proc.wait()
+    assert proc.returncode in (0, -9), open(err_path).read()
+    return work * fraction
 
 
 def _checkpoint_tensors(prefix):
@@ -106,8 +127,8 @@ def test_kill_9_leaves_a_whole_output_or_none(command, tmp_path, run_cli):
 
     ref = str(tmp_path / "ref")
     start = time.monotonic()
-    done = subprocess.run(_argv(command, src, ref, str(data)), capture_output=True, text=True)
-    took = time.monotonic() - start
+    done = run_cli(*_args(command, src, ref, str(data)))  # the clean run: in this process, TensorFlow loaded
+    work = time.monotonic() - start
     assert done.returncode == 0, done.stderr
 
     out = str(tmp_path / "out")
@@ -115,18 +136,14 @@ def test_kill_9_leaves_a_whole_output_or_none(command, tmp_path, run_cli):
     states = []
     for run in range(RUNS):
         old = _place_old(kind, out, src)
-        proc = subprocess.Popen(_argv(command, src, out, str(data)), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        delay = took * float(rng.uniform(0.4, 1.0))
-        time.sleep(delay)
-        proc.kill()
-        proc.wait()
-        label = f"{command}, kill {run} after {delay:.2f} s of {took:.2f} s"
+        fraction = float(rng.uniform(0.0, 1.1))  # now and then after the end: the new output, whole
+        waited = _start_and_kill(_args(command, src, out, str(data)), tmp_path / "stderr", work, fraction)
+        label = f"{command}, kill {run} {waited:.2f} s into {work:.2f} s of work"
         states.append(_state(kind, out, ref, old, label))
         assert _digest(src) == before, f"{label}: the input changed"
 
     old = _place_old(kind, out, src)
-    done = run_cli(*_argv(command, src, out, str(data))[3:])  # the rerun: in this process (nothing to kill)
+    done = run_cli(*_args(command, src, out, str(data)))  # the rerun (nothing to kill)
     assert done.returncode == 0, done.stderr
     assert _state(kind, out, ref, old, f"{command} rerun") == "new"
     assert not [f for f in os.listdir(out) if f.startswith(".ckptkit-")], "staging folders left after a rerun"
