@@ -52,12 +52,12 @@ def test_a_builder_module_that_disables_v2_behavior(tmp_path):
         def build(inputs):
             return mobilenet_v2_net(inputs, is_training=False)
     """))
-    for fmt, out in (("to-keras", "m.keras"), ("to-onnx", "m.onnx"), ("to-caffe", "m")):
-        got = subprocess.run([sys.executable, "-m", "ckptkit.cli", "-q", fmt, FIXTURE, "--builder", "tf1_net.py:build",
-                              "--input-shape", "32,32,3", "-o", str(tmp_path / out)], cwd=str(tmp_path),
-                             capture_output=True, text=True, timeout=900)
-        assert got.returncode == 0, got.stderr[-3000:]
-        assert "verified against TensorFlow" in got.stdout
+    got = subprocess.run([sys.executable, "-m", "ckptkit.cli", "-q", "export", FIXTURE, "--to", "keras,onnx,caffe",
+                          "--builder", "tf1_net.py:build", "--input-shape", "32,32,3", "-o", str(tmp_path / "out")],
+                         cwd=str(tmp_path), capture_output=True, text=True, timeout=900)
+    assert got.returncode == 0, got.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path / "out")) == ["model.caffemodel", "model.keras", "model.onnx", "model.prototxt"]
+    assert all(f"{fmt} verified against TensorFlow" in got.stdout for fmt in ("keras", "onnx", "caffe")), got.stdout
 
 
 @pytest.mark.fast
