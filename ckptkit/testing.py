@@ -89,21 +89,29 @@ def randomize(sess, rng: np.random.Generator) -> set:
     """Give every variable realistic values: weights scaled to keep activations O(1), BN statistics not 0/1.
     Returns the variables it set (each initialised by it)."""
     values = {}
+
+    # drawn in float32, the variables' type: half the time of float64 draws on VGG's 138 M weights
+    def uniform(low, high, shape):
+        return rng.random(shape, dtype=np.float32) * np.float32(high - low) + np.float32(low)
+
+    def normal(std, shape):
+        return rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
+
     for v in tf1.global_variables():
         name, shape = v.op.name, v.shape.as_list()
         if not v.dtype.is_floating:
             continue
         if _is_moving_variance(name):
-            value = rng.uniform(0.5, 2.0, shape)
+            value = uniform(0.5, 2.0, shape)
         elif _is_moving_mean(name) or "/biased" in name:
-            value = rng.normal(0.0, 0.3, shape)
+            value = normal(0.3, shape)
         elif name.endswith("gamma"):
-            value = rng.uniform(0.7, 1.3, shape)
+            value = uniform(0.7, 1.3, shape)
         elif name.endswith(("beta", "biases", "bias")):
-            value = rng.normal(0.0, 0.1, shape)
+            value = normal(0.1, shape)
         elif len(shape) >= 2:
             fan_in = int(np.prod(shape[:-1])) if "depthwise" not in name else int(np.prod(shape[:2]))
-            value = rng.normal(0.0, np.sqrt(2.0 / max(fan_in, 1)), shape)
+            value = normal(np.sqrt(2.0 / max(fan_in, 1)), shape)
         else:
             continue
         values[v] = value
