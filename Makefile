@@ -29,6 +29,7 @@ INSTALL = if $(PY) -m pip install -q uv; then $(VENV)/bin/uv pip install -q --co
 $(STAMP): pyproject.toml $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(call INSTALL,-e ".[test]" --config-settings editable_mode=strict)
+	$(PY) -m compileall -q -j 0 build >/dev/null  # ckptkit's own .pyc, in the link tree (a changed source is read again)
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -229,6 +229,8 @@ def pytest_configure(config):
     # reader against TensorFlow, the quick CLI checks; each marked where it is defined (--strict-markers)
     config.addinivalue_line("markers", "fast: the quick development tier (`make test-fast`)")
     config.addinivalue_line("markers", "slow: a test of 15 s or more, scheduled first (see below)")
+    # xdist declares it; without xdist (-p no:xdist, a profiler's run) --strict-markers would refuse the groups
+    config.addinivalue_line("markers", "xdist_group(name): the tests one xdist worker runs together")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
