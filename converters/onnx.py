@@ -228,8 +228,13 @@ def runner(path: str, *, nchw: bool = False, **_):
 
 def openvino_runner(path: str, *, nchw: bool = False, **_):
     """A function NHWC batch -> output, running the written file in OpenVINO on the CPU in float32 (the
-    precision hint pinned: a CPU with bf16 or f16 units would otherwise run in them)."""
-    import openvino as ov
+    precision hint pinned: a CPU with bf16 or f16 units would otherwise run in them). OpenVINO's import sends
+    usage telemetry from a forked process unless its optional openvino_telemetry is missing: refused while
+    ckptkit imports it (OpenVINO then uses its own stub), so a verification sends nothing anywhere."""
+    from ckptkit.core.lazy_tf import Refuse
+
+    with Refuse("openvino_telemetry", why="ckptkit sends no usage data"):
+        import openvino as ov
 
     core = ov.Core()
     try:

@@ -219,3 +219,31 @@ def test_a_checkpoint_on_a_read_only_file_system_is_read(tmp_path, run_cli):
             assert run.returncode == 0, run.stderr
     finally:
         subprocess.run(["umount", str(ro)])
+
+
+@pytest.mark.fast
+def test_a_child_forked_while_a_lock_is_held_does_not_keep_it(tmp_path):
+    """A library's helper forked from this process while an export held its folder's lock (OpenVINO's telemetry
+    sender did, from a thread) may outlive the export: the next export into the folder must not be refused."""
+    folder = str(tmp_path / "out")
+    os.makedirs(folder)
+    publish._lock(folder)
+    r, w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child says it runs (fork's handlers are done), then lives on until EOF on the pipe
+        os.close(w)
+        os.write(ready_w, b"1")
+        os.read(r, 1)
+        os._exit(0)
+    os.close(r)
+    os.close(ready_w)
+    assert os.read(ready_r, 1) == b"1"
+    os.close(ready_r)
+    try:
+        publish._unlock(folder)
+        publish._lock(folder)  # "another ckptkit is writing" while the child shared the first lock's file
+        publish._unlock(folder)
+    finally:
+        os.close(w)
+        os.waitpid(pid, 0)

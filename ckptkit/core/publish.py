@@ -201,6 +201,21 @@ PUBLISHED: list[str] = []  # every file this process published, in order (what a
 _HELD: dict[str, tuple[int, int]] = {}  # folder -> (fd, depth): this process's locks (a Stage inside a Stage)
 
 
+def _forget_locks_in_child() -> None:
+    """A process forked while a lock is held (a library's multiprocessing helper: OpenVINO's telemetry sender
+    forked from a thread) shares the lock's open file: closing its copy keeps the lock the parent's alone, so
+    the next export of the parent is not refused while that child lives."""
+    for fd, _ in _HELD.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_forget_locks_in_child)
+
+
 def _lock_path(key: str) -> str:
     """The lock file of an output folder (which may not exist yet): one per folder path, in the temp dir."""
     import hashlib
