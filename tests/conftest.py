@@ -46,6 +46,7 @@ import numpy as np  # noqa: E402  (after the thread settings, which TensorFlow r
 import pytest  # noqa: E402
 
 from ckptkit import testing as T  # noqa: E402
+from ckptkit.core.lazy_tf import graph_building  # noqa: E402
 
 # name -> (builder, input shape, builder without BN for fold tests or None)
 NETS = {
@@ -144,8 +145,6 @@ class _Restored:
     def __init__(self, builder, shape, prefix: str):
         _tf = T.tf()
         self.graph = _tf.Graph()
-        from ckptkit.core.lazy_tf import graph_building
-
         with graph_building(), self.graph.as_default():
             self.input = T.tf1.placeholder(_tf.float32, [None, *shape], name="input")
             self.output = builder(self.input, is_training=False)
